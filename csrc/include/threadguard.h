@@ -1,0 +1,100 @@
+/*
+ * threadguard: count, attribute and (later) budget the threads of a process.
+ *
+ * libthreadguard.so wraps pthread_create when it is preloaded
+ * (LD_PRELOAD=libthreadguard.so CMD).  This header is its whole public
+ * interface.  Only ints, `const char *` and opaque pointers cross it, so the
+ * Python package can open the library with cffi in ABI mode.
+ *
+ * Every function here is safe to call from any thread at any time; none of
+ * them aborts the host process.  Functions returning int give 0 on success
+ * and a THREADGUARD_E* code otherwise; threadguard_last_error() then holds a
+ * message for the calling thread.
+ */
+#ifndef THREADGUARD_H
+#define THREADGUARD_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(THREADGUARD_BUILDING)
+#define THREADGUARD_API __attribute__((visibility("default")))
+#else
+#define THREADGUARD_API
+#endif
+
+#define THREADGUARD_VERSION_STRING "0.1.0"
+
+/* Error codes. */
+enum threadguard_error {
+    THREADGUARD_OK = 0,
+    THREADGUARD_EINVAL = 1, /* a bad argument (null pointer, row out of range) */
+    THREADGUARD_ENOMEM = 2  /* a snapshot could not be allocated */
+};
+
+/* Counter fields, for threadguard_stats_get(). */
+enum threadguard_field {
+    THREADGUARD_CREATED = 0,   /* pthread_create calls that succeeded */
+    THREADGUARD_LIVE = 1,      /* created and not yet exited */
+    THREADGUARD_PEAK = 2,      /* highest LIVE seen */
+    THREADGUARD_FAILED = 3,    /* pthread_create calls that failed */
+    THREADGUARD_DENIED = 4,    /* creations refused by threadguard itself */
+    THREADGUARD_LAST_ERRNO = 5 /* errno of the last failure, 0 if none */
+};
+#define THREADGUARD_FIELD_COUNT 6
+
+/* The row index of the process-wide totals in threadguard_stats_get(). */
+#define THREADGUARD_TOTAL_ROW (-1)
+
+/* An immutable copy of every counter, taken at one moment. */
+typedef struct threadguard_stats threadguard_stats;
+
+/* "0.1.0": the library's version. */
+THREADGUARD_API const char *threadguard_version(void);
+
+/* The message of the last failed call on this thread ("" if none). */
+THREADGUARD_API const char *threadguard_last_error(void);
+
+/* 1 when the process's pthread_create is this library's (it was preloaded),
+ * so threads are being counted; 0 otherwise. */
+THREADGUARD_API int threadguard_interposing(void);
+
+/* Take a snapshot into *out; free it with threadguard_stats_free(). */
+THREADGUARD_API int threadguard_stats_take(threadguard_stats **out);
+THREADGUARD_API void threadguard_stats_free(threadguard_stats *stats);
+
+/* Number of library rows in the snapshot (0 or more). */
+THREADGUARD_API int threadguard_stats_rows(const threadguard_stats *stats);
+
+/* Row details: short file name, full path, and the library's kind
+ * ("python", "openblas", "openmp", "mkl", "torch", "main", "system", "other",
+ * "unknown").  NULL when row is out of range. */
+THREADGUARD_API const char *threadguard_stats_name(const threadguard_stats *stats, int row);
+THREADGUARD_API const char *threadguard_stats_path(const threadguard_stats *stats, int row);
+THREADGUARD_API const char *threadguard_stats_kind(const threadguard_stats *stats, int row);
+
+/* One counter of one row, or of the totals with THREADGUARD_TOTAL_ROW.
+ * -1 when row or field is out of range. */
+THREADGUARD_API long long threadguard_stats_get(const threadguard_stats *stats, int row, int field);
+
+/* Tasks listed in /proc/self/task when the snapshot was taken, or -1 if it
+ * could not be read. */
+THREADGUARD_API long long threadguard_stats_tasks(const threadguard_stats *stats);
+
+/* Threads alive that threadguard did not see created (started before it
+ * took over, or by a path that bypasses the wrapper): tasks - 1 - live,
+ * never below 0; -1 when tasks is unknown. */
+THREADGUARD_API long long threadguard_stats_untracked(const threadguard_stats *stats);
+
+/* Threads besides the main one in /proc/self/task when threadguard
+ * initialised in this process (or -1 if unreadable). */
+THREADGUARD_API long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* THREADGUARD_H */

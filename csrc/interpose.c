@@ -1,0 +1,258 @@
+/* The pthread_create wrapper.
+ *
+ * Preloaded, this definition of pthread_create comes before libc's in
+ * symbol lookup, for callers bound to either of glibc's versions (an
+ * unversioned interposer catches GLIBC_2.2.5 and GLIBC_2.34 alike).  It
+ * attributes the new thread to its creator in the parent, counts it, and
+ * starts it through a trampoline that counts its exit on return,
+ * pthread_exit and cancellation.
+ *
+ * The create path never allocates: the creator's routine and argument reach
+ * the child through a fixed pool of start records, claimed with a
+ * compare-and-swap and released by the child before it runs user code. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <string.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+static _Atomic(create_fn) real_create;
+
+/* Resolve the next pthread_create in the chain.  dlsym(RTLD_NEXT) keeps an
+ * interposer after us (a sanitizer runtime, another preload) in the chain;
+ * dlvsym with a version skips unversioned interposers and would jump
+ * straight to libc.  Where both land in the same object (libc), take the
+ * versioned GLIBC_2.34 symbol, then GLIBC_2.2.5.  Racing threads resolve the
+ * same pointer, so a plain atomic store is enough. */
+static create_fn resolve_real_create(void) {
+    create_fn fn = atomic_load_explicit(&real_create, memory_order_acquire);
+    if (fn != NULL) return fn;
+    void *next = dlsym(RTLD_NEXT, "pthread_create");
+    void *versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
+    if (versioned == NULL) versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.2.5");
+    void *chosen = next ? next : versioned;
+    Dl_info a, b;
+    if (next && versioned && next != versioned && dladdr(next, &a) && dladdr(versioned, &b) &&
+        a.dli_fbase == b.dli_fbase)
+        chosen = versioned;
+    fn = (create_fn)chosen;
+    atomic_store_explicit(&real_create, fn, memory_order_release);
+    return fn;
+}
+
+/* ---- start records ---------------------------------------------------- */
+
+#define TG_START_RECORDS 1024
+
+struct start_record {
+    _Atomic int busy;
+    void *(*routine)(void *);
+    void *arg;
+    unsigned slot;
+    unsigned generation;
+};
+
+static struct start_record records[TG_START_RECORDS];
+static _Atomic unsigned record_hint;
+
+static struct start_record *claim_record(void) {
+    /* Records are held only from pthread_create until the child starts, so
+     * the pool runs dry only if over a thousand threads are being started at
+     * once; then wait for children to release theirs, a bounded while. */
+    for (int round = 0; round < 1000; round++) {
+        for (unsigned tries = 0; tries < TG_START_RECORDS; tries++) {
+            unsigned i = atomic_fetch_add_explicit(&record_hint, 1, memory_order_relaxed) %
+                         TG_START_RECORDS;
+            int expected = 0;
+            if (atomic_compare_exchange_strong_explicit(&records[i].busy, &expected, 1,
+                                                        memory_order_acquire,
+                                                        memory_order_relaxed))
+                return &records[i];
+        }
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void release_record(struct start_record *r) {
+    atomic_store_explicit(&r->busy, 0, memory_order_release);
+}
+
+/* ---- counting --------------------------------------------------------- */
+
+_Atomic unsigned tg_fork_generation;
+static _Atomic int forked_child;
+
+int tg_is_forked_child(void) { return atomic_load_explicit(&forked_child, memory_order_relaxed); }
+
+static void count_start(unsigned slot, long long *live_after_total, long long *live_after_lib) {
+    *live_after_lib =
+        atomic_fetch_add_explicit(&tg_libs[slot].c.live, 1, memory_order_relaxed) + 1;
+    *live_after_total = atomic_fetch_add_explicit(&tg_total.live, 1, memory_order_relaxed) + 1;
+}
+
+static void count_exit(unsigned slot) {
+    atomic_fetch_sub_explicit(&tg_libs[slot].c.live, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&tg_total.live, 1, memory_order_relaxed);
+}
+
+struct exit_token {
+    unsigned slot;
+    unsigned generation;
+};
+
+static void on_thread_exit(void *p) {
+    const struct exit_token *token = p;
+    /* A thread that crossed a fork() into a child belongs to the parent's
+     * count, which the child reset. */
+    if (token->generation == atomic_load_explicit(&tg_fork_generation, memory_order_relaxed))
+        count_exit(token->slot);
+}
+
+static void *trampoline(void *p) {
+    struct start_record *record = p;
+    void *(*routine)(void *) = record->routine;
+    void *arg = record->arg;
+    struct exit_token token = {record->slot, record->generation};
+    release_record(record);
+
+    void *result;
+    pthread_cleanup_push(on_thread_exit, &token);
+    result = routine(arg);
+    pthread_cleanup_pop(1);
+    return result;
+}
+
+/* ---- initialisation --------------------------------------------------- */
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static long long tasks_at_start = -1;
+
+long long tg_tasks_at_start(void) { return tasks_at_start; }
+
+static void after_fork_in_child(void) {
+    atomic_fetch_add_explicit(&tg_fork_generation, 1, memory_order_relaxed);
+    atomic_store_explicit(&forked_child, 1, memory_order_relaxed);
+    tg_registry_reset_counters();
+    /* Creations in flight in other parent threads never finish here. */
+    for (unsigned i = 0; i < TG_START_RECORDS; i++)
+        atomic_store_explicit(&records[i].busy, 0, memory_order_relaxed);
+    tasks_at_start = 0;
+}
+
+static void initialise(void) {
+    long long tasks = tg_count_tasks();
+    tasks_at_start = tasks > 0 ? tasks - 1 : tasks;
+    tg_config_load();
+    tg_registry_init();
+    resolve_real_create();
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
+/* A needed library's constructor can call pthread_create before ours runs,
+ * so every entry point initialises lazily. */
+void tg_init(void) { pthread_once(&init_once, initialise); }
+
+__attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
+
+__attribute__((destructor)) static void threadguard_destructor(void) { tg_report_at_exit(); }
+
+/* ---- the wrapper ------------------------------------------------------ */
+
+static int __attribute__((noinline))
+create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
+               void *(*routine)(void *), void *arg) {
+    tg_init();
+    create_fn real = resolve_real_create();
+    if (real == NULL) return EAGAIN; /* no libc pthread_create: cannot happen with glibc */
+
+    unsigned slot = tg_creator_slot(caller);
+    struct tg_counters *lib = &tg_libs[slot].c;
+    struct start_record *record = claim_record();
+    if (record == NULL) {
+        /* Pool exhausted: start the thread uncounted rather than fail it;
+         * /proc/self/task reconciliation still sees it. */
+        return real(thread, attr, routine, arg);
+    }
+    record->routine = routine;
+    record->arg = arg;
+    record->slot = slot;
+    record->generation = atomic_load_explicit(&tg_fork_generation, memory_order_relaxed);
+
+    long long live_total, live_lib;
+    count_start(slot, &live_total, &live_lib);
+    int rc = real(thread, attr, trampoline, record);
+    if (rc != 0) {
+        count_exit(slot);
+        release_record(record);
+        atomic_fetch_add_explicit(&lib->failed, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&tg_total.failed, 1, memory_order_relaxed);
+        atomic_store_explicit(&lib->last_errno, rc, memory_order_relaxed);
+        atomic_store_explicit(&tg_total.last_errno, rc, memory_order_relaxed);
+        return rc;
+    }
+    atomic_fetch_add_explicit(&lib->created, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tg_total.created, 1, memory_order_relaxed);
+    tg_raise_peak(&lib->peak, live_lib);
+    tg_raise_peak(&tg_total.peak, live_total);
+    return 0;
+}
+
+THREADGUARD_API int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                                   void *(*routine)(void *), void *arg) {
+    return create_counted(__builtin_return_address(0), thread, attr, routine, arg);
+}
+
+/* This copy's own pthread_create: taking the address of the exported name
+ * would go through the GOT and give whichever definition the process uses. */
+extern __typeof__(pthread_create) tg_own_pthread_create
+    __attribute__((alias("pthread_create"), visibility("hidden"), nothrow));
+
+struct scope_order {
+    uintptr_t self;
+    int self_seen;
+    int before_libc;
+};
+
+static int visit_object(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    struct scope_order *order = arg;
+    if (info->dlpi_addr == order->self) {
+        order->self_seen = 1;
+        return 0;
+    }
+    const char *slash = strrchr(info->dlpi_name, '/');
+    const char *name = slash ? slash + 1 : info->dlpi_name;
+    if (strncmp(name, "libc.so", 7) == 0) {
+        order->before_libc = order->self_seen;
+        return 1;
+    }
+    return 0;
+}
+
+THREADGUARD_API int threadguard_interposing(void) {
+    tg_init();
+    void *process_create = dlsym(RTLD_DEFAULT, "pthread_create");
+    if (process_create == (void *)tg_own_pthread_create) return 1;
+    /* An interceptor (a sanitizer runtime) may come first and call ours
+     * through RTLD_NEXT: what matters is that we come before libc. */
+    Dl_info info;
+    if (dladdr((void *)tg_own_pthread_create, &info) == 0) return 0;
+    struct scope_order order = {(uintptr_t)0, 0, 0};
+    struct link_map *map = NULL;
+    if (dladdr1((void *)tg_own_pthread_create, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
+        map == NULL)
+        return 0;
+    order.self = (uintptr_t)map->l_addr;
+    dl_iterate_phdr(visit_object, &order);
+    return order.before_libc;
+}
+
+THREADGUARD_API const char *threadguard_version(void) { return THREADGUARD_VERSION_STRING; }

@@ -1,0 +1,201 @@
+/* The library registry: which shared object asked for each thread.
+ *
+ * Attribution happens in the parent, inside pthread_create, from the return
+ * address.  Lookups use _dl_find_object (glibc >= 2.35: lock-free, no symbol
+ * search, no allocation) and fall back to dladdr.  When the caller is a system
+ * library (std::thread in libstdc++, libc itself) the stack is unwound to the
+ * first frame outside them, so torch's std::thread pools count as torch.
+ * Slots are claimed with a compare-and-swap on their base address, so two
+ * threads meeting a new library at once agree on one slot. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <string.h>
+#include <unwind.h>
+
+#include "internal.h"
+
+struct tg_lib tg_libs[TG_MAX_LIBS];
+struct tg_counters tg_total;
+
+static char exe_path[512];
+/* Load address of the object that defines the Python C API (libpython, or
+ * the python executable when libpython is linked in statically). */
+static uintptr_t python_base;
+
+#ifdef DLFO_STRUCT_HAS_EH_DBASE
+extern int _dl_find_object(void *, struct dl_find_object *) __attribute__((weak));
+#endif
+
+/* base: the object's load address; path: its file name ("" = the
+ * executable).  Returns 0 when found. */
+static int find_object(const void *pc, uintptr_t *base, const char **path) {
+#ifdef DLFO_STRUCT_HAS_EH_DBASE
+    if (_dl_find_object) {
+        struct dl_find_object found;
+        if (_dl_find_object((void *)pc, &found) != 0) return -1;
+        *base = (uintptr_t)found.dlfo_map_start;
+        *path = found.dlfo_link_map ? found.dlfo_link_map->l_name : "";
+        return 0;
+    }
+#endif
+    Dl_info info;
+    if (dladdr(pc, &info) == 0) return -1;
+    *base = (uintptr_t)info.dli_fbase;
+    *path = info.dli_fname ? info.dli_fname : "";
+    return 0;
+}
+
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static int starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The main program's link map has an empty name. */
+static int is_main_program(const char *path) { return path[0] == '\0'; }
+
+static int classify(uintptr_t base, const char *path) {
+    if (python_base != 0 && base == python_base) return TG_KIND_PYTHON;
+    const char *name = is_main_program(path) ? base_name(exe_path) : base_name(path);
+    if (starts_with(name, "libthreadguard")) return TG_KIND_SELF;
+    if (strstr(name, "libpython")) return TG_KIND_PYTHON;
+    if (strstr(name, "openblas")) return TG_KIND_OPENBLAS;
+    if (starts_with(name, "libgomp") || starts_with(name, "libiomp") ||
+        starts_with(name, "libomp"))
+        return TG_KIND_OPENMP;
+    if (starts_with(name, "libmkl")) return TG_KIND_MKL;
+    if (starts_with(name, "libtorch") || starts_with(name, "libc10")) return TG_KIND_TORCH;
+    if (starts_with(name, "libc.so") || starts_with(name, "libc-") ||
+        starts_with(name, "libpthread") || starts_with(name, "libstdc++") ||
+        starts_with(name, "libc++") || starts_with(name, "libgcc_s") ||
+        starts_with(name, "ld-linux") ||
+        /* Sanitizer runtimes intercept pthread_create in front of us. */
+        starts_with(name, "libasan") || starts_with(name, "libtsan") ||
+        starts_with(name, "libubsan") || starts_with(name, "liblsan"))
+        return TG_KIND_SYSTEM;
+    if (is_main_program(path)) return TG_KIND_MAIN;
+    return TG_KIND_OTHER;
+}
+
+const char *tg_kind_name(int kind) {
+    switch (kind) {
+    case TG_KIND_PYTHON: return "python";
+    case TG_KIND_OPENBLAS: return "openblas";
+    case TG_KIND_OPENMP: return "openmp";
+    case TG_KIND_MKL: return "mkl";
+    case TG_KIND_TORCH: return "torch";
+    case TG_KIND_MAIN: return "main";
+    case TG_KIND_SYSTEM: return "system";
+    case TG_KIND_SELF: return "threadguard";
+    case TG_KIND_OTHER: return "other";
+    default: return "unknown";
+    }
+}
+
+static void copy_string(char *dst, size_t size, const char *src) {
+    size_t n = strlen(src);
+    if (n >= size) n = size - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void fill_slot(struct tg_lib *lib, uintptr_t base, const char *path) {
+    const char *full = is_main_program(path) ? exe_path : path;
+    copy_string(lib->path, sizeof lib->path, full);
+    copy_string(lib->name, sizeof lib->name, base_name(full));
+    lib->kind = classify(base, path);
+    atomic_store_explicit(&lib->ready, 1, memory_order_release);
+}
+
+static unsigned slot_for(uintptr_t base, const char *path) {
+    for (unsigned i = 1; i < TG_MAX_LIBS; i++) {
+        uintptr_t current = atomic_load_explicit(&tg_libs[i].base, memory_order_acquire);
+        if (current == base) return i;
+        if (current != 0) continue;
+        uintptr_t expected = 0;
+        if (atomic_compare_exchange_strong_explicit(&tg_libs[i].base, &expected, base,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            fill_slot(&tg_libs[i], base, path);
+            return i;
+        }
+        if (expected == base) return i; /* another thread claimed it for us */
+    }
+    return TG_UNKNOWN_SLOT;
+}
+
+static int kind_of(unsigned slot, uintptr_t base, const char *path) {
+    if (slot != TG_UNKNOWN_SLOT &&
+        atomic_load_explicit(&tg_libs[slot].ready, memory_order_acquire))
+        return tg_libs[slot].kind;
+    return classify(base, path);
+}
+
+struct walk {
+    int depth;
+    int found;
+    uintptr_t base;
+    const char *path;
+};
+
+static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *context, void *arg) {
+    struct walk *w = arg;
+    if (++w->depth > 64) return _URC_END_OF_STACK;
+    uintptr_t ip = _Unwind_GetIP(context);
+    if (ip == 0) return _URC_NO_REASON;
+    uintptr_t base;
+    const char *path;
+    /* ip - 1: the return address may be one past the end of the call's object. */
+    if (find_object((void *)(ip - 1), &base, &path) != 0) return _URC_NO_REASON;
+    int kind = classify(base, path);
+    if (kind == TG_KIND_SYSTEM || kind == TG_KIND_SELF) return _URC_NO_REASON;
+    w->found = 1;
+    w->base = base;
+    w->path = path;
+    return _URC_END_OF_STACK;
+}
+
+unsigned tg_creator_slot(void *return_address) {
+    uintptr_t base;
+    const char *path;
+    if (return_address == NULL ||
+        find_object((char *)return_address - 1, &base, &path) != 0)
+        return TG_UNKNOWN_SLOT;
+    unsigned slot = slot_for(base, path);
+    int kind = kind_of(slot, base, path);
+    if (kind != TG_KIND_SYSTEM && kind != TG_KIND_SELF) return slot;
+    struct walk w = {0, 0, 0, NULL};
+    _Unwind_Backtrace(walk_frame, &w);
+    return w.found ? slot_for(w.base, w.path) : slot;
+}
+
+void tg_registry_init(void) {
+    tg_exe_path(exe_path, sizeof exe_path);
+    /* dlsym may allocate for dlerror(); this runs once, at initialisation,
+     * never on the create path. */
+    void *py = dlsym(RTLD_DEFAULT, "Py_Initialize");
+    const char *path;
+    uintptr_t base;
+    if (py != NULL && find_object(py, &base, &path) == 0) python_base = base;
+    copy_string(tg_libs[TG_UNKNOWN_SLOT].name, sizeof tg_libs[0].name, "(unknown)");
+    tg_libs[TG_UNKNOWN_SLOT].kind = TG_KIND_UNKNOWN;
+    atomic_store_explicit(&tg_libs[TG_UNKNOWN_SLOT].ready, 1, memory_order_release);
+}
+
+static void reset(struct tg_counters *c) {
+    atomic_store_explicit(&c->created, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->live, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->peak, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->failed, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->denied, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->last_errno, 0, memory_order_relaxed);
+}
+
+void tg_registry_reset_counters(void) {
+    for (unsigned i = 0; i < TG_MAX_LIBS; i++) reset(&tg_libs[i].c);
+    reset(&tg_total);
+}

@@ -1,0 +1,111 @@
+/* Snapshots: an immutable copy of the counters for callers outside the
+ * create path (Python, the exit report).  Allocation is fine here. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct row {
+    char name[128];
+    char path[512];
+    const char *kind;
+    long long values[THREADGUARD_FIELD_COUNT];
+};
+
+struct threadguard_stats {
+    int rows;
+    long long tasks;
+    long long tasks_at_start;
+    long long total[THREADGUARD_FIELD_COUNT];
+    struct row row[TG_MAX_LIBS];
+};
+
+static void read_counters(const struct tg_counters *c, long long *out) {
+    out[THREADGUARD_CREATED] = atomic_load_explicit(&c->created, memory_order_relaxed);
+    out[THREADGUARD_LIVE] = atomic_load_explicit(&c->live, memory_order_relaxed);
+    out[THREADGUARD_PEAK] = atomic_load_explicit(&c->peak, memory_order_relaxed);
+    out[THREADGUARD_FAILED] = atomic_load_explicit(&c->failed, memory_order_relaxed);
+    out[THREADGUARD_DENIED] = atomic_load_explicit(&c->denied, memory_order_relaxed);
+    out[THREADGUARD_LAST_ERRNO] = atomic_load_explicit(&c->last_errno, memory_order_relaxed);
+    /* A thread can exit between our reads of created and live. */
+    if (out[THREADGUARD_LIVE] < 0) out[THREADGUARD_LIVE] = 0;
+}
+
+static int row_has_activity(const long long *v) {
+    return v[THREADGUARD_CREATED] || v[THREADGUARD_LIVE] || v[THREADGUARD_FAILED] ||
+           v[THREADGUARD_DENIED];
+}
+
+THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
+    if (out == NULL) return tg_set_error(THREADGUARD_EINVAL, "threadguard_stats_take: out is NULL");
+    tg_init();
+    threadguard_stats *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        *out = NULL;
+        return tg_set_error(THREADGUARD_ENOMEM, "threadguard_stats_take: out of memory");
+    }
+    read_counters(&tg_total, s->total);
+    for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
+        if (i != TG_UNKNOWN_SLOT &&
+            atomic_load_explicit(&tg_libs[i].base, memory_order_acquire) == 0)
+            break; /* slots fill in order */
+        if (!atomic_load_explicit(&tg_libs[i].ready, memory_order_acquire)) continue;
+        struct row *r = &s->row[s->rows];
+        read_counters(&tg_libs[i].c, r->values);
+        if (!row_has_activity(r->values)) continue;
+        memcpy(r->name, tg_libs[i].name, sizeof r->name);
+        memcpy(r->path, tg_libs[i].path, sizeof r->path);
+        r->kind = tg_kind_name(tg_libs[i].kind);
+        s->rows++;
+    }
+    s->tasks = tg_count_tasks();
+    s->tasks_at_start = tg_tasks_at_start();
+    tg_clear_error();
+    *out = s;
+    return THREADGUARD_OK;
+}
+
+THREADGUARD_API void threadguard_stats_free(threadguard_stats *stats) { free(stats); }
+
+THREADGUARD_API int threadguard_stats_rows(const threadguard_stats *s) { return s ? s->rows : 0; }
+
+static const struct row *row_at(const threadguard_stats *s, int row) {
+    if (s == NULL || row < 0 || row >= s->rows) return NULL;
+    return &s->row[row];
+}
+
+THREADGUARD_API const char *threadguard_stats_name(const threadguard_stats *s, int row) {
+    const struct row *r = row_at(s, row);
+    return r ? r->name : NULL;
+}
+
+THREADGUARD_API const char *threadguard_stats_path(const threadguard_stats *s, int row) {
+    const struct row *r = row_at(s, row);
+    return r ? r->path : NULL;
+}
+
+THREADGUARD_API const char *threadguard_stats_kind(const threadguard_stats *s, int row) {
+    const struct row *r = row_at(s, row);
+    return r ? r->kind : NULL;
+}
+
+THREADGUARD_API long long threadguard_stats_get(const threadguard_stats *s, int row, int field) {
+    if (s == NULL || field < 0 || field >= THREADGUARD_FIELD_COUNT) return -1;
+    if (row == THREADGUARD_TOTAL_ROW) return s->total[field];
+    const struct row *r = row_at(s, row);
+    return r ? r->values[field] : -1;
+}
+
+THREADGUARD_API long long threadguard_stats_tasks(const threadguard_stats *s) {
+    return s ? s->tasks : -1;
+}
+
+THREADGUARD_API long long threadguard_stats_untracked(const threadguard_stats *s) {
+    if (s == NULL || s->tasks < 0) return -1;
+    long long untracked = s->tasks - 1 - s->total[THREADGUARD_LIVE];
+    return untracked > 0 ? untracked : 0;
+}
+
+THREADGUARD_API long long threadguard_stats_tasks_at_start(const threadguard_stats *s) {
+    return s ? s->tasks_at_start : -1;
+}
