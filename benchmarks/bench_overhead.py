@@ -1,0 +1,137 @@
+"""What the preload costs: create+join of many threads, and Python start-up.
+
+Both are measured with and without LD_PRELOAD=libthreadguard.so in one run,
+alternating the order each round, because timings on shared machines drift by
+tens of percent between runs.  Prints medians, spreads and the guarded/bare
+ratios (targets: create+join at most 1.05; start-up within noise) and writes
+the figures as JSON.
+
+    python benchmarks/bench_overhead.py [--rounds 15] [--threads 20000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import threadguard
+
+HERE = Path(__file__).resolve().parent
+CREATE_JOIN_TARGET = 1.05
+
+
+def build_create_join(workdir: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        sys.exit("bench_overhead: needs a C compiler (cc) to build create_join.c")
+    exe = workdir / "create_join"
+    subprocess.run([compiler, "-O2", "-o", str(exe), str(HERE / "create_join.c"), "-lpthread",
+                    "-ldl"], check=True)
+    return exe
+
+
+def summary(values: List[float]) -> Dict[str, float]:
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2],
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def alternate(rounds: int, measure, label: str) -> Dict[str, List[float]]:
+    """Run measure(guarded) for both settings each round, alternating which goes first."""
+    results: Dict[str, List[float]] = {"bare": [], "guarded": []}
+    for i in range(rounds):
+        order = ("bare", "guarded") if i % 2 == 0 else ("guarded", "bare")
+        for name in order:
+            results[name].append(measure(name == "guarded"))
+        print(f"\r{label}: round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15, help="paired rounds (default 15)")
+    parser.add_argument("--threads", type=int, default=20000,
+                        help="threads created and joined per create+join run (default 20000)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json",
+                        help="JSON output (default benchmarks/results/overhead.json)")
+    args = parser.parse_args()
+    if args.rounds < 2 or args.threads < 2:
+        parser.error("--rounds and --threads must be at least 2")
+
+    library = threadguard.libpath()
+    bare_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "THREADGUARD_REPORT")}
+    guarded_env = dict(bare_env, LD_PRELOAD=library)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_create_join(Path(tmp))
+
+        def create_join(guarded: bool) -> float:
+            out = subprocess.run([str(exe), str(args.threads)], check=True, capture_output=True,
+                                 text=True, env=guarded_env if guarded else bare_env).stdout
+            ns, interposing = out.split()
+            if int(interposing) != int(guarded):  # the guarded run must really be guarded
+                sys.exit(f"bench_overhead: interposing={interposing} in a guarded={guarded} run")
+            return float(ns)
+
+        def python_start(guarded: bool) -> float:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True,
+                           env=guarded_env if guarded else bare_env)
+            return (time.perf_counter() - start) * 1e3
+
+        create = alternate(args.rounds, create_join, "create+join")
+        startup = alternate(args.rounds, python_start, "python -c pass")
+
+    def compare(results: Dict[str, List[float]], unit: str) -> Dict[str, object]:
+        paired = [g / b for g, b in zip(results["guarded"], results["bare"])]
+        return {"unit": unit, "bare": summary(results["bare"]),
+                "guarded": summary(results["guarded"]),
+                "ratio_of_medians": statistics.median(results["guarded"]) /
+                statistics.median(results["bare"]),
+                "paired_ratio": summary(paired)}
+
+    figures = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "library": library, "rounds": args.rounds, "threads": args.threads,
+        "create_join": compare(create, "ns per create+join"),
+        "python_startup": compare(startup, "ms per python -c pass"),
+        "create_join_target": CREATE_JOIN_TARGET,
+    }
+    cj, st = figures["create_join"], figures["python_startup"]
+    print(f"{'measure':24} {'bare median':>12} {'guarded median':>15} {'ratio':>7} "
+          f"{'paired ratio [min..max]':>26}")
+    for name, row in (("create+join (ns)", cj), ("python -c pass (ms)", st)):
+        pr = row["paired_ratio"]
+        print(f"{name:24} {row['bare']['median']:12.1f} {row['guarded']['median']:15.1f} "
+              f"{row['ratio_of_medians']:7.3f} {pr['median']:10.3f} "
+              f"[{pr['min']:.3f}..{pr['max']:.3f}]")
+    verdict = "meets" if cj["ratio_of_medians"] <= CREATE_JOIN_TARGET else "MISSES"
+    noise = st["bare"]["q1"] <= st["guarded"]["median"] <= st["bare"]["q3"]
+    figures["python_startup"]["within_noise"] = noise
+    figures["create_join"]["meets_target"] = verdict == "meets"
+    print(f"create+join ratio {cj['ratio_of_medians']:.3f} {verdict} the target "
+          f"<= {CREATE_JOIN_TARGET}")
+    print(f"python start-up: guarded median {st['guarded']['median']:.1f} ms is "
+          f"{'within' if noise else 'OUTSIDE'} the bare runs' interquartile range "
+          f"{st['bare']['q1']:.1f}..{st['bare']['q3']:.1f} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""THREADGUARD_REPORT: the table, the JSON file, and bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import threadguard
+
+TWO_THREADS = ("import threading\n"
+               "ts = [threading.Thread(target=sum, args=([1],)) for _ in range(2)]\n"
+               "[t.start() for t in ts]; [t.join() for t in ts]\n")
+
+
+def run_preloaded(tmp_path: Path, report: str, code: str = TWO_THREADS):
+    env = dict(os.environ, LD_PRELOAD=threadguard.libpath(), THREADGUARD_REPORT=report)
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_json_report_matches_the_python_reader(tmp_path):
+    path = tmp_path / "r.json"
+    proc = run_preloaded(tmp_path, str(path))
+    assert proc.returncode == 0 and proc.stderr == ""
+    data = json.loads(path.read_text())
+    report = threadguard.load_report(path)
+    assert report.to_json() == data  # the C writer and the Python reader agree field by field
+    assert report.of_kind("python").created == 2
+    assert report.total.created == 2 and report.pid > 0
+    assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file, renamed
+
+
+def test_stderr_table(tmp_path):
+    proc = run_preloaded(tmp_path, "stderr")
+    assert proc.returncode == 0
+    lines = proc.stderr.splitlines()
+    assert "threads by creating library" in lines[0]
+    [row] = [line for line in lines if " python " in line]
+    assert row.split()[2:4] == ["2", "0"]  # created, live
+
+
+def test_unwritable_report_path_is_one_line_not_a_crash(tmp_path):
+    target = tmp_path / "no-such-dir" / "r.json"
+    proc = run_preloaded(tmp_path, str(target), code="print('done')")
+    assert proc.returncode == 0 and proc.stdout == "done\n"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1
+    assert "cannot write the report" in lines[0] and str(target) in lines[0]
+
+
+@pytest.mark.parametrize("value", ["report.txt", "/tmp/", "stdout"])
+def test_bad_report_value_is_named_and_ignored(tmp_path, value):
+    proc = run_preloaded(tmp_path, value, code="print('done')")
+    assert proc.returncode == 0 and proc.stdout == "done\n"
+    assert proc.stderr.splitlines() == [
+        f"threadguard: THREADGUARD_REPORT='{value}' is neither 'stderr' nor a path ending "
+        f"in .json; no report"]
+    assert list(tmp_path.iterdir()) == []  # nothing written anywhere it could be
+
+
+def test_pid_in_path_gives_one_report_per_process(tmp_path):
+    code = ("import os, threading\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    t = threading.Thread(target=sum, args=([1],)); t.start(); t.join()\n"
+            "    os._exit(0) if False else exit(0)\n"
+            "os.waitpid(pid, 0)\n")
+    proc = run_preloaded(tmp_path, str(tmp_path / "r-%p.json"), code=code)
+    assert proc.returncode == 0, proc.stderr
+    reports = {threadguard.load_report(p).pid: threadguard.load_report(p)
+               for p in tmp_path.glob("r-*.json")}
+    assert len(reports) == 2
+    assert sorted(r.total.created for r in reports.values()) == [0, 1]
+
+
+def test_forked_child_does_not_overwrite_the_parents_report(tmp_path):
+    path = tmp_path / "r.json"
+    code = ("import os, threading\n"
+            "pid = os.fork()\n"
+            "if pid == 0: exit(0)\n"
+            "os.waitpid(pid, 0)\n" + TWO_THREADS)
+    run_preloaded(tmp_path, str(path), code=code)
+    assert threadguard.load_report(path).pid != 0
+    assert threadguard.load_report(path).total.created == 2
+
+
+def test_malformed_report_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"pid": 1}')
+    with pytest.raises(threadguard.ReportError, match="not a threadguard report"):
+        threadguard.load_report(bad)
+    with pytest.raises(threadguard.ReportError, match="no report at"):
+        threadguard.load_report(tmp_path / "missing.json")

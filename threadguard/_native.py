@@ -1,0 +1,97 @@
+"""Open libthreadguard.so through cffi in ABI mode.
+
+One native library, one copy of its state: the preloaded copy when there is
+one (found with RTLD_NOLOAD by its soname), the packaged copy otherwise.
+The declarations below mirror csrc/include/threadguard.h; a test keeps them
+in step.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from cffi import FFI
+
+from .errors import LibraryNotFoundError
+
+LIBRARY_NAME = "libthreadguard.so"
+
+CDEF = """
+typedef struct threadguard_stats threadguard_stats;
+const char *threadguard_version(void);
+const char *threadguard_last_error(void);
+int threadguard_interposing(void);
+int threadguard_stats_take(threadguard_stats **out);
+void threadguard_stats_free(threadguard_stats *stats);
+int threadguard_stats_rows(const threadguard_stats *stats);
+const char *threadguard_stats_name(const threadguard_stats *stats, int row);
+const char *threadguard_stats_path(const threadguard_stats *stats, int row);
+const char *threadguard_stats_kind(const threadguard_stats *stats, int row);
+long long threadguard_stats_get(const threadguard_stats *stats, int row, int field);
+long long threadguard_stats_tasks(const threadguard_stats *stats);
+long long threadguard_stats_untracked(const threadguard_stats *stats);
+long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
+"""
+
+# enum threadguard_field, in the header's order.
+FIELDS = ("created", "live", "peak", "failed", "denied", "last_errno")
+TOTAL_ROW = -1
+
+ffi = FFI()
+ffi.cdef(CDEF)
+
+
+def packaged_path() -> Path:
+    """Where the library installed with this package lives (it may be missing)."""
+    return Path(str(resources.files(__package__) / LIBRARY_NAME))
+
+
+def _open_preloaded() -> Optional[Any]:
+    try:
+        return ffi.dlopen(LIBRARY_NAME, os.RTLD_NOW | os.RTLD_NOLOAD)
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def load() -> Any:
+    """The library handle: the preloaded copy if any, else the packaged one."""
+    lib = _open_preloaded()
+    if lib is not None:
+        return lib
+    path = packaged_path()
+    if not path.is_file():
+        raise LibraryNotFoundError(
+            f"{LIBRARY_NAME} is not preloaded and is missing from the package ({path}). "
+            "Reinstall threadguard with 'pip install --force-reinstall threadguard' (or "
+            "'pip install .' in a source checkout); importing it from an unbuilt source "
+            "tree does not work."
+        )
+    try:
+        return ffi.dlopen(str(path), os.RTLD_NOW)
+    except OSError as exc:
+        raise LibraryNotFoundError(
+            f"{path} exists but could not be loaded: {exc}. Reinstall threadguard."
+        ) from exc
+
+
+def loaded_path() -> Optional[str]:
+    """Path of the copy of the library mapped into this process, if any."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.rstrip("\n").split(None, 5)[-1] if line.count(" ") >= 5 else ""
+                if os.path.basename(path).startswith("libthreadguard"):
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def text(ptr: Any) -> str:
+    """A C string from the library as str ('' for NULL)."""
+    return "" if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "replace")

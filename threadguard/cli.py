@@ -1,0 +1,123 @@
+"""The threadguard command: run a program guarded, find the library, read reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from . import _native
+from .errors import ThreadguardError
+from .preload import preload_environment
+from .stats import load_report
+
+__all__ = ["main"]
+
+_EPILOG = """\
+examples:
+  threadguard run -- python train.py          count threads by library
+  threadguard run --report stderr -- python -c "import numpy"
+  threadguard run --report out.json -- python train.py && threadguard stats out.json
+  LD_PRELOAD=$(threadguard libpath) python train.py   the same, by hand
+"""
+
+
+def _report_value(value: str) -> str:
+    if value == "stderr" or (value.endswith(".json") and len(value) > 5):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is neither 'stderr' nor a path ending in .json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="threadguard",
+        description="Count, size and budget the threads of numpy, SciPy and PyTorch programs.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"threadguard {_package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run a command with libthreadguard.so preloaded",
+        description="Run CMD with libthreadguard.so first in LD_PRELOAD (an existing "
+                    "LD_PRELOAD is kept after it). The command replaces this process, so its "
+                    "exit status and signals are its own.")
+    run.add_argument("--report", type=_report_value, metavar="stderr|PATH.json",
+                     help="at exit, print the threads by library on stderr or write them as "
+                          "JSON to PATH.json ('%%p' in PATH becomes the pid); sets "
+                          "THREADGUARD_REPORT")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                     help="the command to run, after --")
+
+    commands.add_parser("libpath", help="print the path of libthreadguard.so, for LD_PRELOAD",
+                        description="Print the path of the packaged libthreadguard.so.")
+
+    stats = commands.add_parser(
+        "stats", help="show a report written with THREADGUARD_REPORT=PATH.json",
+        description="Show the thread counters in a report file written at exit by a program "
+                    "run with --report PATH.json (or THREADGUARD_REPORT=PATH.json).")
+    stats.add_argument("report", metavar="REPORT.json", help="the report file")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _package_version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    cmd: List[str] = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        parser.error("run: give the command after --, like: threadguard run -- python train.py")
+    library = _native.packaged_path()
+    if not library.is_file():
+        raise ThreadguardError(f"{library} is missing: reinstall threadguard")
+    env = preload_environment(str(library), report=args.report)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except FileNotFoundError:
+        print(f"threadguard run: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"threadguard run: permission denied: {cmd[0]}", file=sys.stderr)
+        return 126
+    except OSError as exc:
+        print(f"threadguard run: cannot run {cmd[0]}: {exc.strerror}", file=sys.stderr)
+        return 126
+    return 0  # not reached: execvpe replaced this process
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the threadguard console script and python -m threadguard."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args, parser)
+        if args.command == "libpath":
+            path = _native.packaged_path()
+            if not path.is_file():
+                raise ThreadguardError(f"{path} is missing: reinstall threadguard")
+            print(path)
+            return 0
+        if args.command == "stats":
+            report = load_report(args.report)
+            print(json.dumps(report.to_json(), indent=2) if args.json else report.format_table())
+            return 0
+    except ThreadguardError as exc:
+        print(f"threadguard: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

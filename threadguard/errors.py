@@ -1,0 +1,17 @@
+"""Exceptions raised by threadguard, each with a message that says what to do."""
+
+from __future__ import annotations
+
+__all__ = ["ThreadguardError", "LibraryNotFoundError", "ReportError"]
+
+
+class ThreadguardError(Exception):
+    """Base class of every error threadguard raises."""
+
+
+class LibraryNotFoundError(ThreadguardError):
+    """libthreadguard.so is neither preloaded nor installed with the package."""
+
+
+class ReportError(ThreadguardError):
+    """A report file (THREADGUARD_REPORT=PATH.json) is missing or malformed."""

@@ -1,0 +1,181 @@
+"""Thread counters by creating library: from the live process or a report file.
+
+The JSON form is the one libthreadguard writes at exit with
+THREADGUARD_REPORT=PATH.json; Stats.from_json reads it and Stats.to_json
+writes it back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+from . import _native
+from .errors import ReportError
+
+__all__ = ["Counters", "LibraryStats", "Stats", "stats", "load_report"]
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Thread counters: successful creations, live now, highest live, failed
+    creations, creations refused by threadguard, and the last failure's errno."""
+
+    created: int = 0
+    live: int = 0
+    peak: int = 0
+    failed: int = 0
+    denied: int = 0
+    last_errno: int = 0
+
+
+@dataclass(frozen=True)
+class LibraryStats(Counters):
+    """Counters for the threads one shared object asked for.
+
+    kind is one of "python", "openblas", "openmp", "mkl", "torch", "main",
+    "system", "other", "unknown"."""
+
+    name: str = ""
+    path: str = ""
+    kind: str = "unknown"
+
+
+_COUNTER_NAMES = tuple(f.name for f in fields(Counters))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One snapshot of a process's threads."""
+
+    libraries: Tuple[LibraryStats, ...]
+    total: Counters
+    tasks: Optional[int]  # threads in /proc/self/task, None if unreadable
+    untracked: Optional[int]  # alive but not seen created (started before or around threadguard)
+    tasks_at_start: Optional[int]  # threads besides the main one when threadguard started
+    interposing: bool  # False: not preloaded, so nothing was counted
+    pid: int
+    program: str
+    version: str
+
+    def of_kind(self, kind: str) -> Counters:
+        """The counters of every library of one kind, summed (peaks too)."""
+        rows = [lib for lib in self.libraries if lib.kind == kind]
+        sums = {name: sum(getattr(r, name) for r in rows) for name in _COUNTER_NAMES}
+        sums["last_errno"] = next((r.last_errno for r in rows if r.last_errno), 0)
+        return Counters(**sums)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The report's JSON object."""
+        return {
+            "threadguard": self.version,
+            "pid": self.pid,
+            "program": self.program,
+            "interposing": self.interposing,
+            "tasks": -1 if self.tasks is None else self.tasks,
+            "tasks_at_start": -1 if self.tasks_at_start is None else self.tasks_at_start,
+            "untracked": -1 if self.untracked is None else self.untracked,
+            "libraries": [
+                {"name": lib.name, "path": lib.path, "kind": lib.kind,
+                 **{n: getattr(lib, n) for n in _COUNTER_NAMES}}
+                for lib in self.libraries
+            ],
+            "total": asdict(self.total),
+        }
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Stats":
+        """Read the JSON object of a report; ReportError if it is not one."""
+        try:
+            libraries = tuple(
+                LibraryStats(name=str(row["name"]), path=str(row["path"]), kind=str(row["kind"]),
+                             **{n: int(row[n]) for n in _COUNTER_NAMES})
+                for row in data["libraries"]
+            )
+            total = Counters(**{n: int(data["total"][n]) for n in _COUNTER_NAMES})
+            return cls(
+                libraries=libraries, total=total,
+                tasks=_optional(data["tasks"]), untracked=_optional(data["untracked"]),
+                tasks_at_start=_optional(data["tasks_at_start"]),
+                interposing=bool(data["interposing"]), pid=int(data["pid"]),
+                program=str(data["program"]), version=str(data["threadguard"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportError(f"not a threadguard report: missing or bad field {exc}") from exc
+
+    def format_table(self) -> str:
+        """A human-readable table, one row per library."""
+        head = f"threadguard: pid {self.pid} ({os.path.basename(self.program) or '?'})"
+        if not self.interposing:
+            return (f"{head}: not preloaded, threads were not counted; run the program under "
+                    f"'threadguard run -- CMD' to count them")
+        lines = [f"{head}: threads by creating library",
+                 f"  {'library':36} {'kind':9} {'created':>8} {'live':>6} {'peak':>6} "
+                 f"{'failed':>7} {'denied':>7}"]
+        for row in (*self.libraries, None):
+            c, name, kind = (row, row.name, row.kind) if row else (self.total, "total", "")
+            line = (f"  {name[:36]:36} {kind:9} {c.created:8} {c.live:6} {c.peak:6} "
+                    f"{c.failed:7} {c.denied:7}")
+            if c.last_errno:
+                line += f"  last error: {os.strerror(c.last_errno)}"
+            lines.append(line)
+        if self.tasks is not None:
+            lines.append(f"  tasks: {self.tasks} (main thread + {self.total.live} counted live + "
+                         f"{self.untracked} not seen created)")
+        return "\n".join(lines)
+
+
+def _optional(value: Any) -> Optional[int]:
+    number = int(value)
+    return None if number < 0 else number
+
+
+def stats() -> Stats:
+    """Counters of this process's threads, by the library that created them.
+
+    Threads are counted only when libthreadguard.so was preloaded (run the
+    program with 'threadguard run -- CMD'); otherwise every row is empty,
+    interposing is False and untracked holds the threads alive."""
+    lib = _native.load()
+    out = _native.ffi.new("threadguard_stats **")
+    if lib.threadguard_stats_take(out) != 0:
+        raise MemoryError(_native.text(lib.threadguard_last_error()))
+    snap = _native.ffi.gc(out[0], lib.threadguard_stats_free)
+
+    def counters(row: int) -> Dict[str, int]:
+        return {name: int(lib.threadguard_stats_get(snap, row, index))
+                for index, name in enumerate(_native.FIELDS)}
+
+    libraries = tuple(
+        LibraryStats(name=_native.text(lib.threadguard_stats_name(snap, row)),
+                     path=_native.text(lib.threadguard_stats_path(snap, row)),
+                     kind=_native.text(lib.threadguard_stats_kind(snap, row)), **counters(row))
+        for row in range(lib.threadguard_stats_rows(snap))
+    )
+    return Stats(
+        libraries=libraries, total=Counters(**counters(_native.TOTAL_ROW)),
+        tasks=_optional(lib.threadguard_stats_tasks(snap)),
+        untracked=_optional(lib.threadguard_stats_untracked(snap)),
+        tasks_at_start=_optional(lib.threadguard_stats_tasks_at_start(snap)),
+        interposing=bool(lib.threadguard_interposing()), pid=os.getpid(),
+        program=os.path.realpath("/proc/self/exe"),
+        version=_native.text(lib.threadguard_version()),
+    )
+
+
+def load_report(path: Union[str, Path]) -> Stats:
+    """Read a report written with THREADGUARD_REPORT=PATH.json."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"no report at {path}: run the program with "
+                          f"THREADGUARD_REPORT={path} (or 'threadguard run --report "
+                          f"{path} -- CMD')") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"cannot read the report {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} is not a threadguard report (expected a JSON object)")
+    return Stats.from_json(data)
