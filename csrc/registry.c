@@ -6,7 +6,12 @@
  * library (std::thread in libstdc++, libc itself) the stack is unwound to the
  * first frame outside them, so torch's std::thread pools count as torch.
  * Slots are claimed with a compare-and-swap on their base address, so two
- * threads meeting a new library at once agree on one slot. */
+ * threads meeting a new library at once agree on one slot.
+ *
+ * The unwinder comes from the libgcc_s already in the process rather than
+ * from a link-time dependency: loading libgcc_s into every guarded process
+ * cost about 0.2 ms of start-up, and every caller that needs unwinding
+ * (libstdc++, sanitizer runtimes) depends on libgcc_s itself. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <link.h>
@@ -135,6 +140,29 @@ static int kind_of(unsigned slot, uintptr_t base, const char *path) {
     return classify(base, path);
 }
 
+typedef _Unwind_Reason_Code (*backtrace_fn)(_Unwind_Trace_Fn, void *);
+typedef _Unwind_Ptr (*get_ip_fn)(struct _Unwind_Context *);
+
+static _Atomic(backtrace_fn) unwind_backtrace;
+static _Atomic(get_ip_fn) unwind_get_ip;
+
+/* Take the unwinder from the libgcc_s already loaded.  RTLD_NOLOAD finds it
+ * by soname even when it came in RTLD_LOCAL (ctypes, torch), where
+ * dlsym(RTLD_DEFAULT) would not; a caller in libstdc++ means it is there.
+ * This runs once per process; the reference it takes is never dropped, so
+ * the pointers stay valid. */
+static int resolve_unwinder(void) {
+    if (atomic_load_explicit(&unwind_backtrace, memory_order_acquire) != NULL) return 1;
+    void *gcc_s = dlopen("libgcc_s.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (gcc_s == NULL) return 0;
+    get_ip_fn ip = (get_ip_fn)dlsym(gcc_s, "_Unwind_GetIP");
+    backtrace_fn bt = (backtrace_fn)dlsym(gcc_s, "_Unwind_Backtrace");
+    if (ip == NULL || bt == NULL) return 0;
+    atomic_store_explicit(&unwind_get_ip, ip, memory_order_relaxed);
+    atomic_store_explicit(&unwind_backtrace, bt, memory_order_release);
+    return 1;
+}
+
 struct walk {
     int depth;
     int found;
@@ -145,7 +173,7 @@ struct walk {
 static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *context, void *arg) {
     struct walk *w = arg;
     if (++w->depth > 64) return _URC_END_OF_STACK;
-    uintptr_t ip = _Unwind_GetIP(context);
+    uintptr_t ip = atomic_load_explicit(&unwind_get_ip, memory_order_relaxed)(context);
     if (ip == 0) return _URC_NO_REASON;
     uintptr_t base;
     const char *path;
@@ -169,7 +197,8 @@ unsigned tg_creator_slot(void *return_address) {
     int kind = kind_of(slot, base, path);
     if (kind != TG_KIND_SYSTEM && kind != TG_KIND_SELF) return slot;
     struct walk w = {0, 0, 0, NULL};
-    _Unwind_Backtrace(walk_frame, &w);
+    if (!resolve_unwinder()) return slot;
+    atomic_load_explicit(&unwind_backtrace, memory_order_acquire)(walk_frame, &w);
     return w.found ? slot_for(w.base, w.path) : slot;
 }
 
@@ -181,6 +210,9 @@ void tg_registry_init(void) {
     const char *path;
     uintptr_t base;
     if (py != NULL && find_object(py, &base, &path) == 0) python_base = base;
+    /* Where libgcc_s is already loaded (C++ programs) the create path then
+     * never has to look it up. */
+    resolve_unwinder();
     copy_string(tg_libs[TG_UNKNOWN_SLOT].name, sizeof tg_libs[0].name, "(unknown)");
     tg_libs[TG_UNKNOWN_SLOT].kind = TG_KIND_UNKNOWN;
     atomic_store_explicit(&tg_libs[TG_UNKNOWN_SLOT].ready, 1, memory_order_release);

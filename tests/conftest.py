@@ -69,3 +69,15 @@ def fakecpus(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def report_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def cxxpool(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A shared library whose cxxpool_run(n) starts n std::threads."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the std::thread pool library")
+    out = tmp_path_factory.mktemp("cxx") / "libtg_cxxpool.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out),
+                    str(REPO / "tests" / "c" / "cxxpool.cpp")], check=True)
+    return str(out)

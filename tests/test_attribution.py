@@ -94,3 +94,12 @@ stop.set()
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["False", "3", "3", "0"]
+
+
+def test_std_thread_in_a_late_loaded_library_counts_under_that_library(guarded, cxxpool):
+    """libstdc++ arrives with the library, after threadguard started (as with
+    torch): its std::threads go to the library above libstdc++."""
+    _, report = guarded.run(f"import ctypes; ctypes.CDLL({cxxpool!r}).cxxpool_run(5)")
+    rows = {lib.name: lib.created for lib in report.libraries}
+    assert rows.get("libtg_cxxpool.so") == 5, report.format_table()
+    assert not any(name.startswith("libstdc++") for name in rows)
