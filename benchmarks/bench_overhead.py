@@ -71,7 +71,8 @@ def main() -> int:
         parser.error("--rounds and --threads must be at least 2")
 
     library = threadguard.libpath()
-    bare_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "THREADGUARD_REPORT")}
+    bare_env = {k: v for k, v in os.environ.items()
+                if k not in ("LD_PRELOAD", "THREADGUARD_REPORT")}
     guarded_env = dict(bare_env, LD_PRELOAD=library)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -55,29 +54,27 @@ def guarded(tmp_path: Path) -> Guarded:
     return Guarded(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def fakecpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Path of a shim that makes libraries see THREADGUARD_TEST_CPUS CPUs."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
+def _build_shared_library(factory: pytest.TempPathFactory, compilers: tuple, source: str,
+                          name: str, *flags: str) -> str:
+    """Compile a test-only helper library, or skip when no compiler is found."""
+    compiler = next((c for c in map(shutil.which, compilers) if c), None)
     if compiler is None:
-        pytest.skip("no C compiler to build the CPU-count shim")
-    out = tmp_path_factory.mktemp("shim") / "fakecpus.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(out),
-                    str(REPO / "tests" / "native" / "fakecpus.c"), "-ldl"], check=True)
+        pytest.skip(f"no compiler ({' or '.join(compilers)}) to build {name}")
+    out = factory.mktemp("native") / name
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", *flags, "-o", str(out),
+                    str(REPO / source)], check=True)
     return str(out)
 
 
-def report_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+@pytest.fixture(scope="session")
+def fakecpus(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of a shim that makes libraries see THREADGUARD_TEST_CPUS CPUs."""
+    return _build_shared_library(tmp_path_factory, ("cc", "gcc"), "tests/native/fakecpus.c",
+                                 "fakecpus.so", "-ldl")
 
 
 @pytest.fixture(scope="session")
 def cxxpool(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A shared library whose cxxpool_run(n) starts n std::threads."""
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler to build the std::thread pool library")
-    out = tmp_path_factory.mktemp("cxx") / "libtg_cxxpool.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out),
-                    str(REPO / "tests" / "c" / "cxxpool.cpp")], check=True)
-    return str(out)
+    return _build_shared_library(tmp_path_factory, ("c++", "g++"), "tests/c/cxxpool.cpp",
+                                 "libtg_cxxpool.so", "-pthread")
