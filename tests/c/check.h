@@ -21,7 +21,7 @@ static int check_failures;
     } while (0)
 
 /* One counter of the row whose kind is `kind` (first match), 0 if absent. */
-static long long counter_of_kind(const char *kind, int field) {
+__attribute__((unused)) static long long counter_of_kind(const char *kind, int field) {
     threadguard_stats *s = NULL;
     if (threadguard_stats_take(&s) != 0) return -1000;
     long long value = 0;
@@ -34,7 +34,7 @@ static long long counter_of_kind(const char *kind, int field) {
     return value;
 }
 
-static long long total(int field) {
+__attribute__((unused)) static long long total(int field) {
     threadguard_stats *s = NULL;
     if (threadguard_stats_take(&s) != 0) return -1000;
     long long value = threadguard_stats_get(s, THREADGUARD_TOTAL_ROW, field);
