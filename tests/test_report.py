@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,14 +80,31 @@ def test_pid_in_path_gives_one_report_per_process(tmp_path):
 
 
 def test_forked_child_does_not_overwrite_the_parents_report(tmp_path):
+    # The child outlives the parent, so a child that wrote the report would
+    # replace the parent's: the parent's must be the one left.
     path = tmp_path / "r.json"
-    code = ("import os, threading\n"
+    code = ("import os, sys, threading, time\n"
             "pid = os.fork()\n"
-            "if pid == 0: exit(0)\n"
-            "os.waitpid(pid, 0)\n" + TWO_THREADS)
-    run_preloaded(tmp_path, str(path), code=code)
-    assert threadguard.load_report(path).pid != 0
+            "if pid == 0:\n"
+            "    time.sleep(0.5); sys.exit(0)\n"
+            "print(os.getpid(), pid)\n" + TWO_THREADS)
+    proc = run_preloaded(tmp_path, str(path), code=code)
+    parent, child = map(int, proc.stdout.split())
+    for _ in range(100):  # wait for the orphaned child to exit
+        if not os.path.exists(f"/proc/{child}") or "Z" in _proc_state(child):
+            break
+        time.sleep(0.05)
+    time.sleep(0.1)
+    assert threadguard.load_report(path).pid == parent
     assert threadguard.load_report(path).total.created == 2
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def test_malformed_report_file_is_a_clear_error(tmp_path):

@@ -58,6 +58,7 @@ int main(void) {
     long guarded = allocations_for(pthread_create, 200);
     CHECK(threadguard_interposing() == 1, "not interposing");
     CHECK(total(THREADGUARD_CREATED) == 208, "created %lld", total(THREADGUARD_CREATED));
+    CHECK(bare >= 0 && guarded >= 0, "a pthread_create failed");
     CHECK(guarded == bare, "200 create+join: %ld allocations through threadguard, %ld through libc",
           guarded, bare);
     if (check_failures == 0)
