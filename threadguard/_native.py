@@ -84,9 +84,10 @@ def loaded_path() -> Optional[str]:
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
-                path = line.rstrip("\n").split(None, 5)[-1] if line.count(" ") >= 5 else ""
-                if os.path.basename(path).startswith("libthreadguard"):
-                    return path
+                # address perms offset dev inode [path]
+                fields = line.rstrip("\n").split(None, 5)
+                if len(fields) == 6 and os.path.basename(fields[5]).startswith("libthreadguard"):
+                    return fields[5]
     except OSError:
         return None
     return None

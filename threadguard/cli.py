@@ -69,16 +69,20 @@ def _package_version() -> str:
     return __version__
 
 
+def _packaged_library() -> str:
+    path = _native.packaged_path()
+    if not path.is_file():
+        raise ThreadguardError(f"{path} is missing: reinstall threadguard")
+    return str(path)
+
+
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cmd: List[str] = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         parser.error("run: give the command after --, like: threadguard run -- python train.py")
-    library = _native.packaged_path()
-    if not library.is_file():
-        raise ThreadguardError(f"{library} is missing: reinstall threadguard")
-    env = preload_environment(str(library), report=args.report)
+    env = preload_environment(_packaged_library(), report=args.report)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -103,10 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "run":
             return _run(args, parser)
         if args.command == "libpath":
-            path = _native.packaged_path()
-            if not path.is_file():
-                raise ThreadguardError(f"{path} is missing: reinstall threadguard")
-            print(path)
+            print(_packaged_library())
             return 0
         if args.command == "stats":
             report = load_report(args.report)

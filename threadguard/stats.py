@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -19,6 +19,7 @@ from .errors import ReportError
 __all__ = ["Counters", "LibraryStats", "Stats", "stats", "load_report"]
 
 
+# Counters' fields are the C library's counter fields (_native.FIELDS), in order.
 @dataclass(frozen=True)
 class Counters:
     """Thread counters: successful creations, live now, highest live, failed
@@ -44,9 +45,6 @@ class LibraryStats(Counters):
     kind: str = "unknown"
 
 
-_COUNTER_NAMES = tuple(f.name for f in fields(Counters))
-
-
 @dataclass(frozen=True)
 class Stats:
     """One snapshot of a process's threads."""
@@ -64,7 +62,7 @@ class Stats:
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
         rows = [lib for lib in self.libraries if lib.kind == kind]
-        sums = {name: sum(getattr(r, name) for r in rows) for name in _COUNTER_NAMES}
+        sums = {name: sum(getattr(r, name) for r in rows) for name in _native.FIELDS}
         sums["last_errno"] = next((r.last_errno for r in rows if r.last_errno), 0)
         return Counters(**sums)
 
@@ -80,7 +78,7 @@ class Stats:
             "untracked": -1 if self.untracked is None else self.untracked,
             "libraries": [
                 {"name": lib.name, "path": lib.path, "kind": lib.kind,
-                 **{n: getattr(lib, n) for n in _COUNTER_NAMES}}
+                 **{n: getattr(lib, n) for n in _native.FIELDS}}
                 for lib in self.libraries
             ],
             "total": asdict(self.total),
@@ -92,10 +90,10 @@ class Stats:
         try:
             libraries = tuple(
                 LibraryStats(name=str(row["name"]), path=str(row["path"]), kind=str(row["kind"]),
-                             **{n: int(row[n]) for n in _COUNTER_NAMES})
+                             **{n: int(row[n]) for n in _native.FIELDS})
                 for row in data["libraries"]
             )
-            total = Counters(**{n: int(data["total"][n]) for n in _COUNTER_NAMES})
+            total = Counters(**{n: int(data["total"][n]) for n in _native.FIELDS})
             return cls(
                 libraries=libraries, total=total,
                 tasks=_optional(data["tasks"]), untracked=_optional(data["untracked"]),
