@@ -25,6 +25,7 @@ enum tg_kind {
     TG_KIND_OPENMP,
     TG_KIND_MKL,
     TG_KIND_TORCH,
+    TG_KIND_BLIS,
     TG_KIND_MAIN,
     TG_KIND_SYSTEM, /* libc, libstdc++, libgcc_s: attributed to the caller above them */
     TG_KIND_SELF,   /* threadguard itself */
@@ -47,6 +48,10 @@ struct tg_lib {
     char path[512];
     char name[128];
     struct tg_counters c;
+    /* Pool workers threadguard sized this library for and that it has not
+     * started yet are promised: later pools must leave room for them. */
+    _Atomic long long promised;
+    _Atomic int warned; /* over budget, warned once */
 };
 
 TG_HIDDEN extern struct tg_lib tg_libs[TG_MAX_LIBS];
@@ -79,16 +84,112 @@ TG_HIDDEN void tg_exe_path(char *buf, size_t size);
 /* ---- configuration (config.c) --------------------------------------- */
 
 enum tg_report_mode { TG_REPORT_OFF = 0, TG_REPORT_STDERR, TG_REPORT_JSON };
+enum tg_on_limit { TG_ON_LIMIT_WARN = 0, TG_ON_LIMIT_DENY };
+/* Where a value came from, as the report says it. */
+enum tg_source { TG_SOURCE_DEFAULT = 0, TG_SOURCE_USER, TG_SOURCE_THREADGUARD };
+
+enum tg_setting_id {
+    TG_SET_MAX_THREADS = 0,
+    TG_SET_POOL_THREADS,
+    TG_SET_ON_LIMIT,
+    TG_SET_STACK,
+    TG_SET_ARENAS,
+    TG_SET_NPROC,
+    TG_SET_REPORT,
+    TG_SET_DEBUG,
+    TG_SETTING_COUNT
+};
+
+#define TG_MIN_STACK (256LL * 1024)
+#define TG_NPROC_MAX (-2LL)
 
 struct tg_config {
+    long long max_threads;  /* -1: no budget */
+    long long pool_threads; /* -1: not set */
+    int on_limit;
+    long long stack; /* bytes; 0: not set */
+    long long arenas; /* 0: not set */
+    long long nproc; /* -1: not set; TG_NPROC_MAX: the hard limit */
+    int debug;
     int report_mode;
     char report_path[1024];
+    /* Per setting: the value as given (printable) and whether it was used. */
+    char raw[TG_SETTING_COUNT][64];
+    int source[TG_SETTING_COUNT];
+    int rejected[TG_SETTING_COUNT];
 };
 
 TG_HIDDEN extern struct tg_config tg_config;
 /* Parse every THREADGUARD_* variable once; bad values get one line on
  * stderr and the default. */
 TG_HIDDEN void tg_config_load(void);
+TG_HIDDEN const char *tg_setting_name(int which);
+TG_HIDDEN const char *tg_source_name(int source);
+
+/* The process environment's value of name, read from environ directly so
+ * that threadguard's own getenv() answers never feed back into it. */
+TG_HIDDEN const char *tg_environ_get(const char *name);
+
+/* ---- headroom (limits.c) -------------------------------------------- */
+
+/* Figures are -1 where unknown or unlimited. */
+struct tg_headroom {
+    long long nproc_soft, nproc_hard, uid_tasks, nproc_free;
+    long long pids_max, pids_current, pids_free;
+    long long threads_max, threads_total, threads_free;
+    long long as_limit, vmsize, thread_cost, as_free_threads;
+    long long budget, process_threads, budget_free;
+    long long free;      /* the smallest of the *_free figures */
+    const char *limit;   /* which limit gave it ("none") */
+    long long cpus_affinity, cpus_quota, slurm_cpus_per_task, slurm_cpus_on_node,
+        omp_thread_limit;
+    long long cpus;        /* the CPU allocation: smallest of the above */
+    const char *cpus_from; /* which one gave it */
+};
+
+/* Measure every limit now.  kind selects the per-thread address-space cost
+ * (an OpenBLAS thread also maps a buffer). */
+TG_HIDDEN void tg_headroom_measure(struct tg_headroom *h, int kind);
+/* The thread stack size new threads get by default, in bytes. */
+TG_HIDDEN long long tg_default_stack(void);
+/* True when malloc arenas are capped (by threadguard or the user). */
+TG_HIDDEN int tg_arenas_capped(void);
+
+/* ---- pool shaping (shaping.c) --------------------------------------- */
+
+/* Apply stack, arenas and RLIMIT_NPROC settings; set variables read through
+ * Python's os.environ.  Runs once, at initialisation. */
+TG_HIDDEN void tg_shaping_init(void);
+
+#define TG_MAX_DECISIONS 256
+
+struct tg_decision {
+    _Atomic int ready;
+    unsigned slot;       /* the library that asked */
+    char library[64];    /* its name */
+    char variable[40];   /* OPENBLAS_NUM_THREADS, omp_set_num_threads(), ... */
+    long long value;     /* what it got; -1 = passed through unchanged */
+    long long requested; /* the user's value, -1 = none */
+    int source;          /* enum tg_source */
+    int lowered;         /* the user's value did not fit */
+    long long free;      /* headroom used */
+    const char *limit;
+    long long cpus;
+};
+
+TG_HIDDEN extern struct tg_decision tg_decisions[TG_MAX_DECISIONS];
+TG_HIDDEN extern _Atomic int tg_decision_count;
+/* The values threadguard applied itself at start. */
+struct tg_applied {
+    long long stack;
+    int stack_source;
+    long long arenas;
+    int arenas_source;
+    long long nproc_soft;
+    int nproc_source;
+};
+TG_HIDDEN extern struct tg_applied tg_applied;
+TG_HIDDEN extern struct tg_headroom tg_headroom_at_start;
 
 /* ---- errors (error.c) ----------------------------------------------- */
 

@@ -153,6 +153,7 @@ static void initialise(void) {
     tg_config_load();
     tg_registry_init();
     resolve_real_create();
+    tg_shaping_init();
     pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
@@ -165,6 +166,36 @@ __attribute__((constructor)) static void threadguard_constructor(void) { tg_init
 __attribute__((destructor)) static void threadguard_destructor(void) { tg_report_at_exit(); }
 
 /* ---- the wrapper ------------------------------------------------------ */
+
+/* THREADGUARD_MAX_THREADS: live threads besides the main one, counting
+ * those that existed before threadguard started.  Returns 1 when this
+ * creation must be refused (deny mode); warns once per library either way.
+ * Pools are sized to fit the budget, so this is the backstop for threads
+ * nobody sized. */
+static int over_budget(unsigned slot, long long live_total) {
+    long long budget = tg_config.max_threads;
+    if (budget <= 0) return 0;
+    long long before = tasks_at_start > 0 ? tasks_at_start : 0;
+    long long in_process = live_total + before;
+    if (in_process <= budget) return 0;
+    struct tg_lib *lib = &tg_libs[slot];
+    int deny = tg_config.on_limit == TG_ON_LIMIT_DENY;
+    if (deny) {
+        atomic_fetch_add_explicit(&lib->c.denied, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&tg_total.denied, 1, memory_order_relaxed);
+    }
+    if (atomic_exchange_explicit(&lib->warned, 1, memory_order_relaxed) == 0) {
+        if (deny)
+            tg_warn("denied thread %lld to %s: THREADGUARD_MAX_THREADS=%lld and %lld threads "
+                    "are live; pthread_create returns EAGAIN (THREADGUARD_ON_LIMIT=deny)",
+                    in_process, lib->name, budget, in_process - 1);
+        else
+            tg_warn("%s started thread %lld, over THREADGUARD_MAX_THREADS=%lld; allowed "
+                    "(THREADGUARD_ON_LIMIT=warn; set it to deny to refuse such threads)",
+                    lib->name, in_process, budget);
+    }
+    return deny;
+}
 
 static int __attribute__((noinline))
 create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
@@ -188,6 +219,11 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
 
     long long live_total, live_lib;
     count_start(slot, &live_total, &live_lib);
+    if (over_budget(slot, live_total)) {
+        count_exit(slot);
+        release_record(record);
+        return EAGAIN;
+    }
     int rc = real(thread, attr, trampoline, record);
     if (rc != 0) {
         count_exit(slot);

@@ -73,6 +73,7 @@ static int classify(uintptr_t base, const char *path) {
         starts_with(name, "libomp"))
         return TG_KIND_OPENMP;
     if (starts_with(name, "libmkl")) return TG_KIND_MKL;
+    if (starts_with(name, "libblis")) return TG_KIND_BLIS;
     if (starts_with(name, "libtorch") || starts_with(name, "libc10")) return TG_KIND_TORCH;
     if (starts_with(name, "libc.so") || starts_with(name, "libc-") ||
         starts_with(name, "libpthread") || starts_with(name, "libstdc++") ||
@@ -93,6 +94,7 @@ const char *tg_kind_name(int kind) {
     case TG_KIND_OPENMP: return "openmp";
     case TG_KIND_MKL: return "mkl";
     case TG_KIND_TORCH: return "torch";
+    case TG_KIND_BLIS: return "blis";
     case TG_KIND_MAIN: return "main";
     case TG_KIND_SYSTEM: return "system";
     case TG_KIND_SELF: return "threadguard";

@@ -12,14 +12,26 @@
 
 #include "internal.h"
 
+/* Output goes to a file descriptor, or (fd < 0) into mem, counting what
+ * did not fit so the caller can ask again with a bigger buffer. */
 struct out {
     int fd;
     int failed;
     size_t used;
+    char *mem;
+    size_t mem_size;
+    size_t mem_total;
     char buf[8192];
 };
 
 static void flush(struct out *o) {
+    if (o->fd < 0) {
+        for (size_t i = 0; i < o->used; i++, o->mem_total++)
+            if (o->mem_total + 1 < o->mem_size) o->mem[o->mem_total] = o->buf[i];
+        if (o->mem_size) o->mem[o->mem_total < o->mem_size ? o->mem_total : o->mem_size - 1] = 0;
+        o->used = 0;
+        return;
+    }
     size_t done = 0;
     while (done < o->used && !o->failed) {
         ssize_t n = write(o->fd, o->buf + done, o->used - done);
@@ -65,6 +77,97 @@ static void put_json_counters(struct out *o, const threadguard_stats *s, int row
         put(o, "%s\"%s\": %lld", f ? ", " : "", field_names[f], threadguard_stats_get(s, row, f));
 }
 
+static void put_json_number(struct out *o, const char *key, long long v, const char *sep) {
+    if (v < 0) put(o, "\"%s\": null%s", key, sep);
+    else put(o, "\"%s\": %lld%s", key, v, sep);
+}
+
+static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
+    put(o, "{");
+    put_json_number(o, "rlimit_nproc_soft", h->nproc_soft, ", ");
+    put_json_number(o, "rlimit_nproc_hard", h->nproc_hard, ", ");
+    put_json_number(o, "uid_tasks", h->uid_tasks, ", ");
+    put_json_number(o, "nproc_free", h->nproc_free, ",\n      ");
+    put_json_number(o, "pids_max", h->pids_max, ", ");
+    put_json_number(o, "pids_current", h->pids_current, ", ");
+    put_json_number(o, "pids_free", h->pids_free, ",\n      ");
+    put_json_number(o, "threads_max", h->threads_max, ", ");
+    put_json_number(o, "threads_total", h->threads_total, ", ");
+    put_json_number(o, "threads_free", h->threads_free, ",\n      ");
+    put_json_number(o, "rlimit_as", h->as_limit, ", ");
+    put_json_number(o, "vmsize", h->vmsize, ", ");
+    put_json_number(o, "thread_cost", h->thread_cost, ", ");
+    put_json_number(o, "as_free_threads", h->as_free_threads, ",\n      ");
+    put_json_number(o, "max_threads", h->budget, ", ");
+    put_json_number(o, "process_threads", h->process_threads, ", ");
+    put_json_number(o, "budget_free", h->budget_free, ",\n      ");
+    put_json_number(o, "free", h->free, ", ");
+    put(o, "\"limit\": ");
+    put_json_string(o, h->limit);
+    put(o, ",\n      ");
+    put_json_number(o, "cpus_affinity", h->cpus_affinity, ", ");
+    put_json_number(o, "cpus_quota", h->cpus_quota, ", ");
+    put_json_number(o, "slurm_cpus_per_task", h->slurm_cpus_per_task, ", ");
+    put_json_number(o, "slurm_cpus_on_node", h->slurm_cpus_on_node, ", ");
+    put_json_number(o, "omp_thread_limit", h->omp_thread_limit, ",\n      ");
+    put_json_number(o, "cpus", h->cpus, ", ");
+    put(o, "\"cpus_from\": ");
+    put_json_string(o, h->cpus_from);
+    put(o, "}");
+}
+
+static void put_json_settings(struct out *o) {
+    put(o, "  \"settings\": [");
+    for (int i = 0; i < TG_SETTING_COUNT; i++) {
+        put(o, "%s\n    {\"name\": \"%s\", \"value\": ", i ? "," : "", tg_setting_name(i));
+        if (tg_config.raw[i][0] || tg_config.source[i] == TG_SOURCE_USER)
+            put_json_string(o, tg_config.raw[i]);
+        else
+            put(o, "null");
+        put(o, ", \"source\": \"%s\", \"rejected\": %s}", tg_source_name(tg_config.source[i]),
+            tg_config.rejected[i] ? "true" : "false");
+    }
+    put(o, "\n  ],\n  \"applied\": {");
+    put(o, "\"stack\": {\"value\": %lld, \"source\": \"%s\"}, ", tg_applied.stack,
+        tg_source_name(tg_applied.stack_source));
+    put(o, "\"arenas\": {\"value\": ");
+    if (tg_applied.arenas > 0) put(o, "%lld", tg_applied.arenas);
+    else put(o, "null");
+    put(o, ", \"source\": \"%s\"}, ", tg_source_name(tg_applied.arenas_source));
+    put(o, "\"rlimit_nproc\": {\"value\": ");
+    if (tg_applied.nproc_soft >= 0) put(o, "%lld", tg_applied.nproc_soft);
+    else put(o, "null");
+    put(o, ", \"source\": \"%s\"}},\n", tg_source_name(tg_applied.nproc_source));
+}
+
+static int decisions_made(void) {
+    int n = atomic_load_explicit(&tg_decision_count, memory_order_acquire);
+    return n < TG_MAX_DECISIONS ? n : TG_MAX_DECISIONS;
+}
+
+static void put_json_pools(struct out *o) {
+    put(o, "  \"pools\": [");
+    int n = decisions_made(), first = 1;
+    for (int i = 0; i < n; i++) {
+        const struct tg_decision *d = &tg_decisions[i];
+        if (!atomic_load_explicit(&d->ready, memory_order_acquire)) continue;
+        put(o, "%s\n    {\"library\": ", first ? "" : ",");
+        first = 0;
+        put_json_string(o, d->library);
+        put(o, ", \"kind\": \"%s\", \"variable\": ", tg_kind_name(tg_libs[d->slot].kind));
+        put_json_string(o, d->variable);
+        put(o, ", \"value\": %lld, ", d->value);
+        put_json_number(o, "requested", d->requested, ", ");
+        put(o, "\"source\": \"%s\", \"lowered\": %s, ", tg_source_name(d->source),
+            d->lowered ? "true" : "false");
+        put_json_number(o, "free", d->free, ", ");
+        put(o, "\"limit\": ");
+        put_json_string(o, d->limit);
+        put(o, ", \"cpus\": %lld}", d->cpus);
+    }
+    put(o, "%s],\n", first ? "" : "\n  ");
+}
+
 static void write_json(struct out *o, const threadguard_stats *s, const char *program) {
     put(o, "{\n  \"threadguard\": \"%s\",\n  \"pid\": %d,\n  \"program\": ",
         THREADGUARD_VERSION_STRING, (int)getpid());
@@ -86,7 +189,74 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     }
     put(o, "%s],\n  \"total\": {", rows ? "\n  " : "");
     put_json_counters(o, s, THREADGUARD_TOTAL_ROW);
-    put(o, "}\n}\n");
+    put(o, "},\n");
+    put_json_settings(o);
+    put_json_pools(o);
+    struct tg_headroom now;
+    tg_headroom_measure(&now, TG_KIND_UNKNOWN);
+    put(o, "  \"headroom\": {\n    \"at_start\": ");
+    put_json_headroom(o, &tg_headroom_at_start);
+    put(o, ",\n    \"now\": ");
+    put_json_headroom(o, &now);
+    put(o, "\n  }\n}\n");
+}
+
+static void put_size(struct out *o, long long bytes) {
+    if (bytes >= 0 && bytes % (1024 * 1024) == 0) put(o, "%lldM", bytes / (1024 * 1024));
+    else if (bytes >= 0 && bytes % 1024 == 0) put(o, "%lldk", bytes / 1024);
+    else put(o, "%lld", bytes);
+}
+
+static void put_figure(struct out *o, const char *label, long long v) {
+    if (v >= 0) put(o, " %s %lld", label, v);
+}
+
+static void write_table_budget(struct out *o) {
+    int n = decisions_made();
+    if (n > 0) {
+        put(o, "  pool sizes (value, where it came from):\n");
+        for (int i = 0; i < n; i++) {
+            const struct tg_decision *d = &tg_decisions[i];
+            if (!atomic_load_explicit(&d->ready, memory_order_acquire)) continue;
+            put(o, "    %-32.32s %-28.28s %4lld  %s", d->library, d->variable, d->value,
+                tg_source_name(d->source));
+            if (d->lowered) put(o, ", lowered from %lld", d->requested);
+            if (d->free >= 0) put(o, " (%lld free under %s)", d->free, d->limit);
+            put(o, "\n");
+        }
+    }
+    put(o, "  settings:");
+    int any = 0;
+    for (int i = 0; i < TG_SETTING_COUNT; i++) {
+        if (tg_config.source[i] != TG_SOURCE_USER && !tg_config.rejected[i]) continue;
+        put(o, " %s=%s%s", tg_setting_name(i), tg_config.raw[i],
+            tg_config.rejected[i] ? " (ignored)" : "");
+        any = 1;
+    }
+    put(o, "%s\n  stack ", any ? "" : " none");
+    put_size(o, tg_applied.stack);
+    put(o, " (%s), arenas ", tg_source_name(tg_applied.stack_source));
+    if (tg_applied.arenas > 0) put(o, "%lld", tg_applied.arenas);
+    else put(o, "unlimited");
+    put(o, " (%s)\n", tg_source_name(tg_applied.arenas_source));
+    const struct tg_headroom *h = &tg_headroom_at_start;
+    put(o, "  headroom at start: %lld CPUs (%s);", h->cpus, h->cpus_from);
+    if (h->free >= 0) put(o, " %lld threads free under %s;", h->free, h->limit);
+    put_figure(o, "RLIMIT_NPROC", h->nproc_soft);
+    put_figure(o, "uid tasks", h->uid_tasks);
+    put_figure(o, "pids.max", h->pids_max);
+    put_figure(o, "pids.current", h->pids_current);
+    put_figure(o, "threads-max", h->threads_max);
+    if (h->as_limit >= 0) {
+        put(o, " RLIMIT_AS ");
+        put_size(o, h->as_limit);
+        put(o, " VmSize ");
+        put_size(o, h->vmsize);
+        put(o, " per thread ");
+        put_size(o, h->thread_cost);
+    }
+    put_figure(o, "THREADGUARD_MAX_THREADS", h->budget);
+    put(o, "\n");
 }
 
 static void write_table(struct out *o, const threadguard_stats *s, const char *program) {
@@ -127,6 +297,7 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
            "%lld existed before threadguard started)\n",
         tasks, threadguard_stats_get(s, t, THREADGUARD_LIVE), threadguard_stats_untracked(s),
         threadguard_stats_tasks_at_start(s));
+    write_table_budget(o);
 }
 
 /* PATH with every %p replaced by the pid; 0 on success. */
@@ -174,6 +345,30 @@ static void report_json(const threadguard_stats *s, const char *program) {
         tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s", path, strerror(o.failed));
         unlink(temp);
     }
+}
+
+THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size) {
+    if (buffer == NULL && size != 0)
+        return tg_set_error(THREADGUARD_EINVAL, "threadguard_report_json: buffer is NULL") * -1LL;
+    threadguard_stats *s = NULL;
+    if (threadguard_stats_take(&s) != THREADGUARD_OK) return -(long long)THREADGUARD_ENOMEM;
+    char program[512];
+    tg_exe_path(program, sizeof program);
+    struct out *o = calloc(1, sizeof *o);
+    if (o == NULL) {
+        threadguard_stats_free(s);
+        return -(long long)tg_set_error(THREADGUARD_ENOMEM, "threadguard_report_json: out of memory");
+    }
+    o->fd = -1;
+    o->mem = buffer;
+    o->mem_size = size;
+    write_json(o, s, program);
+    flush(o);
+    long long total = (long long)o->mem_total;
+    free(o);
+    threadguard_stats_free(s);
+    tg_clear_error();
+    return total;
 }
 
 void tg_report_at_exit(void) {

@@ -8,11 +8,12 @@ in step.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from cffi import FFI
 
@@ -35,6 +36,8 @@ long long threadguard_stats_get(const threadguard_stats *stats, int row, int fie
 long long threadguard_stats_tasks(const threadguard_stats *stats);
 long long threadguard_stats_untracked(const threadguard_stats *stats);
 long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
+long long threadguard_report_json(char *buffer, size_t size);
+int threadguard_check_setting(const char *name, const char *value);
 """
 
 # enum threadguard_field, in the header's order.
@@ -91,6 +94,21 @@ def loaded_path() -> Optional[str]:
     except OSError:
         return None
     return None
+
+
+def report_json() -> Dict[str, Any]:
+    """The native report (counters, settings, pool sizes, headroom now) as a dict."""
+    lib = load()
+    size = 1 << 16
+    while True:
+        buffer = ffi.new("char[]", size)
+        length = int(lib.threadguard_report_json(buffer, size))
+        if length < 0:
+            raise MemoryError(text(lib.threadguard_last_error()))
+        if length < size:
+            data: Dict[str, Any] = json.loads(ffi.string(buffer).decode("utf-8", "replace"))
+            return data
+        size = length + 1
 
 
 def text(ptr: Any) -> str:

@@ -6,18 +6,21 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from . import _native
 from .errors import ThreadguardError
 from .preload import preload_environment
+from .settings import OPTIONS, Option, check_setting
 from .stats import load_report
 
 __all__ = ["main"]
 
 _EPILOG = """\
 examples:
-  threadguard run -- python train.py          count threads by library
+  threadguard run -- python train.py          size pools to fit, count threads by library
+  threadguard run --max-threads 16 --on-limit deny -- python train.py
+  threadguard run --stack 512k --arenas 2 -- python train.py
   threadguard run --report stderr -- python -c "import numpy"
   threadguard run --report out.json -- python train.py && threadguard stats out.json
   LD_PRELOAD=$(threadguard libpath) python train.py   the same, by hand
@@ -29,6 +32,17 @@ def _report_value(value: str) -> str:
         return value
     raise argparse.ArgumentTypeError(
         f"{value!r} is neither 'stderr' nor a path ending in .json")
+
+
+def _setting_value(option: Option) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        try:
+            check_setting(option.variable, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split("; using the default")[0]) from None
+        return value
+    check.__name__ = option.flag  # argparse names the option in its message
+    return check
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,12 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run a command with libthreadguard.so preloaded",
         description="Run CMD with libthreadguard.so first in LD_PRELOAD (an existing "
-                    "LD_PRELOAD is kept after it). The command replaces this process, so its "
-                    "exit status and signals are its own.")
+                    "LD_PRELOAD is kept after it). With no options, every thread pool "
+                    "(OpenBLAS, OpenMP, MKL, BLIS, numexpr, torch) is sized before it starts "
+                    "to at most the CPU allocation and at most the threads the task limits, "
+                    "cgroup and address space leave; explicit *_NUM_THREADS settings are kept "
+                    "when they fit. Each option sets the THREADGUARD_* variable named in its "
+                    "help. The command replaces this process, so its exit status and signals "
+                    "are its own.")
     run.add_argument("--report", type=_report_value, metavar="stderr|PATH.json",
                      help="at exit, print the threads by library on stderr or write them as "
                           "JSON to PATH.json ('%%p' in PATH becomes the pid); sets "
                           "THREADGUARD_REPORT")
+    for option in OPTIONS:
+        if option.variable == "THREADGUARD_DEBUG":
+            run.add_argument("--debug", action="store_true",
+                             help=f"{option.help}; sets {option.variable}=1")
+            continue
+        run.add_argument(f"--{option.flag}", type=_setting_value(option), metavar=option.metavar,
+                         help=f"{option.help}; sets {option.variable}")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                      help="the command to run, after --")
 
@@ -82,7 +108,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cmd = cmd[1:]
     if not cmd:
         parser.error("run: give the command after --, like: threadguard run -- python train.py")
-    env = preload_environment(_packaged_library(), report=args.report)
+    settings = {}
+    for option in OPTIONS:
+        value = getattr(args, option.flag.replace("-", "_"))
+        if option.variable == "THREADGUARD_DEBUG":
+            value = "1" if value else None
+        if value is not None:
+            settings[option.variable] = value
+    env = preload_environment(_packaged_library(), report=args.report, settings=settings)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -9,11 +9,13 @@ __all__ = ["preload_environment"]
 
 
 def preload_environment(library: str, base: Optional[Mapping[str, str]] = None,
-                        report: Optional[str] = None) -> Dict[str, str]:
+                        report: Optional[str] = None,
+                        settings: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """A copy of base (default: os.environ) with library first in LD_PRELOAD.
 
     An existing LD_PRELOAD is kept after it, never replaced; the library is
-    not added twice.  report, if given, sets THREADGUARD_REPORT."""
+    not added twice.  report, if given, sets THREADGUARD_REPORT; settings
+    are THREADGUARD_* variables to set."""
     if any(ch in library for ch in ": \t"):
         raise ValueError(f"{library!r} contains ':' or a space, which LD_PRELOAD cannot hold; "
                          "install threadguard under a path without them")
@@ -24,4 +26,5 @@ def preload_environment(library: str, base: Optional[Mapping[str, str]] = None,
     env["LD_PRELOAD"] = ":".join([library, *others])
     if report is not None:
         env["THREADGUARD_REPORT"] = report
+    env.update(settings or {})
     return env

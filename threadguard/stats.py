@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from . import _native
 from .errors import ReportError
 
-__all__ = ["Counters", "LibraryStats", "Stats", "stats", "load_report"]
+__all__ = ["Counters", "LibraryStats", "PoolSize", "Setting", "Stats", "stats", "load_report"]
+
+# A headroom snapshot: the native figures by name (None = unknown or
+# unlimited), e.g. "free", "limit", "cpus", "rlimit_nproc_soft", "pids_free".
+Headroom = Mapping[str, Union[int, str, None]]
 
 
 # Counters' fields are the C library's counter fields (_native.FIELDS), in order.
@@ -46,6 +50,37 @@ class LibraryStats(Counters):
 
 
 @dataclass(frozen=True)
+class Setting:
+    """A THREADGUARD_* variable: the value given (None if unset), whether it
+    came from the user or is the default, and whether it was rejected."""
+
+    name: str
+    value: Optional[str]
+    source: str
+    rejected: bool
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    """One pool-size decision: the variable a library read (or the setter it
+    called, like "omp_set_num_threads()"), the value it got, where that came
+    from ("user", "threadguard", "default"), the user's value if any, whether
+    it was lowered to fit, and the headroom used (free threads and the limit
+    that set them, None/"none" when nothing limits)."""
+
+    library: str
+    kind: str
+    variable: str
+    value: int
+    requested: Optional[int]
+    source: str
+    lowered: bool
+    free: Optional[int]
+    limit: str
+    cpus: int
+
+
+@dataclass(frozen=True)
 class Stats:
     """One snapshot of a process's threads."""
 
@@ -58,6 +93,12 @@ class Stats:
     pid: int
     program: str
     version: str
+    settings: Tuple[Setting, ...] = ()
+    pools: Tuple[PoolSize, ...] = ()
+    # stack, arenas, rlimit_nproc: {"value": ..., "source": ...} as applied at start
+    applied: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    headroom_at_start: Headroom = field(default_factory=dict)
+    headroom_now: Headroom = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
@@ -82,6 +123,11 @@ class Stats:
                 for lib in self.libraries
             ],
             "total": asdict(self.total),
+            "settings": [asdict(setting) for setting in self.settings],
+            "applied": {k: dict(v) for k, v in self.applied.items()},
+            "pools": [asdict(pool) for pool in self.pools],
+            "headroom": {"at_start": dict(self.headroom_at_start),
+                         "now": dict(self.headroom_now)},
         }
 
     @classmethod
@@ -94,7 +140,20 @@ class Stats:
                 for row in data["libraries"]
             )
             total = Counters(**{n: int(data["total"][n]) for n in _native.FIELDS})
+            settings = tuple(Setting(name=str(r["name"]), value=_optional_str(r["value"]),
+                                     source=str(r["source"]), rejected=bool(r["rejected"]))
+                             for r in data.get("settings", ()))
+            pools = tuple(PoolSize(library=str(r["library"]), kind=str(r["kind"]),
+                                   variable=str(r["variable"]), value=int(r["value"]),
+                                   requested=_optional(r["requested"]), source=str(r["source"]),
+                                   lowered=bool(r["lowered"]), free=_optional(r["free"]),
+                                   limit=str(r["limit"]), cpus=int(r["cpus"]))
+                          for r in data.get("pools", ()))
+            headroom = data.get("headroom", {})
             return cls(
+                settings=settings, pools=pools, applied=dict(data.get("applied", {})),
+                headroom_at_start=dict(headroom.get("at_start", {})),
+                headroom_now=dict(headroom.get("now", {})),
                 libraries=libraries, total=total,
                 tasks=_optional(data["tasks"]), untracked=_optional(data["untracked"]),
                 tasks_at_start=_optional(data["tasks_at_start"]),
@@ -123,45 +182,47 @@ class Stats:
         if self.tasks is not None:
             lines.append(f"  tasks: {self.tasks} (main thread + {self.total.live} counted live + "
                          f"{self.untracked} not seen created)")
+        if self.pools:
+            lines.append("  pool sizes (value, where it came from):")
+            for pool in self.pools:
+                line = f"    {pool.library[:32]:32} {pool.variable[:28]:28} {pool.value:4}  {pool.source}"
+                if pool.lowered:
+                    line += f", lowered from {pool.requested}"
+                if pool.free is not None:
+                    line += f" ({pool.free} free under {pool.limit})"
+                lines.append(line)
+        given = [f"{s.name}={s.value}" + (" (ignored)" if s.rejected else "")
+                 for s in self.settings if s.source == "user" or s.rejected]
+        if self.settings:
+            lines.append(f"  settings: {' '.join(given) if given else 'none'}")
+        start = self.headroom_at_start
+        if start:
+            free = (f"; {start.get('free')} threads free under {start.get('limit')}"
+                    if start.get("free") is not None else "")
+            lines.append(f"  headroom at start: {start.get('cpus')} CPUs "
+                         f"({start.get('cpus_from')}){free}")
         return "\n".join(lines)
 
 
 def _optional(value: Any) -> Optional[int]:
+    if value is None:
+        return None
     number = int(value)
     return None if number < 0 else number
 
 
+def _optional_str(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
 def stats() -> Stats:
-    """Counters of this process's threads, by the library that created them.
+    """Counters of this process's threads, by the library that created them,
+    with the settings, the pool sizes decided so far and the headroom now.
 
     Threads are counted only when libthreadguard.so was preloaded (run the
     program with 'threadguard run -- CMD'); otherwise every row is empty,
     interposing is False and untracked holds the threads alive."""
-    lib = _native.load()
-    out = _native.ffi.new("threadguard_stats **")
-    if lib.threadguard_stats_take(out) != 0:
-        raise MemoryError(_native.text(lib.threadguard_last_error()))
-    snap = _native.ffi.gc(out[0], lib.threadguard_stats_free)
-
-    def counters(row: int) -> Dict[str, int]:
-        return {name: int(lib.threadguard_stats_get(snap, row, index))
-                for index, name in enumerate(_native.FIELDS)}
-
-    libraries = tuple(
-        LibraryStats(name=_native.text(lib.threadguard_stats_name(snap, row)),
-                     path=_native.text(lib.threadguard_stats_path(snap, row)),
-                     kind=_native.text(lib.threadguard_stats_kind(snap, row)), **counters(row))
-        for row in range(lib.threadguard_stats_rows(snap))
-    )
-    return Stats(
-        libraries=libraries, total=Counters(**counters(_native.TOTAL_ROW)),
-        tasks=_optional(lib.threadguard_stats_tasks(snap)),
-        untracked=_optional(lib.threadguard_stats_untracked(snap)),
-        tasks_at_start=_optional(lib.threadguard_stats_tasks_at_start(snap)),
-        interposing=bool(lib.threadguard_interposing()), pid=os.getpid(),
-        program=os.path.realpath("/proc/self/exe"),
-        version=_native.text(lib.threadguard_version()),
-    )
+    return Stats.from_json(_native.report_json())
 
 
 def load_report(path: Union[str, Path]) -> Stats:

@@ -93,6 +93,18 @@ THREADGUARD_API long long threadguard_stats_untracked(const threadguard_stats *s
  * initialised in this process (or -1 if unreadable). */
 THREADGUARD_API long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
 
+/* The report as JSON (the same document THREADGUARD_REPORT=PATH.json
+ * writes at exit: counters, settings, pool sizes and headroom, measured
+ * now).  Writes at most size bytes including the terminating NUL and
+ * returns the full length, so a caller can retry with length + 1 bytes;
+ * a negative THREADGUARD_E* code on error. */
+THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size);
+
+/* 0 when value is valid for the THREADGUARD_* setting name; otherwise
+ * THREADGUARD_EINVAL, and threadguard_last_error() says what is expected
+ * (the line the library prints when it meets that value at start). */
+THREADGUARD_API int threadguard_check_setting(const char *name, const char *value);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,404 @@
+/* Pool shaping: every pool is sized before it starts.
+ *
+ * Mechanism: threadguard defines getenv().  OpenBLAS, libgomp, MKL, BLIS and
+ * torch read their pool size through getenv at the moment each initialises
+ * (measured: OpenBLAS in its load-time constructor, libgomp at load,
+ * libtorch_cpu at its first parallel use), so answering that call is
+ * exactly "just in time": the answer is computed from the headroom at that
+ * moment, a library loaded late (numpy imported when 12 tasks are left) is
+ * sized with the room left then, and the return address says which library
+ * asked.  The alternatives were worse here: environment set once in the
+ * constructor cannot see later headroom and leaks into every child; a
+ * dlopen hook must re-implement the caller's RUNPATH/$ORIGIN search; an
+ * LD_AUDIT module needs a second variable and slows every load.  The user's
+ * own environment is never edited for these, so os.environ and child
+ * processes see what the user set.
+ *
+ * Pool-size setters (omp_set_num_threads, openblas_set_num_threads,
+ * mkl_set_num_threads) are defined here too and lowered to what fits before
+ * being forwarded to the definition the caller would have reached without
+ * threadguard, so two OpenMP runtimes in one process stay apart. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "internal.h"
+
+#define MIB (1024LL * 1024)
+/* Threads kept free for the program's own use (its thread pools, a
+ * DataLoader, the interpreter's helpers) when pools are sized. */
+#define TG_RESERVE 2
+
+struct tg_decision tg_decisions[TG_MAX_DECISIONS];
+_Atomic int tg_decision_count;
+struct tg_applied tg_applied;
+struct tg_headroom tg_headroom_at_start;
+
+static int creates_threads(int kind) {
+    return kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP || kind == TG_KIND_MKL ||
+           kind == TG_KIND_BLIS;
+}
+
+/* torch and MKL run their parallel regions on the OpenMP runtime's threads:
+ * its pool is theirs. */
+static int shares_pool(int asking_kind, int other_kind) {
+    return (asking_kind == TG_KIND_TORCH || asking_kind == TG_KIND_MKL) &&
+           other_kind == TG_KIND_OPENMP;
+}
+
+/* The largest pool (workers + the calling thread) library `slot` can have
+ * now: the headroom, less the reserve and the workers promised to other
+ * libraries but not started yet, plus the workers it already has. */
+static long long pool_fit(unsigned slot, int kind, const struct tg_headroom *h) {
+    if (h->free < 0) return -1; /* no limit anywhere */
+    long long outstanding = 0, own_live = 0;
+    for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
+        if (!atomic_load_explicit(&tg_libs[i].ready, memory_order_acquire)) continue;
+        long long live = atomic_load_explicit(&tg_libs[i].c.live, memory_order_relaxed);
+        if (i == slot || shares_pool(kind, tg_libs[i].kind)) {
+            own_live += live;
+            continue;
+        }
+        long long promised = atomic_load_explicit(&tg_libs[i].promised, memory_order_relaxed);
+        if (promised > live) outstanding += promised - live;
+    }
+    long long fit = h->free - TG_RESERVE - outstanding + own_live + 1;
+    return fit > 1 ? fit : 1;
+}
+
+/* A pool size the way the libraries read one: the leading positive number
+ * ("4", "4,2" for nested OpenMP); -1 when there is none. */
+static long long user_pool_size(const char *value) {
+    if (value == NULL || *value < '1' || *value > '9') return -1;
+    long long n = 0;
+    for (; *value >= '0' && *value <= '9'; value++)
+        if ((n = n * 10 + (*value - '0')) > 1000000) return 1000000;
+    return n;
+}
+
+static const char *library_name(unsigned slot) {
+    /* Slot 0 only asks on behalf of numexpr, through the environment. */
+    return slot == TG_UNKNOWN_SLOT ? "numexpr" : tg_libs[slot].name;
+}
+
+static void record(unsigned slot, const char *variable, long long value, long long requested,
+                   int source, int lowered, const struct tg_headroom *h) {
+    int i = atomic_fetch_add_explicit(&tg_decision_count, 1, memory_order_relaxed);
+    if (i >= TG_MAX_DECISIONS) return;
+    struct tg_decision *d = &tg_decisions[i];
+    d->slot = slot;
+    snprintf(d->library, sizeof d->library, "%s", library_name(slot));
+    snprintf(d->variable, sizeof d->variable, "%s", variable);
+    d->value = value;
+    d->requested = requested;
+    d->source = source;
+    d->lowered = lowered;
+    d->free = h->free;
+    d->limit = h->limit;
+    d->cpus = h->cpus;
+    atomic_store_explicit(&d->ready, 1, memory_order_release);
+}
+
+static void describe(unsigned slot, const char *variable, long long value, long long requested,
+                     int lowered, const struct tg_headroom *h) {
+    if (lowered) {
+        tg_warn("%s=%lld lowered to %lld for %s: %lld threads free under %s (keeping %d in "
+                "reserve)",
+                variable, requested, value, library_name(slot), h->free, h->limit, TG_RESERVE);
+    } else if (tg_config.debug) {
+        tg_warn("debug: %s=%lld for %s (%lld CPUs from %s; %lld threads free under %s)",
+                variable, value, library_name(slot), h->cpus, h->cpus_from, h->free, h->limit);
+    }
+}
+
+/* ---- answers to getenv -------------------------------------------------- */
+
+/* Answers live in a ring: a caller reads its number right away. */
+#define ANSWERS 64
+static char answers[ANSWERS][24];
+static _Atomic unsigned next_answer;
+
+static char *answer(long long value) {
+    unsigned i = atomic_fetch_add_explicit(&next_answer, 1, memory_order_relaxed) % ANSWERS;
+    snprintf(answers[i], sizeof answers[i], "%lld", value);
+    return answers[i];
+}
+
+struct pool_variable {
+    const char *name;
+    int kind;               /* the library kind that reads it as its pool size */
+    const char *fallback;   /* another variable that library also obeys, or NULL */
+};
+
+/* OpenBLAS obeys OPENBLAS_NUM_THREADS before GOTO_NUM_THREADS and
+ * OMP_NUM_THREADS, so answering the first one decides its pool. */
+static const struct pool_variable pool_variables[] = {
+    {"OPENBLAS_NUM_THREADS", TG_KIND_OPENBLAS, "OMP_NUM_THREADS"},
+    {"OMP_NUM_THREADS", TG_KIND_OPENMP, NULL},
+    {"OMP_NUM_THREADS", TG_KIND_TORCH, NULL},
+    {"MKL_NUM_THREADS", TG_KIND_TORCH, NULL},
+    {"MKL_NUM_THREADS", TG_KIND_MKL, "OMP_NUM_THREADS"},
+    {"OMP_NUM_THREADS", TG_KIND_MKL, NULL},
+    {"BLIS_NUM_THREADS", TG_KIND_BLIS, "OMP_NUM_THREADS"},
+};
+
+static int managed_name(const char *name) {
+    switch (name[0]) {
+    case 'O':
+        return strcmp(name, "OMP_NUM_THREADS") == 0 || strcmp(name, "OMP_THREAD_LIMIT") == 0 ||
+               strcmp(name, "OPENBLAS_NUM_THREADS") == 0;
+    case 'M': return strcmp(name, "MKL_NUM_THREADS") == 0;
+    case 'B': return strcmp(name, "BLIS_NUM_THREADS") == 0;
+    default: return 0;
+    }
+}
+
+/* The pool size for `variable` read by library `slot`: the user's value
+ * when it fits, otherwise the CPU allocation, never more than fits.  NULL
+ * keeps the library's own default (which is at most the CPUs it sees). */
+static char *size_pool(unsigned slot, int kind, const char *variable, const char *user_text,
+                       const char *fallback) {
+    struct tg_headroom h;
+    tg_headroom_measure(&h, kind);
+    long long fit = pool_fit(slot, kind, &h);
+    long long want = -1;
+    int source = TG_SOURCE_USER;
+    const char *given = user_text;
+    if (tg_config.pool_threads > 0) {
+        want = tg_config.pool_threads;
+    } else {
+        want = user_pool_size(user_text);
+        if (want < 0 && fallback) want = user_pool_size(given = tg_environ_get(fallback));
+    }
+    if (want < 0) {
+        source = TG_SOURCE_THREADGUARD;
+        want = h.cpus;
+    }
+    long long value = fit > 0 && fit < want ? fit : want;
+    int lowered = source == TG_SOURCE_USER && value < want;
+    char *result;
+    if (source == TG_SOURCE_THREADGUARD && value >= h.cpus_affinity && h.cpus_affinity > 0) {
+        /* The library's own default (at most the CPUs it sees) fits. */
+        source = TG_SOURCE_DEFAULT;
+        value = h.cpus_affinity;
+        result = (char *)user_text;
+    } else if (source == TG_SOURCE_USER && !lowered && tg_config.pool_threads < 0 &&
+               given == user_text) {
+        result = (char *)user_text; /* unchanged, nested lists kept */
+    } else {
+        result = answer(value);
+    }
+    if (creates_threads(kind))
+        atomic_store_explicit(&tg_libs[slot].promised, value - 1, memory_order_relaxed);
+    record(slot, variable, value, source == TG_SOURCE_USER ? want : -1, source, lowered, &h);
+    describe(slot, variable, value, want, lowered, &h);
+    return result;
+}
+
+/* OMP_THREAD_LIMIT caps every thread an OpenMP runtime starts, num_threads
+ * clauses included: under a finite headroom it is a safety net beneath the
+ * pool size. */
+static char *limit_openmp(unsigned slot, const char *user_text) {
+    struct tg_headroom h;
+    tg_headroom_measure(&h, TG_KIND_OPENMP);
+    long long fit = pool_fit(slot, TG_KIND_OPENMP, &h);
+    long long user = user_pool_size(user_text);
+    /* Only a limit within reach is worth a cap (threads-max alone is not). */
+    if (fit < 0 || fit > 4096 || (user > 0 && user <= fit)) return (char *)user_text;
+    record(slot, "OMP_THREAD_LIMIT", fit, user, user > 0 ? TG_SOURCE_USER : TG_SOURCE_THREADGUARD,
+           user > 0, &h);
+    describe(slot, "OMP_THREAD_LIMIT", fit, user, user > 0, &h);
+    return answer(fit);
+}
+
+THREADGUARD_API char *getenv(const char *name) {
+    const char *value = tg_environ_get(name);
+    if (!managed_name(name)) return (char *)value;
+    tg_init();
+    unsigned slot = tg_creator_slot(__builtin_return_address(0));
+    int kind = tg_libs[slot].kind;
+    if (strcmp(name, "OMP_THREAD_LIMIT") == 0)
+        return kind == TG_KIND_OPENMP ? limit_openmp(slot, value) : (char *)value;
+    for (size_t i = 0; i < sizeof pool_variables / sizeof pool_variables[0]; i++) {
+        const struct pool_variable *v = &pool_variables[i];
+        if (v->kind == kind && strcmp(v->name, name) == 0)
+            return size_pool(slot, kind, name, value, v->fallback);
+    }
+    return (char *)value;
+}
+
+/* ---- pool-size setters -------------------------------------------------- */
+
+/* The definition of `name` that `caller` reaches without threadguard: the
+ * first one in the caller's own dependency scope, else the next one in the
+ * global scope. */
+static int in_threadguard(const void *fn) {
+    Dl_info a, b;
+    return dladdr(fn, &a) != 0 && dladdr((const void *)tg_init, &b) != 0 &&
+           a.dli_fbase == b.dli_fbase;
+}
+
+static void *definition_for(const char *name, void *caller) {
+    Dl_info info;
+    struct link_map *map = NULL;
+    if (dladdr1(caller, &info, (void **)&map, RTLD_DL_LINKMAP) != 0 && map != NULL &&
+        map->l_name != NULL && map->l_name[0] != '\0') {
+        void *handle = dlopen(map->l_name, RTLD_LAZY | RTLD_NOLOAD);
+        if (handle != NULL) {
+            void *fn = dlsym(handle, name);
+            dlclose(handle);
+            if (fn != NULL && !in_threadguard(fn)) return fn;
+        }
+    }
+    void *fn = dlsym(RTLD_NEXT, name);
+    return fn != NULL && !in_threadguard(fn) ? fn : NULL;
+}
+
+/* n lowered to what fits for the library that defines `target`; each pool
+ * member past the first costs `cost` new threads. */
+static int clamp_setter(const char *function, void *target, int kind, int cost, int n) {
+    if (n <= 1) return n;
+    tg_init();
+    unsigned slot = tg_creator_slot(target);
+    struct tg_headroom h;
+    tg_headroom_measure(&h, kind);
+    long long fit = pool_fit(slot, kind, &h);
+    if (fit > 0) fit = 1 + (fit - 1) / cost;
+    int granted = fit > 0 && fit < n ? (int)fit : n;
+    if (creates_threads(tg_libs[slot].kind))
+        atomic_store_explicit(&tg_libs[slot].promised, granted - 1, memory_order_relaxed);
+    record(slot, function, granted, n, TG_SOURCE_USER, granted < n, &h);
+    describe(slot, function, granted, n, granted < n, &h);
+    return granted;
+}
+
+typedef void (*set_threads_fn)(int);
+
+#define TG_STR_(x) #x
+#define TG_STR(x) TG_STR_(x)
+
+#define CLAMPED_SETTER(fname, label, kind, cost)                                         \
+    THREADGUARD_API void fname(int n) {                                                   \
+        set_threads_fn real =                                                             \
+            (set_threads_fn)definition_for(TG_STR(fname), __builtin_return_address(0));   \
+        if (real == NULL) return; /* no such library within the caller's reach */         \
+        real(clamp_setter(label, (void *)real, kind, cost, n));                           \
+    }
+
+CLAMPED_SETTER(omp_set_num_threads, "omp_set_num_threads()", TG_KIND_OPENMP, 1)
+CLAMPED_SETTER(openblas_set_num_threads, "openblas_set_num_threads()", TG_KIND_OPENBLAS, 1)
+CLAMPED_SETTER(mkl_set_num_threads, "mkl_set_num_threads()", TG_KIND_MKL, 1)
+
+/* torch.set_num_threads(n) calls at::set_num_threads, which resizes both
+ * the OpenMP team and torch's own pthreadpool (n - 1 threads each, started
+ * at once): every member past the first costs two threads.  The C++ names
+ * are interposed the same way: libtorch_python calls them through its PLT. */
+#define at_set_num_threads _ZN2at15set_num_threadsEi
+#define at_set_num_interop_threads _ZN2at23set_num_interop_threadsEi
+CLAMPED_SETTER(at_set_num_threads, "torch.set_num_threads()", TG_KIND_TORCH, 2)
+CLAMPED_SETTER(at_set_num_interop_threads, "torch.set_num_interop_threads()", TG_KIND_TORCH, 1)
+
+/* ---- applied at start ---------------------------------------------------- */
+
+static void apply_nproc(void) {
+    tg_applied.nproc_source = TG_SOURCE_DEFAULT;
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NPROC, &r) != 0) return;
+    tg_applied.nproc_soft = r.rlim_cur == RLIM_INFINITY ? -1 : (long long)r.rlim_cur;
+    if (tg_config.nproc == -1 || r.rlim_cur == RLIM_INFINITY) return;
+    rlim_t want = tg_config.nproc == TG_NPROC_MAX ? r.rlim_max : (rlim_t)tg_config.nproc;
+    if (want > r.rlim_max) {
+        tg_warn("THREADGUARD_NPROC=%lld is above the hard RLIMIT_NPROC; raising to the hard "
+                "limit, %llu",
+                tg_config.nproc, (unsigned long long)r.rlim_max);
+        want = r.rlim_max;
+    }
+    if (want <= r.rlim_cur) return;
+    r.rlim_cur = want;
+    if (setrlimit(RLIMIT_NPROC, &r) != 0) {
+        tg_warn("THREADGUARD_NPROC: could not raise RLIMIT_NPROC; left at %lld",
+                tg_applied.nproc_soft);
+        return;
+    }
+    tg_applied.nproc_soft = r.rlim_cur == RLIM_INFINITY ? -1 : (long long)r.rlim_cur;
+    tg_applied.nproc_source = TG_SOURCE_USER;
+}
+
+static int address_space_limited(void) {
+    struct rlimit r;
+    return getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY;
+}
+
+static void set_default_stack(long long bytes) {
+    pthread_attr_t attr;
+    if (pthread_getattr_default_np(&attr) != 0) return;
+    if (pthread_attr_setstacksize(&attr, (size_t)bytes) == 0) pthread_setattr_default_np(&attr);
+    pthread_attr_destroy(&attr);
+}
+
+static void apply_stack(void) {
+    tg_applied.stack_source = TG_SOURCE_DEFAULT;
+    if (tg_config.stack > 0) {
+        set_default_stack(tg_config.stack);
+        tg_applied.stack_source = TG_SOURCE_USER;
+    } else if (address_space_limited() && tg_default_stack() > 1 * MIB) {
+        /* Under RLIMIT_AS every 8 MiB stack counts in full. */
+        set_default_stack(1 * MIB);
+        tg_applied.stack_source = TG_SOURCE_THREADGUARD;
+    }
+    tg_applied.stack = tg_default_stack();
+}
+
+static void apply_arenas(void) {
+    tg_applied.arenas_source = TG_SOURCE_DEFAULT;
+    long long arenas = 0;
+    if (tg_config.arenas > 0) {
+        arenas = tg_config.arenas;
+        tg_applied.arenas_source = TG_SOURCE_USER;
+    } else if (address_space_limited() && !tg_arenas_capped()) {
+        /* Each arena reserves 64 MiB of address space. */
+        arenas = 2;
+        tg_applied.arenas_source = TG_SOURCE_THREADGUARD;
+    }
+    if (arenas > 0 && mallopt(M_ARENA_MAX, (int)arenas) == 1) tg_applied.arenas = arenas;
+    else tg_applied.arenas_source = TG_SOURCE_DEFAULT;
+}
+
+/* numexpr reads NUMEXPR_MAX_THREADS through Python's os.environ, which is
+ * copied from the environment at start: it has to be set there. */
+static void size_numexpr(void) {
+    const char *user = tg_environ_get("NUMEXPR_MAX_THREADS");
+    struct tg_headroom *h = &tg_headroom_at_start;
+    long long fit = pool_fit(TG_UNKNOWN_SLOT, TG_KIND_OTHER, h);
+    long long want = user_pool_size(user);
+    int source = TG_SOURCE_USER;
+    if (tg_config.pool_threads > 0) want = tg_config.pool_threads;
+    if (want < 0) {
+        want = h->cpus;
+        source = TG_SOURCE_THREADGUARD;
+    }
+    long long value = fit > 0 && fit < want ? fit : want;
+    int lowered = source == TG_SOURCE_USER && value < want;
+    if (source == TG_SOURCE_USER && !lowered && tg_config.pool_threads < 0) return;
+    if (source == TG_SOURCE_THREADGUARD && value >= h->cpus_affinity) return; /* numexpr's own */
+    char text[24];
+    snprintf(text, sizeof text, "%lld", value);
+    if (setenv("NUMEXPR_MAX_THREADS", text, 1) != 0) return;
+    record(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", value, source == TG_SOURCE_USER ? want : -1,
+           source, lowered, h);
+    describe(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", value, want, lowered, h);
+}
+
+void tg_shaping_init(void) {
+    apply_nproc();
+    apply_stack();
+    apply_arenas();
+    tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
+    size_numexpr();
+}

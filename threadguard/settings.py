@@ -1,0 +1,55 @@
+"""The THREADGUARD_* settings: their names, their `threadguard run` options,
+and validation by the native library's own parser (one definition of a
+valid value, in C)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from . import _native
+
+__all__ = ["Option", "OPTIONS", "check_setting"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its environment variable, its `threadguard run` flag
+    (without the leading dashes) and what it does."""
+
+    variable: str
+    flag: str
+    metavar: str
+    help: str
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("THREADGUARD_MAX_THREADS", "max-threads", "N",
+           "budget of live threads in the process (besides the main one); pools are sized "
+           "to fit it, and a thread over it is allowed with a warning or refused (--on-limit)"),
+    Option("THREADGUARD_POOL_THREADS", "pool-threads", "N",
+           "size of every pool (OpenBLAS, OpenMP, MKL, BLIS, numexpr, torch), instead of the "
+           "CPU allocation and the *_NUM_THREADS variables; still lowered to what fits"),
+    Option("THREADGUARD_ON_LIMIT", "on-limit", "warn|deny",
+           "over --max-threads: 'warn' lets the thread start and warns once per library "
+           "(default); 'deny' makes pthread_create return EAGAIN, naming the library"),
+    Option("THREADGUARD_STACK", "stack", "SIZE",
+           "default thread stack, like 512k or 2M (at least 256k); default: the system's, "
+           "or 1M under an address-space limit (RLIMIT_AS)"),
+    Option("THREADGUARD_ARENAS", "arenas", "N",
+           "cap malloc arenas at N (each reserves 64 MiB of address space); default: glibc's, "
+           "or 2 under an address-space limit"),
+    Option("THREADGUARD_NPROC", "nproc", "max|N",
+           "raise the soft RLIMIT_NPROC (task limit) to N or to the hard limit"),
+    Option("THREADGUARD_DEBUG", "debug", "0|1",
+           "print every pool size decision on stderr as it is made"),
+)
+
+
+def check_setting(variable: str, value: str) -> None:
+    """Raise ValueError, with the native library's one-line explanation, when
+    value is not valid for the THREADGUARD_* setting variable."""
+    lib = _native.load()
+    if lib.threadguard_check_setting(variable.encode(), value.encode("utf-8",
+                                                                     "surrogateescape")) != 0:
+        raise ValueError(_native.text(lib.threadguard_last_error()))
