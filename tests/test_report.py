@@ -59,8 +59,8 @@ def test_bad_report_value_is_named_and_ignored(tmp_path, value):
     proc = run_preloaded(tmp_path, value, code="print('done')")
     assert proc.returncode == 0 and proc.stdout == "done\n"
     assert proc.stderr.splitlines() == [
-        f"threadguard: THREADGUARD_REPORT='{value}' is neither 'stderr' nor a path ending "
-        f"in .json; no report"]
+        f"threadguard: THREADGUARD_REPORT='{value}' is not valid; expected 'stderr', 'off' or "
+        f"a file path ending in .json; using the default (no report)"]
     assert list(tmp_path.iterdir()) == []  # nothing written anywhere it could be
 
 

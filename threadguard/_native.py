@@ -54,8 +54,13 @@ def packaged_path() -> Path:
 
 
 def _open_preloaded() -> Optional[Any]:
+    # By the mapped path, not the bare soname: for a name without '/', cffi
+    # falls back to ctypes.util.find_library, which runs ldconfig and gcc.
+    path = loaded_path()
+    if path is None:
+        return None
     try:
-        return ffi.dlopen(LIBRARY_NAME, os.RTLD_NOW | os.RTLD_NOLOAD)
+        return ffi.dlopen(path, os.RTLD_NOW | os.RTLD_NOLOAD)
     except OSError:
         return None
 

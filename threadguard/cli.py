@@ -135,8 +135,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the threadguard console script and python -m threadguard."""
     parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # option values are checked by the native library
         if args.command == "run":
             return _run(args, parser)
         if args.command == "libpath":

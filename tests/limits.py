@@ -1,0 +1,137 @@
+"""Helpers that put a child process under a real limit: an unprivileged uid
+with a low RLIMIT_NPROC, a cgroup v1 `pids` group, RLIMIT_AS.
+
+Root ignores RLIMIT_NPROC, so task-limit children run as uid 65534 through
+setpriv.  They keep CAP_DAC_READ_SEARCH (as an ambient capability) only so
+they can read this interpreter and the installed packages wherever they
+live (root's home here); the kernel exempts only CAP_SYS_RESOURCE and
+CAP_SYS_ADMIN from RLIMIT_NPROC, so the limit applies in full.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import psutil
+import pytest
+
+import threadguard
+
+NOBODY = 65534
+PIDS_ROOT = Path("/sys/fs/cgroup/pids")
+
+
+def uid_tasks(uid: int) -> int:
+    """Tasks (threads) the uid runs now: what RLIMIT_NPROC counts."""
+    total = 0
+    for proc in psutil.process_iter(["uids", "num_threads"]):
+        uids = proc.info["uids"]
+        if uids is not None and uids.real == uid:
+            total += proc.info["num_threads"] or 0
+    return total
+
+
+def nobody_prefix(nproc: int) -> List[str]:
+    """Command prefix running the rest as uid 65534 with RLIMIT_NPROC=nproc."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
+            "prlimit", f"--nproc={nproc}", "--"]
+
+
+def skip_unless_nobody_works() -> None:
+    """Skip (with the reason) where a child cannot run as uid 65534 under a task limit."""
+    if os.geteuid() != 0:
+        pytest.skip("task-limit tests drop to uid 65534 with setpriv, which needs root")
+    for tool in ("setpriv", "prlimit"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} (util-linux) is not installed")
+    probe = subprocess.run([*nobody_prefix(64), sys.executable, "-c",
+                            "import os, threadguard; print(os.getuid())"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
+        pytest.skip(f"cannot run this interpreter as uid {NOBODY} with setpriv: "
+                    f"{probe.stderr.strip()[-300:]}")
+
+
+class Runner:
+    """Runs Python code bare or under `threadguard run`, with a JSON report
+    in a directory any uid can write."""
+
+    def __init__(self, tmp_path: Path, fakecpus: Optional[str] = None):
+        self.dir = tmp_path / "shared"
+        self.dir.mkdir(exist_ok=True)
+        self.dir.chmod(0o777)
+        self.fakecpus = fakecpus
+        self.report_path = self.dir / "report.json"
+
+    def env(self, extra: Optional[Dict[str, str]] = None, cpus: Optional[int] = None
+            ) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("THREADGUARD_", "OMP_", "OPENBLAS_", "MKL_", "GOTO_"))
+               and k != "LD_PRELOAD"}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the unprivileged child must not write caches
+        if cpus is not None:
+            assert self.fakecpus, "cpus= needs the fakecpus shim"
+            env["LD_PRELOAD"] = self.fakecpus
+            env["THREADGUARD_TEST_CPUS"] = str(cpus)
+        env.update(extra or {})
+        return env
+
+    def run(self, code: str, *, guarded: bool, prefix: Sequence[str] = (),
+            env: Optional[Dict[str, str]] = None, cpus: Optional[int] = None,
+            options: Sequence[str] = (), timeout: float = 180) -> subprocess.CompletedProcess:
+        if self.report_path.exists():
+            self.report_path.unlink()
+        cmd = [sys.executable, "-c", code]
+        if guarded:
+            cmd = [sys.executable, "-m", "threadguard", "run", "--report",
+                   str(self.report_path), *options, "--", *cmd]
+        return subprocess.run([*prefix, *cmd], env=self.env(env, cpus), cwd=self.dir,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def report(self) -> threadguard.Stats:
+        return threadguard.load_report(self.report_path)
+
+
+def died(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode != 0
+
+
+class PidsCgroup:
+    """A cgroup v1 `pids` group a child can be started in."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def limit(self, pids_max: int) -> None:
+        (self.path / "pids.max").write_text(str(pids_max))
+
+    def prefix(self) -> List[str]:
+        """Command prefix: move the shell into the group, then exec the rest."""
+        procs = self.path / "cgroup.procs"
+        return ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh"]
+
+
+def make_pids_cgroup() -> Iterator[PidsCgroup]:
+    if os.geteuid() != 0:
+        pytest.skip("creating a cgroup needs root")
+    if not (PIDS_ROOT / "cgroup.procs").exists():
+        pytest.skip(f"no cgroup v1 pids hierarchy at {PIDS_ROOT}")
+    path = PIDS_ROOT / f"threadguard-test-{uuid.uuid4().hex[:8]}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a pids cgroup at {path}: {exc}")
+    try:
+        yield PidsCgroup(path)
+    finally:
+        try:
+            path.rmdir()
+        except OSError:
+            pass

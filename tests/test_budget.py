@@ -1,0 +1,261 @@
+"""Budgets before libraries start: pools sized to the headroom under a real
+task limit, cgroup pids limit and address-space limit; clamped setters;
+CPU allocation; the report of every decision.
+
+Each limit test first shows the failure without threadguard, then the same
+command passing under `threadguard run` with no options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from limits import (PidsCgroup, Runner, died, make_pids_cgroup, nobody_prefix,
+                    skip_unless_nobody_works, uid_tasks, NOBODY)
+
+NUMPY_MATMUL = ("import numpy as np\n"
+                "a = np.ones((400, 400)); assert (a @ a)[0, 0] == 400\n"
+                "print('matmul ok')\n")
+TORCH_MATMUL = ("import torch\n"
+                "a = torch.ones(600, 600); assert (a @ a)[0, 0].item() == 600\n"
+                "x = torch.ones(4_000_000); assert (x * 2 + 1).sum().item() == 12_000_000\n"
+                "print('matmul ok')\n")
+TORCH_SET_64 = "import torch\ntorch.set_num_threads(64)\n" + TORCH_MATMUL.split("\n", 1)[1]
+# Threads a task-limited child may still start: "a handful".
+FREE = 6
+
+
+@pytest.fixture
+def runner(tmp_path: Path, fakecpus: str) -> Runner:
+    return Runner(tmp_path, fakecpus)
+
+
+@pytest.fixture
+def nobody(runner: Runner):
+    """A prefix that runs a command as uid 65534 with FREE tasks left."""
+    skip_unless_nobody_works()
+    return lambda free=FREE: nobody_prefix(uid_tasks(NOBODY) + 1 + free)
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[PidsCgroup]:
+    yield from make_pids_cgroup()
+
+
+def assert_guarded_pass(proc, runner: Runner):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "matmul ok" in proc.stdout
+    assert "pthread_create failed" not in proc.stderr
+    assert "Thread creation failed" not in proc.stderr
+    return runner.report()
+
+
+# ---- task limit (RLIMIT_NPROC) as an unprivileged uid ---------------------
+
+def test_openblas_64_threads_under_a_task_limit(runner, nobody):
+    env = {"OPENBLAS_NUM_THREADS": "64"}
+    bare = runner.run(NUMPY_MATMUL, guarded=False, prefix=nobody(), env=env, cpus=64)
+    assert died(bare) and "pthread_create failed" in bare.stderr, bare.stderr[-2000:]
+
+    proc = runner.run(NUMPY_MATMUL, guarded=True, prefix=nobody(), env=env, cpus=64)
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert pool.source == "user" and pool.requested == 64 and pool.lowered
+    assert pool.limit == "RLIMIT_NPROC" and pool.free == FREE
+    assert pool.value == FREE - 2 + 1  # two threads kept in reserve, plus the caller
+    assert report.of_kind("openblas").created == pool.value - 1
+    assert report.of_kind("openblas").failed == 0
+    assert "lowered to" in proc.stderr  # the user's explicit value was changed: say so
+
+
+def test_omp_64_threads_for_torch_under_a_task_limit(runner, nobody):
+    # MKL_DYNAMIC=FALSE: otherwise torch's MKL quietly caps OMP_NUM_THREADS at the cores.
+    env = {"OMP_NUM_THREADS": "64", "MKL_DYNAMIC": "FALSE"}
+    bare = runner.run(TORCH_MATMUL, guarded=False, prefix=nobody(), env=env, cpus=64)
+    assert died(bare) and "Thread creation failed" in bare.stderr, bare.stderr[-2000:]
+
+    proc = runner.run(TORCH_MATMUL, guarded=True, prefix=nobody(), env=env, cpus=64)
+    report = assert_guarded_pass(proc, runner)
+    omp = [p for p in report.pools if p.kind == "openmp" and p.variable == "OMP_NUM_THREADS"]
+    assert omp and all(p.lowered and p.requested == 64 for p in omp)
+    assert report.total.failed == 0
+    assert report.total.peak <= FREE
+
+
+def test_torch_set_num_threads_64_is_clamped(runner, nobody):
+    bare = runner.run(TORCH_SET_64, guarded=False, prefix=nobody())
+    assert died(bare), f"torch.set_num_threads(64) survived the task limit:\n{bare.stderr}"
+
+    proc = runner.run(TORCH_SET_64, guarded=True, prefix=nobody())
+    report = assert_guarded_pass(proc, runner)
+    # torch calls at::set_num_threads again itself, with the value it kept.
+    [clamp] = [p for p in report.pools
+               if p.variable == "torch.set_num_threads()" and p.requested == 64]
+    assert clamp.lowered and clamp.value < 64 and clamp.limit == "RLIMIT_NPROC"
+    assert report.total.failed == 0
+
+
+def test_a_library_loaded_late_is_sized_with_the_headroom_left_then(runner, nobody):
+    # Four threads of the program's own are running when numpy is imported.
+    code = ("import threading, time\n"
+            "stop = threading.Event()\n"
+            "ts = [threading.Thread(target=stop.wait) for _ in range(4)]\n"
+            "[t.start() for t in ts]\n" + NUMPY_MATMUL + "stop.set()\n")
+    env = {"OPENBLAS_NUM_THREADS": "64"}
+    proc = runner.run(code, guarded=True, prefix=nobody(free=10), env=env, cpus=64)
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert pool.free == 10 - 4
+    assert pool.value == 10 - 4 - 2 + 1
+    assert report.headroom_at_start["free"] == 10
+
+
+def test_nproc_setting_raises_the_soft_limit(runner):
+    skip_unless_nobody_works()
+    used = uid_tasks(NOBODY) + 1
+    prefix = nobody_prefix(used + 2)
+    prefix[prefix.index(f"--nproc={used + 2}")] = f"--nproc={used + 2}:{used + 40}"
+    code = ("import threading\n"
+            "stop = threading.Event()\n"
+            "ts = [threading.Thread(target=stop.wait) for _ in range(8)]\n"
+            "try:\n"
+            "    [t.start() for t in ts]\n"
+            "finally:\n"
+            "    stop.set()\n"
+            "print('matmul ok')\n")
+    bare = runner.run(code, guarded=False, prefix=prefix)
+    assert died(bare) and "can't start new thread" in bare.stderr
+
+    proc = runner.run(code, guarded=True, prefix=prefix, options=["--nproc", "max"])
+    report = assert_guarded_pass(proc, runner)
+    assert report.applied["rlimit_nproc"] == {"value": used + 40, "source": "user"}
+
+
+# ---- cgroup pids.max, as root ----------------------------------------------
+
+def test_openblas_64_threads_under_a_cgroup_pids_limit(runner, pids_cgroup):
+    env = {"OPENBLAS_NUM_THREADS": "64"}
+    # The shell that moves itself into the group becomes the program: one task.
+    pids_cgroup.limit(1 + FREE)
+    bare = runner.run(NUMPY_MATMUL, guarded=False, prefix=pids_cgroup.prefix(), env=env, cpus=64)
+    assert died(bare) and "pthread_create failed" in bare.stderr, bare.stderr[-2000:]
+
+    proc = runner.run(NUMPY_MATMUL, guarded=True, prefix=pids_cgroup.prefix(), env=env, cpus=64)
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert pool.limit == "cgroup pids.max" and pool.free == FREE and pool.lowered
+    assert report.headroom_at_start["pids_max"] == 1 + FREE
+
+
+# ---- address space (RLIMIT_AS) ---------------------------------------------
+
+VMSIZE = ("import numpy as np, torch\n"
+          "a = np.ones((400, 400)); b = a @ a\n"
+          "t = torch.ones(400, 400); u = t @ t\n"
+          "status = open('/proc/self/status').read()\n"
+          "field = lambda name: int(status.split(name + ':')[1].split()[0])\n"
+          "print('matmul ok', field('VmSize') * 1024, field('Threads'))\n")
+
+
+def vmsize_and_threads(proc) -> tuple:
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("matmul ok"))
+    _, _, vmsize, threads = line.split()
+    return int(vmsize), int(threads)
+
+
+def test_address_space_limit(runner):
+    """A 64-CPU node's default pools overflow an RLIMIT_AS that a guarded run fits in."""
+    env = {"MKL_DYNAMIC": "FALSE"}
+    single = runner.run(VMSIZE, guarded=False, cpus=64,
+                        env={**env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    base_vm, base_threads = vmsize_and_threads(single)
+    default = runner.run(VMSIZE, guarded=False, cpus=64, env=env)
+    full_vm, full_threads = vmsize_and_threads(default)
+    per_thread_before = (full_vm - base_vm) / (full_threads - base_threads)
+
+    limit = base_vm + (full_vm - base_vm) // 2  # room for half of the default threads
+    prefix = ["prlimit", f"--as={limit}", "--"]
+    bare = runner.run(VMSIZE, guarded=False, cpus=64, env=env, prefix=prefix)
+    assert died(bare), f"the default pools fit in RLIMIT_AS={limit}"
+
+    proc = runner.run(VMSIZE, guarded=True, cpus=64, env=env, prefix=prefix)
+    report = assert_guarded_pass(proc, runner)
+    assert report.headroom_at_start["rlimit_as"] == limit
+    assert any(p.limit == "RLIMIT_AS" for p in report.pools)
+    assert report.applied["stack"] == {"value": 1 << 20, "source": "threadguard"}
+
+    tuned = runner.run(VMSIZE, guarded=True, cpus=64, env=env, prefix=prefix,
+                       options=["--stack", "256k", "--arenas", "1"])
+    assert_guarded_pass(tuned, runner)
+    for label, run in (("no options", proc), ("--stack 256k --arenas 1", tuned)):
+        vm, threads = vmsize_and_threads(run)
+        per_thread_after = (vm - base_vm) / max(threads - base_threads, 1)
+        print(f"VmSize per thread: {per_thread_before / 2**20:.1f} MiB by default, "
+              f"{per_thread_after / 2**20:.1f} MiB guarded ({label}); "
+              f"{full_threads} threads by default, {threads} guarded under RLIMIT_AS={limit}")
+        assert vm <= limit
+        assert per_thread_after < per_thread_before
+
+
+# ---- CPU allocation ---------------------------------------------------------
+
+@pytest.mark.parametrize("variable", ["SLURM_CPUS_PER_TASK", "OMP_THREAD_LIMIT"])
+def test_scheduler_cpu_allocation_sizes_pools(runner, variable):
+    proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env={variable: "3"})
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert (pool.value, pool.source, pool.cpus) == (3, "threadguard", 3)
+    assert report.headroom_at_start["cpus_from"] == variable
+    assert report.of_kind("openblas").created == 2
+
+
+def test_no_settings_no_limits_keeps_library_defaults(runner):
+    proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64)
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert (pool.value, pool.source) == (64, "default")
+    assert report.of_kind("openblas").created == 63
+
+
+def test_pool_threads_sizes_every_pool(runner):
+    env = {"OPENBLAS_NUM_THREADS": "8", "MKL_DYNAMIC": "FALSE"}
+    proc = runner.run(NUMPY_MATMUL + TORCH_MATMUL, guarded=True, cpus=64, env=env,
+                      options=["--pool-threads", "2"])
+    report = assert_guarded_pass(proc, runner)
+    sized = {(p.kind, p.variable): p.value for p in report.pools}
+    assert sized[("openblas", "OPENBLAS_NUM_THREADS")] == 2
+    assert sized[("openmp", "OMP_NUM_THREADS")] == 2
+    assert report.of_kind("openblas").created == 1
+    assert report.of_kind("openmp").peak == 1
+    setting = {s.name: s for s in report.settings}["THREADGUARD_POOL_THREADS"]
+    assert (setting.value, setting.source) == ("2", "user")
+
+
+def test_report_lists_values_sources_and_headroom(runner):
+    env = {"OPENBLAS_NUM_THREADS": "3"}
+    proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env=env,
+                      options=["--max-threads", "20"])
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert (pool.value, pool.source, pool.requested, pool.lowered) == (3, "user", 3, False)
+    assert pool.limit == "THREADGUARD_MAX_THREADS"
+    data = json.loads(runner.report_path.read_text())
+    for key in ("rlimit_nproc_soft", "pids_free", "threads_max", "rlimit_as", "max_threads",
+                "free", "limit", "cpus_affinity", "cpus_quota", "slurm_cpus_per_task", "cpus"):
+        assert key in data["headroom"]["at_start"], key
+    assert data["headroom"]["at_start"]["max_threads"] == 20
+    names = [s["name"] for s in data["settings"]]
+    assert names == ["THREADGUARD_MAX_THREADS", "THREADGUARD_POOL_THREADS",
+                     "THREADGUARD_ON_LIMIT", "THREADGUARD_STACK", "THREADGUARD_ARENAS",
+                     "THREADGUARD_NPROC", "THREADGUARD_REPORT", "THREADGUARD_DEBUG"]
+    assert set(data["applied"]) == {"stack", "arenas", "rlimit_nproc"}
+    table = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env=env,
+                       options=["--max-threads", "20", "--report", "stderr"])
+    assert table.returncode == 0
+    [row] = [line for line in table.stderr.splitlines() if "OPENBLAS_NUM_THREADS" in line]
+    assert row.split()[2:4] == ["3", "user"] and "under THREADGUARD_MAX_THREADS" in row
+    assert "settings: THREADGUARD_MAX_THREADS=20" in table.stderr
+    assert "headroom at start: 64 CPUs (affinity)" in table.stderr
