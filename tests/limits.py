@@ -24,7 +24,7 @@ import pytest
 import threadguard
 
 NOBODY = 65534
-PIDS_ROOT = Path("/sys/fs/cgroup/pids")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def uid_tasks(uid: int) -> int:
@@ -103,14 +103,14 @@ def died(proc: subprocess.CompletedProcess) -> bool:
     return proc.returncode != 0
 
 
-class PidsCgroup:
-    """A cgroup v1 `pids` group a child can be started in."""
+class Cgroup:
+    """A cgroup v1 group (of one controller) a child can be started in."""
 
     def __init__(self, path: Path):
         self.path = path
 
-    def limit(self, pids_max: int) -> None:
-        (self.path / "pids.max").write_text(str(pids_max))
+    def write(self, name: str, value: int) -> None:
+        (self.path / name).write_text(str(value))
 
     def prefix(self) -> List[str]:
         """Command prefix: move the shell into the group, then exec the rest."""
@@ -118,18 +118,21 @@ class PidsCgroup:
         return ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh"]
 
 
-def make_pids_cgroup() -> Iterator[PidsCgroup]:
+def make_cgroup(controller: str) -> Iterator[Cgroup]:
+    """A fresh group under /sys/fs/cgroup/CONTROLLER, removed afterwards; skip
+    where the machine has no writable v1 hierarchy for it."""
     if os.geteuid() != 0:
         pytest.skip("creating a cgroup needs root")
-    if not (PIDS_ROOT / "cgroup.procs").exists():
-        pytest.skip(f"no cgroup v1 pids hierarchy at {PIDS_ROOT}")
-    path = PIDS_ROOT / f"threadguard-test-{uuid.uuid4().hex[:8]}"
+    root = CGROUP_ROOT / controller
+    if not (root / "cgroup.procs").exists():
+        pytest.skip(f"no cgroup v1 {controller} hierarchy at {root}")
+    path = root / f"threadguard-test-{uuid.uuid4().hex[:8]}"
     try:
         path.mkdir()
     except OSError as exc:
-        pytest.skip(f"cannot create a pids cgroup at {path}: {exc}")
+        pytest.skip(f"cannot create a {controller} cgroup at {path}: {exc}")
     try:
-        yield PidsCgroup(path)
+        yield Cgroup(path)
     finally:
         try:
             path.rmdir()

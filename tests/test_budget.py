@@ -13,8 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from limits import (PidsCgroup, Runner, died, make_pids_cgroup, nobody_prefix,
-                    skip_unless_nobody_works, uid_tasks, NOBODY)
+from limits import (Cgroup, Runner, died, make_cgroup, nobody_prefix, skip_unless_nobody_works,
+                    uid_tasks, NOBODY)
 
 NUMPY_MATMUL = ("import numpy as np\n"
                 "a = np.ones((400, 400)); assert (a @ a)[0, 0] == 400\n"
@@ -41,8 +41,13 @@ def nobody(runner: Runner):
 
 
 @pytest.fixture
-def pids_cgroup() -> Iterator[PidsCgroup]:
-    yield from make_pids_cgroup()
+def pids_cgroup() -> Iterator[Cgroup]:
+    yield from make_cgroup("pids")
+
+
+@pytest.fixture
+def cpu_cgroup() -> Iterator[Cgroup]:
+    yield from make_cgroup("cpu")
 
 
 def assert_guarded_pass(proc, runner: Runner):
@@ -139,7 +144,7 @@ def test_nproc_setting_raises_the_soft_limit(runner):
 def test_openblas_64_threads_under_a_cgroup_pids_limit(runner, pids_cgroup):
     env = {"OPENBLAS_NUM_THREADS": "64"}
     # The shell that moves itself into the group becomes the program: one task.
-    pids_cgroup.limit(1 + FREE)
+    pids_cgroup.write("pids.max", 1 + FREE)
     bare = runner.run(NUMPY_MATMUL, guarded=False, prefix=pids_cgroup.prefix(), env=env, cpus=64)
     assert died(bare) and "pthread_create failed" in bare.stderr, bare.stderr[-2000:]
 
@@ -210,6 +215,22 @@ def test_scheduler_cpu_allocation_sizes_pools(runner, variable):
     assert (pool.value, pool.source, pool.cpus) == (3, "threadguard", 3)
     assert report.headroom_at_start["cpus_from"] == variable
     assert report.of_kind("openblas").created == 2
+
+
+def test_cgroup_cpu_quota_sizes_pools(runner, cpu_cgroup):
+    """OpenBLAS ignores the CFS quota; a guarded process does not."""
+    cpu_cgroup.write("cpu.cfs_period_us", 100000)
+    cpu_cgroup.write("cpu.cfs_quota_us", 150000)  # 1.5 CPUs: 2 threads
+    bare = runner.run(NUMPY_MATMUL + "import threadpoolctl\n"
+                      "print('blas', threadpoolctl.threadpool_info()[0]['num_threads'])\n",
+                      guarded=False, cpus=64, prefix=cpu_cgroup.prefix())
+    assert "blas 64" in bare.stdout
+    proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, prefix=cpu_cgroup.prefix())
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert (pool.value, pool.source) == (2, "threadguard")
+    assert report.headroom_at_start["cpus_quota"] == 2
+    assert report.headroom_at_start["cpus_from"] == "cgroup CPU quota"
 
 
 def test_no_settings_no_limits_keeps_library_defaults(runner):
