@@ -107,7 +107,7 @@ def test_a_library_loaded_late_is_sized_with_the_headroom_left_then(runner, nobo
     # Four threads of the program's own are running when numpy is imported.
     code = ("import threading, time\n"
             "stop = threading.Event()\n"
-            "ts = [threading.Thread(target=stop.wait) for _ in range(4)]\n"
+            "ts = [threading.Thread(target=stop.wait, daemon=True) for _ in range(4)]\n"
             "[t.start() for t in ts]\n" + NUMPY_MATMUL + "stop.set()\n")
     env = {"OPENBLAS_NUM_THREADS": "64"}
     proc = runner.run(code, guarded=True, prefix=nobody(free=10), env=env, cpus=64)

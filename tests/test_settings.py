@@ -31,7 +31,8 @@ def run_with(name: str, value: bytes) -> subprocess.CompletedProcess:
            if not k.startswith("THREADGUARD_")}
     env[b"LD_PRELOAD"] = threadguard.libpath().encode()
     env[name.encode()] = value
-    code = "import threading; t = threading.Thread(target=print, args=('ran',)); t.start(); t.join()"
+    code = ("import threading; t = threading.Thread(target=print, args=('ran',)); "
+            "t.start(); t.join()")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           timeout=60)
 

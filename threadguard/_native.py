@@ -111,11 +111,15 @@ def report_json() -> Dict[str, Any]:
         if length < 0:
             raise MemoryError(text(lib.threadguard_last_error()))
         if length < size:
-            data: Dict[str, Any] = json.loads(ffi.string(buffer).decode("utf-8", "replace"))
+            data: Dict[str, Any] = json.loads(ffi.buffer(buffer, length)[:].decode("utf-8",
+                                                                                   "replace"))
             return data
         size = length + 1
 
 
 def text(ptr: Any) -> str:
     """A C string from the library as str ('' for NULL)."""
-    return "" if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "replace")
+    if ptr == ffi.NULL:
+        return ""
+    raw = ffi.string(ptr)
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw

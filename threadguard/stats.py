@@ -185,7 +185,8 @@ class Stats:
         if self.pools:
             lines.append("  pool sizes (value, where it came from):")
             for pool in self.pools:
-                line = f"    {pool.library[:32]:32} {pool.variable[:28]:28} {pool.value:4}  {pool.source}"
+                line = (f"    {pool.library[:32]:32} {pool.variable[:28]:28} {pool.value:4}  "
+                        f"{pool.source}")
                 if pool.lowered:
                     line += f", lowered from {pool.requested}"
                 if pool.free is not None:
