@@ -1,9 +1,15 @@
 /*
- * threadguard: count, attribute and (later) budget the threads of a process.
+ * threadguard: count, attribute and budget the threads of a process.
  *
  * libthreadguard.so wraps pthread_create when it is preloaded
  * (LD_PRELOAD=libthreadguard.so CMD).  This header is its whole public
- * interface.  Only ints, `const char *` and opaque pointers cross it, so the
+ * interface.  Preloaded, the library also defines getenv (to size thread
+ * pools when OpenBLAS, libgomp, MKL, BLIS and torch read their
+ * *_NUM_THREADS variables), omp_set_num_threads, openblas_set_num_threads,
+ * mkl_set_num_threads and torch's at::set_num_threads /
+ * at::set_num_interop_threads (clamped, then forwarded to the definition
+ * the caller would have reached); those are not meant to be called
+ * directly.  Only ints, `const char *` and opaque pointers cross it, so the
  * Python package can open the library with cffi in ABI mode.
  *
  * Every function here is safe to call from any thread at any time; none of
