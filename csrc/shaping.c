@@ -12,7 +12,9 @@
  * dlopen hook must re-implement the caller's RUNPATH/$ORIGIN search; an
  * LD_AUDIT module needs a second variable and slows every load.  The user's
  * own environment is never edited for these, so os.environ and child
- * processes see what the user set.
+ * processes see what the user set.  A library that reaches getenv through
+ * a tail call (`return getenv(name);`) shows its caller's return address
+ * and is not recognised; the libraries above read and parse the value.
  *
  * Pool-size setters (omp_set_num_threads, openblas_set_num_threads,
  * mkl_set_num_threads) are defined here too and lowered to what fits before

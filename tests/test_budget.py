@@ -65,8 +65,12 @@ def test_openblas_64_threads_under_a_task_limit(runner, nobody):
     bare = runner.run(NUMPY_MATMUL, guarded=False, prefix=nobody(), env=env, cpus=64)
     assert died(bare) and "pthread_create failed" in bare.stderr, bare.stderr[-2000:]
 
-    proc = runner.run(NUMPY_MATMUL, guarded=True, prefix=nobody(), env=env, cpus=64)
+    code = NUMPY_MATMUL + "import os; print('numexpr', os.environ.get('NUMEXPR_MAX_THREADS'))\n"
+    proc = runner.run(code, guarded=True, prefix=nobody(), env=env, cpus=64)
     report = assert_guarded_pass(proc, runner)
+    # numexpr reads os.environ: its variable is set in the environment at start.
+    [numexpr] = [p for p in report.pools if p.variable == "NUMEXPR_MAX_THREADS"]
+    assert f"numexpr {numexpr.value}" in proc.stdout and numexpr.value == FREE - 2 + 1
     [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
     assert pool.source == "user" and pool.requested == 64 and pool.lowered
     assert pool.limit == "RLIMIT_NPROC" and pool.free == FREE
@@ -231,6 +235,35 @@ def test_cgroup_cpu_quota_sizes_pools(runner, cpu_cgroup):
     assert (pool.value, pool.source) == (2, "threadguard")
     assert report.headroom_at_start["cpus_quota"] == 2
     assert report.headroom_at_start["cpus_from"] == "cgroup CPU quota"
+
+
+@pytest.fixture(scope="module")
+def pool_readers(tmp_path_factory) -> dict:
+    """Stand-ins for BLIS and MKL, built under names threadguard classifies."""
+    from conftest import _build_shared_library
+    return {name: _build_shared_library(tmp_path_factory, ("cc", "gcc"),
+                                        "tests/native/poolreader.c", f"lib{name}_test.so")
+            for name in ("blis", "mkl")}
+
+
+@pytest.mark.parametrize("library,variable", [("blis", "BLIS_NUM_THREADS"),
+                                              ("mkl", "MKL_NUM_THREADS")])
+def test_blis_and_mkl_read_a_fitted_pool_size(runner, pool_readers, library, variable):
+    code = ("import ctypes\n"
+            f"lib = ctypes.CDLL({pool_readers[library]!r})\n"
+            "lib.read_pool_variable.restype = ctypes.c_char_p\n"
+            f"print('got', lib.read_pool_variable({variable.encode()!r}))\n"
+            f"print('unmanaged', lib.read_pool_variable(b'HOME') is not None)\n"
+            "print('matmul ok')\n")
+    env = {variable: "64", "OMP_NUM_THREADS": "64"}
+    bare = runner.run(code, guarded=False, env=env, cpus=64)
+    assert "got b'64'" in bare.stdout
+    proc = runner.run(code, guarded=True, env=env, cpus=64, options=["--max-threads", "7"])
+    report = assert_guarded_pass(proc, runner)
+    assert "got b'6'" in proc.stdout  # 7 - 2 in reserve + the caller
+    assert "unmanaged True" in proc.stdout
+    [pool] = [p for p in report.pools if p.variable == variable]
+    assert (pool.kind, pool.value, pool.lowered) == (library, 6, True)
 
 
 def test_no_settings_no_limits_keeps_library_defaults(runner):
