@@ -8,6 +8,9 @@ command passing under `threadguard run` with no options."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -157,6 +160,31 @@ def test_openblas_64_threads_under_a_cgroup_pids_limit(runner, pids_cgroup):
     [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
     assert pool.limit == "cgroup pids.max" and pool.free == FREE and pool.lowered
     assert report.headroom_at_start["pids_max"] == 1 + FREE
+
+
+def test_cgroup_v2_files_are_read(runner):
+    """cgroup v2 (pids.max, cpu.max), on a machine whose pids controller is v1:
+    a private mount namespace puts a v2-shaped tree over /sys/fs/cgroup.  It
+    checks the parsing and the sizing, not the kernel's enforcement (the
+    v1 test above does that)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    root = "/sys/fs/cgroup"
+    script = (f"mount -t tmpfs threadguard-test {root} && touch {root}/cgroup.controllers && "
+              f"echo 7 > {root}/pids.max && echo 1 > {root}/pids.current && "
+              f"echo '150000 100000' > {root}/cpu.max && exec \"$@\"")
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.strip()}")
+    proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, prefix=prefix,
+                      env={"OPENBLAS_NUM_THREADS": "64"})
+    report = assert_guarded_pass(proc, runner)
+    start = report.headroom_at_start
+    assert (start["pids_max"], start["pids_current"], start["pids_free"]) == (7, 1, 6)
+    assert (start["cpus_quota"], start["cpus_from"]) == (2, "cgroup CPU quota")
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert (pool.value, pool.limit, pool.lowered) == (6 - 2 + 1, "cgroup pids.max", True)
 
 
 # ---- address space (RLIMIT_AS) ---------------------------------------------
