@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -58,3 +59,20 @@ def test_public_api_is_typed_and_documented():
         if callable(obj) and not isinstance(obj, type):
             assert obj.__doc__, name
             assert obj.__annotations__.get("return"), name
+
+
+def test_report_json_says_how_much_room_it_needs():
+    lib = _native.load()
+    full = lib.threadguard_report_json(_native.ffi.NULL, 0)
+    assert full > 100
+    small = _native.ffi.new("char[]", 10)
+    assert lib.threadguard_report_json(small, 10) == full  # cut, but the length is the whole
+    assert _native.ffi.string(small) == _native.ffi.buffer(small, 9)[:]  # 9 bytes + NUL
+    assert lib.threadguard_report_json(_native.ffi.NULL, 10) < 0  # NULL with a size: an error
+    assert "buffer is NULL" in _native.text(lib.threadguard_last_error())
+
+
+def test_stats_carries_the_headroom_now():
+    now = threadguard.stats().headroom_now
+    assert isinstance(now["cpus"], int) and now["cpus"] >= 1
+    assert now["cpus_affinity"] == len(os.sched_getaffinity(0))
