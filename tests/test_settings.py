@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 
 import threadguard
 from threadguard.settings import OPTIONS, check_setting
+from conftest import REPO
 
 BAD_VALUES = {
     "THREADGUARD_STACK": [b"abc", b"-1", b"99999999G", b"", "é".encode(), b"\xff\xfe"],
@@ -83,3 +85,36 @@ def test_run_refuses_bad_options(tmp_path, option, value):
                            "true"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert f"argument {option}" in proc.stderr and "expected" in proc.stderr
+
+
+def test_secure_execution_ignores_path_settings(tmp_path):
+    """A setuid program run by another uid must not write where the caller's
+    environment says (THREADGUARD_REPORT=PATH)."""
+    from limits import nobody_prefix, skip_unless_nobody_works
+    skip_unless_nobody_works()
+    compiler = next((c for c in map(shutil.which, ("cc", "gcc")) if c), None)
+    if compiler is None:
+        pytest.skip("no C compiler to build the setuid test program")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    program = shared / "secure_prog"
+    libdir = os.path.dirname(threadguard.libpath())
+    subprocess.run([compiler, "-o", str(program), str(REPO / "tests/native/secure_prog.c"),
+                    f"-L{libdir}", "-l:libthreadguard.so", f"-Wl,-rpath,{libdir}", "-pthread"],
+                   check=True)
+    program.chmod(0o4755)  # setuid root
+    report = shared / "r.json"
+    env = {"PATH": os.environ["PATH"], "THREADGUARD_REPORT": str(report)}
+
+    plain = subprocess.run([str(program)], env=env, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0 and report.is_file()  # an ordinary run writes it
+    report.unlink()
+
+    secure = subprocess.run([*nobody_prefix(64), str(program)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert secure.returncode == 0 and secure.stdout == "ran\n"
+    assert secure.stderr.splitlines() == [
+        "threadguard: THREADGUARD_REPORT: path settings are ignored in a setuid/setgid "
+        "program; no report"]
+    assert not report.exists()
