@@ -31,30 +31,28 @@ struct parsed {
 
 static int is_ascii_digit(char c) { return c >= '0' && c <= '9'; }
 
-/* A decimal integer of at most 12 digits, nothing else. */
-static int parse_count(const char *value, long long *out) {
+/* The decimal digits at *p (at most 12), advancing *p; -1 if there are none. */
+static int take_digits(const char **p, long long *out) {
     long long n = 0;
     int digits = 0;
-    const char *p = value;
-    for (; is_ascii_digit(*p); p++) {
+    for (; is_ascii_digit(**p); (*p)++) {
         if (++digits > 12) return -1;
-        n = n * 10 + (*p - '0');
+        n = n * 10 + (**p - '0');
     }
-    if (digits == 0 || *p != '\0') return -1;
     *out = n;
-    return 0;
+    return digits ? 0 : -1;
+}
+
+/* A decimal integer of at most 12 digits, nothing else. */
+static int parse_count(const char *value, long long *out) {
+    return take_digits(&value, out) == 0 && *value == '\0' ? 0 : -1;
 }
 
 /* "524288", "512k", "512K", "512KiB", "2M", "1g", "1GB". */
 static int parse_size(const char *value, long long *out) {
-    long long n = 0;
-    int digits = 0;
+    long long n;
     const char *p = value;
-    for (; is_ascii_digit(*p); p++) {
-        if (++digits > 12) return -1;
-        n = n * 10 + (*p - '0');
-    }
-    if (digits == 0) return -1;
+    if (take_digits(&p, &n) != 0) return -1;
     long long unit = 1;
     switch (*p) {
     case 'k': case 'K': unit = KIB; p++; break;

@@ -116,6 +116,14 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
     put(o, "}");
 }
 
+/* "key": {"value": v or null, "source": ...} */
+static void put_applied(struct out *o, const char *key, long long value, int source,
+                        const char *sep) {
+    put(o, "\"%s\": {", key);
+    put_json_number(o, "value", value, ", ");
+    put(o, "\"source\": \"%s\"}%s", tg_source_name(source), sep);
+}
+
 static void put_json_settings(struct out *o) {
     put(o, "  \"settings\": [");
     for (int i = 0; i < TG_SETTING_COUNT; i++) {
@@ -128,16 +136,11 @@ static void put_json_settings(struct out *o) {
             tg_config.rejected[i] ? "true" : "false");
     }
     put(o, "\n  ],\n  \"applied\": {");
-    put(o, "\"stack\": {\"value\": %lld, \"source\": \"%s\"}, ", tg_applied.stack,
-        tg_source_name(tg_applied.stack_source));
-    put(o, "\"arenas\": {\"value\": ");
-    if (tg_applied.arenas > 0) put(o, "%lld", tg_applied.arenas);
-    else put(o, "null");
-    put(o, ", \"source\": \"%s\"}, ", tg_source_name(tg_applied.arenas_source));
-    put(o, "\"rlimit_nproc\": {\"value\": ");
-    if (tg_applied.nproc_soft >= 0) put(o, "%lld", tg_applied.nproc_soft);
-    else put(o, "null");
-    put(o, ", \"source\": \"%s\"}},\n", tg_source_name(tg_applied.nproc_source));
+    put_applied(o, "stack", tg_applied.stack, tg_applied.stack_source, ", ");
+    /* arenas 0: not capped */
+    put_applied(o, "arenas", tg_applied.arenas > 0 ? tg_applied.arenas : -1,
+                tg_applied.arenas_source, ", ");
+    put_applied(o, "rlimit_nproc", tg_applied.nproc_soft, tg_applied.nproc_source, "},\n");
 }
 
 static int decisions_made(void) {
