@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -123,6 +124,28 @@ def test_a_library_loaded_late_is_sized_with_the_headroom_left_then(runner, nobo
     assert pool.free == 10 - 4
     assert pool.value == 10 - 4 - 2 + 1
     assert report.headroom_at_start["free"] == 10
+
+
+def test_tasks_of_the_uids_other_processes_count(runner, nobody):
+    """RLIMIT_NPROC counts the uid's tasks in every process, not just this one."""
+    helper_code = ("import threading, sys\n"
+                   "stop = threading.Event()\n"
+                   "ts = [threading.Thread(target=stop.wait, daemon=True) for _ in range(3)]\n"
+                   "[t.start() for t in ts]; print('ready', flush=True); sys.stdin.read()\n")
+    helper = subprocess.Popen([*nobody_prefix(64), sys.executable, "-c", helper_code],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=runner.env())
+    try:
+        assert helper.stdout.readline() == "ready\n"
+        assert uid_tasks(NOBODY) == 4
+        env = {"OPENBLAS_NUM_THREADS": "64"}
+        proc = runner.run(NUMPY_MATMUL, guarded=True, prefix=nobody(), env=env, cpus=64)
+        report = assert_guarded_pass(proc, runner)
+        assert report.headroom_at_start["uid_tasks"] == 4 + 1
+        [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+        assert pool.free == FREE and pool.value == FREE - 2 + 1
+    finally:
+        helper.communicate(timeout=60)
 
 
 def test_nproc_setting_raises_the_soft_limit(runner):
