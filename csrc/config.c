@@ -15,9 +15,6 @@
 
 struct tg_config tg_config;
 
-#define KIB 1024LL
-#define MIB (1024LL * KIB)
-#define GIB (1024LL * MIB)
 
 static int secure_execution(void) { return getauxval(AT_SECURE) != 0; }
 
@@ -55,9 +52,9 @@ static int parse_size(const char *value, long long *out) {
     if (take_digits(&p, &n) != 0) return -1;
     long long unit = 1;
     switch (*p) {
-    case 'k': case 'K': unit = KIB; p++; break;
-    case 'm': case 'M': unit = MIB; p++; break;
-    case 'g': case 'G': unit = GIB; p++; break;
+    case 'k': case 'K': unit = TG_KIB; p++; break;
+    case 'm': case 'M': unit = TG_MIB; p++; break;
+    case 'g': case 'G': unit = TG_GIB; p++; break;
     default: break;
     }
     if (unit > 1 && *p == 'i') p++;
@@ -136,7 +133,7 @@ static int parse_on_limit(const char *value, struct parsed *out, char *why, size
 
 static int parse_stack(const char *value, struct parsed *out, char *why, size_t n) {
     if (parse_size(value, &out->number) != 0) return -1;
-    if (out->number > GIB) {
+    if (out->number > TG_GIB) {
         snprintf(why, n, "is over 1G");
         return -1;
     }

@@ -11,6 +11,10 @@
 
 #define TG_HIDDEN __attribute__((visibility("hidden")))
 
+#define TG_KIB 1024LL
+#define TG_MIB (1024LL * TG_KIB)
+#define TG_GIB (1024LL * TG_MIB)
+
 /* ---- library registry (registry.c) ---------------------------------- */
 
 /* Fixed capacity: the create path never allocates.  Slot 0 collects
@@ -100,7 +104,7 @@ enum tg_setting_id {
     TG_SETTING_COUNT
 };
 
-#define TG_MIN_STACK (256LL * 1024)
+#define TG_MIN_STACK (256 * TG_KIB)
 #define TG_NPROC_MAX (-2LL)
 
 struct tg_config {

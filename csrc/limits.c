@@ -19,12 +19,11 @@
 
 #include "internal.h"
 
-#define MIB (1024LL * 1024)
 /* glibc reserves a 64 MiB heap for each malloc arena it adds. */
-#define ARENA_COST (64 * MIB)
+#define ARENA_COST (64 * TG_MIB)
 /* Each OpenBLAS worker maps a 32 MiB buffer (BUFFER_SIZE in its sources);
  * measured here: about 40 MB of VmSize per worker with 8 MiB stacks. */
-#define OPENBLAS_BUFFER_COST (32 * MIB)
+#define OPENBLAS_BUFFER_COST (32 * TG_MIB)
 
 /* Whole file (up to size-1 bytes) into buf; -1 when unreadable. */
 static long read_file(const char *path, char *buf, size_t size) {
@@ -241,10 +240,10 @@ static void visit_cpu(const char *dir, void *ctx) {
 long long tg_default_stack(void) {
     pthread_attr_t attr;
     size_t size = 0;
-    if (pthread_getattr_default_np(&attr) != 0) return 8 * MIB;
+    if (pthread_getattr_default_np(&attr) != 0) return 8 * TG_MIB;
     pthread_attr_getstacksize(&attr, &size);
     pthread_attr_destroy(&attr);
-    return size ? (long long)size : 8 * MIB;
+    return size ? (long long)size : 8 * TG_MIB;
 }
 
 int tg_arenas_capped(void) {

@@ -32,7 +32,6 @@
 
 #include "internal.h"
 
-#define MIB (1024LL * 1024)
 /* Threads kept free for the program's own use (its thread pools, a
  * DataLoader, the interpreter's helpers) when pools are sized. */
 #define TG_RESERVE 2
@@ -349,9 +348,9 @@ static void apply_stack(void) {
     if (tg_config.stack > 0) {
         set_default_stack(tg_config.stack);
         tg_applied.stack_source = TG_SOURCE_USER;
-    } else if (address_space_limited() && tg_default_stack() > 1 * MIB) {
+    } else if (address_space_limited() && tg_default_stack() > 1 * TG_MIB) {
         /* Under RLIMIT_AS every 8 MiB stack counts in full. */
-        set_default_stack(1 * MIB);
+        set_default_stack(1 * TG_MIB);
         tg_applied.stack_source = TG_SOURCE_THREADGUARD;
     }
     tg_applied.stack = tg_default_stack();
