@@ -3,6 +3,7 @@
 #ifndef THREADGUARD_INTERNAL_H
 #define THREADGUARD_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -66,6 +67,8 @@ TG_HIDDEN void tg_registry_init(void);
  * of the pthread_create call.  Walks past system libraries (std::thread). */
 TG_HIDDEN unsigned tg_creator_slot(void *return_address);
 TG_HIDDEN const char *tg_kind_name(int kind);
+/* The slot of the library holding addr (claimed if new). */
+TG_HIDDEN unsigned tg_slot_for_address(const void *addr);
 /* Zero every counter (after fork); library identities are kept. */
 TG_HIDDEN void tg_registry_reset_counters(void);
 
@@ -77,6 +80,17 @@ TG_HIDDEN long long tg_tasks_at_start(void);
 TG_HIDDEN extern _Atomic unsigned tg_fork_generation;
 TG_HIDDEN int tg_is_forked_child(void);
 TG_HIDDEN void tg_init(void);
+/* This copy's own pthread_create wrapper (GOT slots are pointed at it). */
+TG_HIDDEN int tg_own_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+/* Import mode: call on to the pthread_create symbol lookup gives the
+ * process, rather than the next one after this library. */
+TG_HIDDEN void tg_use_process_create(void);
+
+/* ---- import mode (got.c) -------------------------------------------- */
+
+/* Count the exits of threads adopted from /proc/self/task. */
+TG_HIDDEN void tg_got_reap(void);
+TG_HIDDEN void tg_got_after_fork_in_child(void);
 
 /* ---- /proc helpers (procfs.c) --------------------------------------- */
 
@@ -124,6 +138,10 @@ struct tg_config {
 };
 
 TG_HIDDEN extern struct tg_config tg_config;
+/* THREADGUARD_POOL_THREADS, or what limit() set since (-1: none). */
+static inline long long tg_pool_threads(void) {
+    return __atomic_load_n(&tg_config.pool_threads, __ATOMIC_ACQUIRE);
+}
 /* Parse every THREADGUARD_* variable once; bad values get one line on
  * stderr and the default. */
 TG_HIDDEN void tg_config_load(void);

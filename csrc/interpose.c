@@ -145,6 +145,7 @@ static void after_fork_in_child(void) {
     for (unsigned i = 0; i < TG_START_RECORDS; i++)
         atomic_store_explicit(&records[i].busy, 0, memory_order_relaxed);
     tasks_at_start = 0;
+    tg_got_after_fork_in_child();
 }
 
 static void initialise(void) {
@@ -250,6 +251,12 @@ THREADGUARD_API int pthread_create(pthread_t *thread, const pthread_attr_t *attr
  * would go through the GOT and give whichever definition the process uses. */
 extern __typeof__(pthread_create) tg_own_pthread_create
     __attribute__((alias("pthread_create"), visibility("hidden"), nothrow));
+
+void tg_use_process_create(void) {
+    void *process_create = dlsym(RTLD_DEFAULT, "pthread_create");
+    if (process_create != NULL && process_create != (void *)tg_own_pthread_create)
+        atomic_store_explicit(&real_create, (create_fn)process_create, memory_order_release);
+}
 
 struct scope_order {
     uintptr_t self;

@@ -204,6 +204,13 @@ unsigned tg_creator_slot(void *return_address) {
     return w.found ? slot_for(w.base, w.path) : slot;
 }
 
+unsigned tg_slot_for_address(const void *addr) {
+    uintptr_t base;
+    const char *path;
+    if (addr == NULL || find_object(addr, &base, &path) != 0) return TG_UNKNOWN_SLOT;
+    return slot_for(base, path);
+}
+
 void tg_registry_init(void) {
     tg_exe_path(exe_path, sizeof exe_path);
     /* dlsym may allocate for dlerror(); this runs once, at initialisation,

@@ -171,11 +171,20 @@ static void put_json_pools(struct out *o) {
     put(o, "%s],\n", first ? "" : "\n  ");
 }
 
+static const char *mode_name(int mode) {
+    return mode == THREADGUARD_MODE_PRELOAD  ? "preload"
+           : mode == THREADGUARD_MODE_IMPORT ? "import"
+                                             : "off";
+}
+
 static void write_json(struct out *o, const threadguard_stats *s, const char *program) {
     put(o, "{\n  \"threadguard\": \"%s\",\n  \"pid\": %d,\n  \"program\": ",
         THREADGUARD_VERSION_STRING, (int)getpid());
     put_json_string(o, program);
-    put(o, ",\n  \"interposing\": %s,\n", threadguard_interposing() ? "true" : "false");
+    int mode = threadguard_mode();
+    /* "interposing": threads are being counted, by either mode. */
+    put(o, ",\n  \"interposing\": %s,\n  \"mode\": \"%s\",\n",
+        mode != THREADGUARD_MODE_OFF ? "true" : "false", mode_name(mode));
     put(o, "  \"tasks\": %lld,\n  \"tasks_at_start\": %lld,\n  \"untracked\": %lld,\n",
         threadguard_stats_tasks(s), threadguard_stats_tasks_at_start(s),
         threadguard_stats_untracked(s));
@@ -267,7 +276,7 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
     base = base ? base + 1 : program;
     int rows = threadguard_stats_rows(s);
     long long tasks = threadguard_stats_tasks(s);
-    if (!threadguard_interposing()) {
+    if (threadguard_mode() == THREADGUARD_MODE_OFF) {
         put(o, "threadguard: pid %d (%s): not preloaded, threads were not counted; "
                "%lld tasks at exit\n", (int)getpid(), base, tasks);
         return;

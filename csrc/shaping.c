@@ -171,8 +171,9 @@ static char *size_pool(unsigned slot, int kind, const char *variable, const char
     long long want = -1;
     int source = TG_SOURCE_USER;
     const char *given = user_text;
-    if (tg_config.pool_threads > 0) {
-        want = tg_config.pool_threads;
+    long long pool_threads = tg_pool_threads();
+    if (pool_threads > 0) {
+        want = pool_threads;
     } else {
         want = user_pool_size(user_text);
         if (want < 0 && fallback) want = user_pool_size(given = tg_environ_get(fallback));
@@ -189,7 +190,7 @@ static char *size_pool(unsigned slot, int kind, const char *variable, const char
         source = TG_SOURCE_DEFAULT;
         value = h.cpus_affinity;
         result = (char *)user_text;
-    } else if (source == TG_SOURCE_USER && !lowered && tg_config.pool_threads < 0 &&
+    } else if (source == TG_SOURCE_USER && !lowered && pool_threads < 0 &&
                given == user_text) {
         result = (char *)user_text; /* unchanged, nested lists kept */
     } else {
@@ -379,14 +380,15 @@ static void size_numexpr(void) {
     long long fit = pool_fit(TG_UNKNOWN_SLOT, TG_KIND_OTHER, h);
     long long want = user_pool_size(user);
     int source = TG_SOURCE_USER;
-    if (tg_config.pool_threads > 0) want = tg_config.pool_threads;
+    long long pool_threads = tg_pool_threads();
+    if (pool_threads > 0) want = pool_threads;
     if (want < 0) {
         want = h->cpus;
         source = TG_SOURCE_THREADGUARD;
     }
     long long value = fit > 0 && fit < want ? fit : want;
     int lowered = source == TG_SOURCE_USER && value < want;
-    if (source == TG_SOURCE_USER && !lowered && tg_config.pool_threads < 0) return;
+    if (source == TG_SOURCE_USER && !lowered && pool_threads < 0) return;
     if (source == TG_SOURCE_THREADGUARD && value >= h->cpus_affinity) return; /* numexpr's own */
     char text[24];
     snprintf(text, sizeof text, "%lld", value);
@@ -402,4 +404,20 @@ void tg_shaping_init(void) {
     apply_arenas();
     tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
     size_numexpr();
+}
+
+/* limit() in Python: the pool size for libraries that start from now on
+ * (the same as THREADGUARD_POOL_THREADS).  Stored atomically: getenv
+ * answers read it from any thread. */
+THREADGUARD_API long long threadguard_set_pool_threads(long long threads) {
+    tg_init();
+    if (threads == 0 || threads < -1 || threads > 4096) {
+        tg_set_error(THREADGUARD_EINVAL,
+                     "threadguard_set_pool_threads: %lld is not a pool size; expected 1 to 4096, "
+                     "or -1 to clear",
+                     threads);
+        return -2;
+    }
+    tg_clear_error();
+    return __atomic_exchange_n(&tg_config.pool_threads, threads, __ATOMIC_ACQ_REL);
 }

@@ -39,6 +39,7 @@ static int row_has_activity(const long long *v) {
 THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
     if (out == NULL) return tg_set_error(THREADGUARD_EINVAL, "threadguard_stats_take: out is NULL");
     tg_init();
+    tg_got_reap(); /* adopted threads that exited since */
     threadguard_stats *s = calloc(1, sizeof *s);
     if (s == NULL) {
         *out = NULL;

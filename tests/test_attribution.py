@@ -76,8 +76,9 @@ def test_forked_child_starts_from_its_own_count(guarded):
 
 
 def test_threads_from_before_the_library_are_reconciled(tmp_path):
-    """Loaded into a process that already runs threads (no preload), the
-    library sees them in /proc/self/task as untracked, not as missing."""
+    """Loaded into a process that already runs threads (no preload, so in
+    import mode), the library sees them in /proc/self/task as untracked,
+    not as missing."""
     import subprocess
     import sys
 
@@ -88,12 +89,12 @@ ts = [threading.Thread(target=stop.wait) for _ in range(3)]
 for t in ts: t.start()
 import threadguard
 s = threadguard.stats()
-print(s.interposing, s.tasks_at_start, s.untracked, s.total.created)
+print(s.mode, s.tasks_at_start, s.untracked, s.total.created)
 stop.set()
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.split()
-    assert out == ["False", "3", "3", "0"]
+    assert out == ["import", "3", "3", "0"]
 
 
 def test_std_thread_in_a_late_loaded_library_counts_under_that_library(guarded, cxxpool):

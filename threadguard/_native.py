@@ -38,6 +38,10 @@ long long threadguard_stats_untracked(const threadguard_stats *stats);
 long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
 long long threadguard_report_json(char *buffer, size_t size);
 int threadguard_check_setting(const char *name, const char *value);
+int threadguard_import_mode(void);
+int threadguard_mode(void);
+long long threadguard_import_slots(void);
+long long threadguard_set_pool_threads(long long threads);
 """
 
 # enum threadguard_field, in the header's order.
@@ -85,6 +89,25 @@ def load() -> Any:
         raise LibraryNotFoundError(
             f"{path} exists but could not be loaded: {exc}. Reinstall threadguard."
         ) from exc
+
+
+def load_if_available() -> Optional[Any]:
+    """The library handle, or None when it cannot be found or loaded."""
+    try:
+        return load()
+    except LibraryNotFoundError:
+        return None
+
+
+def enable_import_mode() -> Optional[str]:
+    """Count threads without a preload (GOT patching); None on success or
+    when preloaded, else why it could not."""
+    lib = load_if_available()
+    if lib is None:
+        return f"{LIBRARY_NAME} could not be loaded"
+    if int(lib.threadguard_import_mode()) != 0:
+        return text(lib.threadguard_last_error())
+    return None
 
 
 def loaded_path() -> Optional[str]:

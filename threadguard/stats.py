@@ -89,7 +89,7 @@ class Stats:
     tasks: Optional[int]  # threads in /proc/self/task, None if unreadable
     untracked: Optional[int]  # alive but not seen created (started before or around threadguard)
     tasks_at_start: Optional[int]  # threads besides the main one when threadguard started
-    interposing: bool  # False: not preloaded, so nothing was counted
+    interposing: bool  # False: neither preloaded nor in import mode, so nothing was counted
     pid: int
     program: str
     version: str
@@ -99,6 +99,7 @@ class Stats:
     applied: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     headroom_at_start: Headroom = field(default_factory=dict)
     headroom_now: Headroom = field(default_factory=dict)
+    mode: str = ""  # "preload", "import" or "off" ("" in reports older than import mode)
 
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
@@ -114,6 +115,7 @@ class Stats:
             "pid": self.pid,
             "program": self.program,
             "interposing": self.interposing,
+            "mode": self.mode,
             "tasks": -1 if self.tasks is None else self.tasks,
             "tasks_at_start": -1 if self.tasks_at_start is None else self.tasks_at_start,
             "untracked": -1 if self.untracked is None else self.untracked,
@@ -157,7 +159,8 @@ class Stats:
                 libraries=libraries, total=total,
                 tasks=_optional(data["tasks"]), untracked=_optional(data["untracked"]),
                 tasks_at_start=_optional(data["tasks_at_start"]),
-                interposing=bool(data["interposing"]), pid=int(data["pid"]),
+                interposing=bool(data["interposing"]), mode=str(data.get("mode", "")),
+                pid=int(data["pid"]),
                 program=str(data["program"]), version=str(data["threadguard"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -169,7 +172,8 @@ class Stats:
         if not self.interposing:
             return (f"{head}: not preloaded, threads were not counted; run the program under "
                     f"'threadguard run -- CMD' to count them")
-        lines = [f"{head}: threads by creating library",
+        how = " (import mode: GOT slots patched)" if self.mode == "import" else ""
+        lines = [f"{head}: threads by creating library{how}",
                  f"  {'library':36} {'kind':9} {'created':>8} {'live':>6} {'peak':>6} "
                  f"{'failed':>7} {'denied':>7}"]
         for row in (*self.libraries, None):

@@ -38,7 +38,15 @@ extern "C" {
 enum threadguard_error {
     THREADGUARD_OK = 0,
     THREADGUARD_EINVAL = 1, /* a bad argument (null pointer, row out of range) */
-    THREADGUARD_ENOMEM = 2  /* a snapshot could not be allocated */
+    THREADGUARD_ENOMEM = 2,      /* a snapshot could not be allocated */
+    THREADGUARD_EUNSUPPORTED = 3 /* not possible on this platform */
+};
+
+/* How threads are being counted, from threadguard_mode(). */
+enum threadguard_mode {
+    THREADGUARD_MODE_OFF = 0,     /* not counting: not preloaded, import mode not enabled */
+    THREADGUARD_MODE_PRELOAD = 1, /* preloaded: this library's pthread_create is the process's */
+    THREADGUARD_MODE_IMPORT = 2   /* loaded late; GOT slots of loaded objects are patched */
 };
 
 /* Counter fields, for threadguard_stats_get(). */
@@ -67,6 +75,27 @@ THREADGUARD_API const char *threadguard_last_error(void);
 /* 1 when the process's pthread_create is this library's (it was preloaded),
  * so threads are being counted; 0 otherwise. */
 THREADGUARD_API int threadguard_interposing(void);
+
+/* Count without a preload: point the pthread_create and dlopen GOT slots
+ * of every loaded object at this library, and of every object loaded
+ * later through dlopen (which keeps the caller's RUNPATH/$ORIGIN search).
+ * Threads that library constructors start during a dlopen are adopted from
+ * /proc/self/task and attributed to the library loaded.  Does nothing when
+ * the library is preloaded.  Safe to call more than once.
+ * THREADGUARD_EUNSUPPORTED on architectures other than x86-64 and aarch64. */
+THREADGUARD_API int threadguard_import_mode(void);
+
+/* Size every pool that starts from now on to threads (1 to 4096), as
+ * THREADGUARD_POOL_THREADS does (still lowered to fit the headroom); -1
+ * clears it.  Returns the previous value (-1 for none), or -2 with
+ * THREADGUARD_EINVAL for a bad value. */
+THREADGUARD_API long long threadguard_set_pool_threads(long long threads);
+
+/* The active enum threadguard_mode. */
+THREADGUARD_API int threadguard_mode(void);
+
+/* GOT slots rewritten so far by import mode. */
+THREADGUARD_API long long threadguard_import_slots(void);
 
 /* Take a snapshot into *out; free it with threadguard_stats_free(). */
 THREADGUARD_API int threadguard_stats_take(threadguard_stats **out);

@@ -1,0 +1,82 @@
+"""Budgets: how many threads a pool gets, from a number or "auto", split among workers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Union
+
+from . import _native
+from .errors import LibraryNotFoundError
+from .profile import profile_threads
+
+__all__ = ["Threads", "allocation", "headroom", "per_process_threads"]
+
+Threads = Union[int, str]
+
+# Threads kept free for the program's own threads when a task limit is near
+# (the native layer keeps the same reserve when it sizes pools).
+RESERVE = 2
+
+
+def headroom() -> Dict[str, Any]:
+    """The native headroom figures measured now (CPUs, task limits, cgroup,
+    address space); empty when the library cannot be loaded."""
+    try:
+        now: Dict[str, Any] = _native.report_json().get("headroom", {}).get("now", {})
+        return now
+    except (LibraryNotFoundError, OSError, ValueError):
+        return {}
+
+
+def allocation(figures: Optional[Dict[str, Any]] = None) -> int:
+    """CPUs this process may use: the smallest of its affinity mask, cgroup
+    CPU quota, SLURM_CPUS_PER_TASK/SLURM_CPUS_ON_NODE and OMP_THREAD_LIMIT."""
+    figures = headroom() if figures is None else figures
+    cpus = figures.get("cpus")
+    if isinstance(cpus, int) and cpus > 0:
+        return cpus
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _check_threads(threads: object) -> None:
+    if isinstance(threads, bool) or not (isinstance(threads, int) or threads == "auto"):
+        raise ValueError(
+            f"threads must be a whole number of threads (1 or more) or \"auto\"; got "
+            f"{threads!r}")
+    if isinstance(threads, int) and threads < 1:
+        raise ValueError(
+            f"threads must be 1 or more (or \"auto\" for the CPU allocation); got {threads}")
+
+
+def _check_workers(workers: object) -> None:
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"workers must be a whole number of worker processes (1 or more) or None; got "
+            f"{workers!r}")
+
+
+def per_process_threads(threads: Threads = "auto", workers: Optional[int] = None) -> int:
+    """The pool size for one process.
+
+    threads: a number of threads, or "auto" for the CPU allocation (or the
+    node profile's recommendation from `threadguard bench`, when one exists),
+    kept within the task headroom. workers: split that among this many
+    worker processes, at least 1 thread each. Raises ValueError for
+    anything else.
+    """
+    _check_threads(threads)
+    _check_workers(workers)
+    share_of = workers or 1
+    if threads != "auto":
+        assert isinstance(threads, int)
+        return max(1, threads // share_of)
+    figures = headroom()
+    cpus = allocation(figures)
+    total = min(cpus, profile_threads(cpus) or cpus)
+    free = figures.get("free")
+    if isinstance(free, int) and free >= 0:
+        # Every worker starts its own pools: they share the task headroom.
+        total = min(total, max(share_of, free - RESERVE))
+    return max(1, total // share_of)
