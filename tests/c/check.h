@@ -20,6 +20,7 @@ static int check_failures;
         }                                                                       \
     } while (0)
 
+#ifndef THREADGUARD_NO_CHECK_HELPERS
 /* One counter of the row whose kind is `kind` (first match), 0 if absent. */
 __attribute__((unused)) static long long counter_of_kind(const char *kind, int field) {
     threadguard_stats *s = NULL;
@@ -41,5 +42,6 @@ __attribute__((unused)) static long long total(int field) {
     threadguard_stats_free(s);
     return value;
 }
+#endif
 
 #endif
