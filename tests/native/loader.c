@@ -2,6 +2,7 @@
  * the library `name` by bare name, as a plugin loader does (found only
  * through this library's RUNPATH), and runs its spawner_run(n). */
 #include <dlfcn.h>
+#include <stddef.h>
 
 int loader_run(const char *name, int n) {
     void *handle = dlopen(name, RTLD_NOW);
