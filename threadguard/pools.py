@@ -61,7 +61,11 @@ def _set_environment(threads: int, applied: Applied) -> None:
         os.environ[name] = str(threads)
 
 
+_interop_warned = False
+
+
 def _set_interop(threads: int, applied: Applied) -> None:
+    global _interop_warned
     torch = sys.modules.get("torch")
     if torch is None:
         return
@@ -71,6 +75,9 @@ def _set_interop(threads: int, applied: Applied) -> None:
     try:
         torch.set_num_interop_threads(threads)
     except RuntimeError:
+        if _interop_warned:  # once per process: the pool cannot change anyway
+            return
+        _interop_warned = True
         message = (f"threadguard: torch's inter-op pool stays at {current} threads: torch "
                    f"allows set_num_interop_threads once, before inter-op work starts. Call "
                    f"threadguard.limit() before the first torch operation (or run the program "

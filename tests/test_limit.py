@@ -1,0 +1,281 @@
+"""threadguard.limit(): applied to pools already running, restored, inherited
+by workers; the seeds' "set after import" trap; bad arguments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import threadguard
+from limits import Runner
+
+# Helpers run inside the child: CPU time of every thread but the main one
+# (a pool's workers), and the pool sizes threadpoolctl and torch report.
+PROBES = """
+import json, os, threading
+def worker_cpu_ticks():
+    main = os.getpid()
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == main:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])   # utime + stime
+    return total
+def sizes():
+    from threadpoolctl import threadpool_info
+    import torch
+    return sorted({(i["internal_api"], i["num_threads"]) for i in threadpool_info()}) + \\
+        [("torch.get_num_threads", torch.get_num_threads())]
+"""
+
+
+def run_child(tmp_path: Path, fakecpus: str, code: str, cpus: int = 4, timeout: float = 300,
+              **env: str) -> dict:
+    runner = Runner(tmp_path, fakecpus)
+    script = tmp_path / "child.py"
+    script.write_text(PROBES + code)
+    proc = subprocess.run([sys.executable, str(script)], env=runner.env(env, cpus=cpus),
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["stderr"] = proc.stderr
+    return result
+
+
+LIMIT_ONE = """
+import numpy, torch
+import threadguard
+a = numpy.ones((1200, 1200))
+before = sizes()
+with threadguard.limit(1):
+    inside = sizes()
+    t0 = worker_cpu_ticks()
+    for _ in range(6): a @ a
+    blas_workers_inside = worker_cpu_ticks() - t0
+    torch.ones(800, 800) @ torch.ones(800, 800)
+    openmp_inside = threadguard.stats().of_kind("openmp").created
+after = sizes()
+t0 = worker_cpu_ticks()
+for _ in range(6): a @ a
+blas_workers_after = worker_cpu_ticks() - t0
+torch.ones(800, 800) @ torch.ones(800, 800)
+openmp_after = threadguard.stats().of_kind("openmp").created
+print(json.dumps(dict(before=before, inside=inside, after=after,
+                      blas_workers_inside=blas_workers_inside,
+                      blas_workers_after=blas_workers_after,
+                      openmp_inside=openmp_inside, openmp_after=openmp_after)))
+"""
+
+
+# torch's MKL caps its default at the physical cores (2 here) unless told:
+# a user's OMP_NUM_THREADS=4 with MKL_DYNAMIC=FALSE gives every pool 4.
+FOUR = {"OMP_NUM_THREADS": "4", "MKL_DYNAMIC": "FALSE"}
+
+
+def test_limit_one_after_numpy_and_torch_runs_one_worker_and_restores(tmp_path, fakecpus):
+    out = run_child(tmp_path, fakecpus, LIMIT_ONE, cpus=4, **FOUR)
+    defaults = [["openblas", 4], ["openmp", 4], ["torch", 4], ["torch.get_num_threads", 4]]
+    assert out["before"] == defaults
+    assert out["inside"] == [["openblas", 1], ["openmp", 1], ["torch", 1],
+                             ["torch.get_num_threads", 1]]
+    # The native counters: inside the limit torch's matmul started no
+    # OpenMP worker; after it, the team of 3 starts.
+    assert out["openmp_inside"] == 0
+    assert out["openmp_after"] == 3
+    # OpenBLAS's 3 workers (started at import) did no work inside the limit.
+    assert out["blas_workers_inside"] <= 2, out
+    assert out["blas_workers_after"] > 10, out
+    assert out["after"] == defaults
+
+
+SET_AFTER_IMPORT = """
+import os, torch
+os.environ["OMP_NUM_THREADS"] = "1"          # too late: torch has read it
+torch.ones(800, 800) @ torch.ones(800, 800)
+ignored = torch.get_num_threads()
+t0 = worker_cpu_ticks()
+for _ in range(6): torch.ones(1000, 1000) @ torch.ones(1000, 1000)
+workers_cpu_before = worker_cpu_ticks() - t0
+import threadguard
+openmp_before = threadguard.stats().of_kind("openmp").created
+threadguard.limit(1)
+t0 = worker_cpu_ticks()
+for _ in range(6): torch.ones(1000, 1000) @ torch.ones(1000, 1000)
+print(json.dumps(dict(ignored=ignored, limited=torch.get_num_threads(),
+                      workers_cpu_before=workers_cpu_before,
+                      workers_cpu=worker_cpu_ticks() - t0)))
+"""
+
+
+def test_env_var_set_after_import_torch_is_ignored_but_limit_takes_effect(tmp_path, fakecpus):
+    out = run_child(tmp_path, fakecpus, SET_AFTER_IMPORT, cpus=4, **FOUR)
+    assert out["ignored"] == 4  # the seeds' bug: the variable changed nothing
+    assert out["workers_cpu_before"] > 10, out  # and torch's 3 workers did the work
+    assert out["limited"] == 1
+    # torch's OpenMP team (3 workers, started before) stays parked.
+    assert out["workers_cpu"] <= 2, out
+
+
+SPAWN_POOL = """
+import multiprocessing as mp
+import threadguard
+
+def probe(_):
+    import numpy, torch
+    from threadpoolctl import threadpool_info
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    return blas[0], torch.get_num_threads()
+
+if __name__ == "__main__":
+    allocation = threadguard.allocation()
+    with threadguard.limit("auto", workers=4):
+        with mp.get_context("spawn").Pool(4) as pool:
+            inside = pool.map(probe, range(4), chunksize=1)
+    with mp.get_context("spawn").Pool(4) as pool:
+        outside = pool.map(probe, range(4), chunksize=1)
+    with mp.get_context("spawn").Pool(4, initializer=threadguard.pool_initializer(4)) as pool:
+        initialized = pool.map(probe, range(4), chunksize=1)
+    print(json.dumps(dict(allocation=allocation, inside=inside, outside=outside,
+                          initialized=initialized)))
+"""
+
+
+def test_spawn_pool_inside_limit_auto_workers_gets_a_quarter_each(tmp_path, fakecpus):
+    out = run_child(tmp_path, fakecpus, SPAWN_POOL, cpus=4)
+    assert out["allocation"] == 4
+    assert out["inside"] == [[1, 1]] * 4
+    # Default pools: OpenBLAS one per CPU, torch one per physical core (2).
+    assert out["outside"] == [[4, 2]] * 4
+    assert out["initialized"] == [[1, 1]] * 4
+
+
+DATALOADER = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+import threadguard
+
+class Threads(Dataset):
+    def __len__(self): return 4
+    def __getitem__(self, i): return torch.get_num_threads()
+
+if __name__ == "__main__":
+    plain = sorted(int(x) for x in DataLoader(Threads(), num_workers=2, batch_size=None))
+    shared = sorted(int(x) for x in DataLoader(
+        Threads(), num_workers=2, batch_size=None,
+        worker_init_fn=threadguard.dataloader_worker_init(2)))
+    print(json.dumps(dict(plain=plain, shared=shared)))
+"""
+
+
+def test_dataloader_worker_init_fn_gives_each_worker_its_share(tmp_path, fakecpus):
+    out = run_child(tmp_path, fakecpus, DATALOADER, cpus=8)
+    assert out["plain"] == [1, 1, 1, 1]  # DataLoader's own default
+    assert out["shared"] == [4, 4, 4, 4]
+
+
+DECORATOR_AND_INTEROP = """
+import warnings, torch
+torch.set_num_interop_threads(3)          # allowed once: now fixed
+import threadguard
+start = torch.get_num_threads()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+
+    @threadguard.limit(1)
+    def work():
+        return torch.get_num_threads()
+
+    after_decorating = torch.get_num_threads()
+    inside = work()
+    after_call = torch.get_num_threads()
+    inside_again = work()
+print(json.dumps(dict(start=start, after_decorating=after_decorating, inside=inside,
+                      after_call=after_call, inside_again=inside_again,
+                      interop=torch.get_num_interop_threads(),
+                      warnings=[str(w.message) for w in caught])))
+"""
+
+
+def test_decorator_applies_around_each_call_and_interop_warns(tmp_path, fakecpus):
+    out = run_child(tmp_path, fakecpus, DECORATOR_AND_INTEROP, cpus=4, **FOUR)
+    assert (out["start"], out["after_decorating"], out["inside"], out["after_call"],
+            out["inside_again"]) == (4, 4, 1, 4, 1)
+    # The inter-op pool was fixed before: one warning, not one per call.
+    assert out["interop"] == 3
+    assert len(out["warnings"]) == 1 and "inter-op" in out["warnings"][0]
+
+
+@pytest.mark.parametrize("args, kwargs, accepted", [
+    ((0,), {}, "1 or more"),
+    ((-3,), {}, "1 or more"),
+    (("lots",), {}, '"auto"'),
+    ((2.5,), {}, "whole number"),
+    ((True,), {}, "whole number"),
+    ((2,), {"workers": 0}, "workers must be"),
+    ((2,), {"workers": 1.5}, "workers must be"),
+])
+def test_bad_arguments_raise_valueerror_saying_what_is_accepted(args, kwargs, accepted):
+    with pytest.raises(ValueError) as error:
+        threadguard.limit(*args, **kwargs)
+    assert accepted in str(error.value)
+    assert repr(args[0] if not kwargs else kwargs["workers"]) in str(error.value)
+
+
+def test_workers_split_is_at_least_one_each():
+    with threadguard.limit(2, workers=8) as limited:
+        assert limited.threads == 1
+    with threadguard.limit(8, workers=3) as limited:
+        assert limited.threads == 2
+
+
+def test_limit_sets_variables_for_children_and_restores_them(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with threadguard.limit(3):
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'], "
+             "os.environ['OPENBLAS_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])"],
+            capture_output=True, text=True, check=True).stdout.split()
+    assert child == ["3", "3", "3"]
+    import os
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_auto_uses_the_node_profile_and_ignores_a_broken_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("THREADGUARD_PROFILE_DIR", str(tmp_path))
+    cpus = threadguard.allocation()
+    path = threadguard.profile_path(cpus)
+    assert path.parent == tmp_path
+    with threadguard.limit("auto") as limited:
+        assert limited.threads == cpus  # no profile: the allocation
+    path.write_text(json.dumps({"threads": 1}))
+    with threadguard.limit("auto") as limited:
+        assert limited.threads == 1
+    path.write_text("{not json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with threadguard.limit("auto") as limited:
+            assert limited.threads == cpus
+    assert any(str(path) in str(w.message) for w in caught)
+
+
+def test_info_lists_pools_and_threads_per_creator():
+    import numpy  # noqa: F401  (loads OpenBLAS)
+    found = threadguard.info()
+    assert found.mode in ("import", "preload")
+    libraries = {pool.library for pool in found.pools}
+    assert "openblas" in libraries
+    assert all(pool.size is None or pool.size >= 1 for pool in found.pools)
+    assert found.threads is not None and found.threads.interposing
+    text = str(found)
+    assert "openblas" in text and "threads by creating library" in text
