@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import threadguard
+from benchstats import alternate, compare, machine
 
 HERE = Path(__file__).resolve().parent
 CREATE_JOIN_TARGET = 1.05
@@ -38,24 +37,6 @@ def build_create_join(workdir: Path) -> Path:
     subprocess.run([compiler, "-O2", "-o", str(exe), str(HERE / "create_join.c"), "-lpthread",
                     "-ldl"], check=True)
     return exe
-
-
-def summary(values: List[float]) -> Dict[str, float]:
-    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2],
-            "min": min(values), "max": max(values), "n": len(values)}
-
-
-def alternate(rounds: int, measure, label: str) -> Dict[str, List[float]]:
-    """Run measure(guarded) for both settings each round, alternating which goes first."""
-    results: Dict[str, List[float]] = {"bare": [], "guarded": []}
-    for i in range(rounds):
-        order = ("bare", "guarded") if i % 2 == 0 else ("guarded", "bare")
-        for name in order:
-            results[name].append(measure(name == "guarded"))
-        print(f"\r{label}: round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return results
 
 
 def main() -> int:
@@ -78,7 +59,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_create_join(Path(tmp))
 
-        def create_join(guarded: bool) -> float:
+        def create_join(name: str) -> float:
+            guarded = name == "guarded"
             out = subprocess.run([str(exe), str(args.threads)], check=True, capture_output=True,
                                  text=True, env=guarded_env if guarded else bare_env).stdout
             ns, interposing = out.split()
@@ -86,29 +68,22 @@ def main() -> int:
                 sys.exit(f"bench_overhead: interposing={interposing} in a guarded={guarded} run")
             return float(ns)
 
-        def python_start(guarded: bool) -> float:
+        def python_start(name: str) -> float:
+            guarded = name == "guarded"
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], check=True,
                            env=guarded_env if guarded else bare_env)
             return (time.perf_counter() - start) * 1e3
 
-        create = alternate(args.rounds, create_join, "create+join")
-        startup = alternate(args.rounds, python_start, "python -c pass")
-
-    def compare(results: Dict[str, List[float]], unit: str) -> Dict[str, object]:
-        paired = [g / b for g, b in zip(results["guarded"], results["bare"])]
-        return {"unit": unit, "bare": summary(results["bare"]),
-                "guarded": summary(results["guarded"]),
-                "ratio_of_medians": statistics.median(results["guarded"]) /
-                statistics.median(results["bare"]),
-                "paired_ratio": summary(paired)}
+        configurations = ("bare", "guarded")
+        create = alternate(args.rounds, configurations, create_join, "create+join")
+        startup = alternate(args.rounds, configurations, python_start, "python -c pass")
 
     figures = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "library": library, "rounds": args.rounds, "threads": args.threads,
-        "create_join": compare(create, "ns per create+join"),
-        "python_startup": compare(startup, "ms per python -c pass"),
+        "create_join": compare(create, "guarded", "bare", "ns per create+join"),
+        "python_startup": compare(startup, "guarded", "bare", "ms per python -c pass"),
         "create_join_target": CREATE_JOIN_TARGET,
     }
     cj, st = figures["create_join"], figures["python_startup"]

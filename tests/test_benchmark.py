@@ -24,3 +24,20 @@ def test_overhead_benchmark_produces_ratios(tmp_path):
         assert row["bare"]["n"] == row["guarded"]["n"] == 2
         assert row["ratio_of_medians"] > 0
     assert "create+join ratio" in proc.stdout
+
+
+def test_oversubscription_benchmark_compares_default_and_limited_pools(tmp_path):
+    out = tmp_path / "oversubscription.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_oversubscription.py"),
+                           "--rounds", "2", "--workers", "2", "--tasks", "4", "--repeat", "2",
+                           "--size", "64", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    row = figures["throughput"]
+    assert row["default"]["n"] == row["limited"]["n"] == 2
+    assert row["ratio_of_medians"] > 0
+    # The limited pool really ran with each worker's share of the allocation.
+    share = max(1, figures["allocation"] // 2)
+    assert figures["blas_threads_per_worker"]["limited"] == [share]
+    assert "throughput ratio limited/default" in proc.stdout

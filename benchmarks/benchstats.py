@@ -1,0 +1,51 @@
+"""Shared by the benchmarks: alternate configurations within one run, summarise.
+
+Timings on shared machines drift by tens of percent between runs, so every
+benchmark measures its configurations in the same run, alternating which
+goes first each round, and reports medians, spreads and ratios."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from typing import Callable, Dict, List, Sequence
+
+
+def summary(values: List[float]) -> Dict[str, float]:
+    """Median, quartiles, range and count."""
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2],
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def alternate(rounds: int, names: Sequence[str], measure: Callable[[str], float],
+              label: str) -> Dict[str, List[float]]:
+    """measure(name) for every configuration each round, rotating the order;
+    progress on stderr."""
+    results: Dict[str, List[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        order = list(names[i % len(names):]) + list(names[:i % len(names)])
+        for name in order:
+            results[name].append(measure(name))
+        print(f"\r{label}: round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return results
+
+
+def compare(results: Dict[str, List[float]], numerator: str, denominator: str,
+            unit: str) -> Dict[str, object]:
+    """Both summaries, the ratio of medians and the per-round paired ratios."""
+    paired = [a / b for a, b in zip(results[numerator], results[denominator])]
+    return {"unit": unit, denominator: summary(results[denominator]),
+            numerator: summary(results[numerator]),
+            "ratio_of_medians": statistics.median(results[numerator]) /
+            statistics.median(results[denominator]),
+            "paired_ratio": summary(paired)}
+
+
+def machine() -> Dict[str, object]:
+    """What the figures were measured on."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
