@@ -52,7 +52,8 @@ class Limit:
 
     def __repr__(self) -> str:
         workers = f", workers={self.workers}" if self.workers else ""
-        return f"threadguard.limit({self.requested!r}{workers}) -> {self.threads} threads"
+        plural = "" if self.threads == 1 else "s"
+        return f"threadguard.limit({self.requested!r}{workers}) -> {self.threads} thread{plural}"
 
 
 def limit(threads: Threads = "auto", *, workers: Optional[int] = None) -> Limit:
