@@ -279,3 +279,52 @@ def test_info_lists_pools_and_threads_per_creator():
     assert found.threads is not None and found.threads.interposing
     text = str(found)
     assert "openblas" in text and "threads by creating library" in text
+
+
+class _FakePool:
+    """Stands in for numexpr / numba (not installed here): records the sizes set."""
+
+    def __init__(self, start: int):
+        self.size = start
+        self.config = type("config", (), {"NUMBA_NUM_THREADS": 16})
+        self.__version__ = "0-test"
+        self.__file__ = "fake.py"
+
+    def set_num_threads(self, n: int) -> int:
+        previous, self.size = self.size, n
+        return previous
+
+    def get_num_threads(self) -> int:
+        return self.size
+
+
+def test_numexpr_and_numba_when_imported_are_sized_and_restored(monkeypatch):
+    numexpr, numba = _FakePool(8), _FakePool(6)
+    monkeypatch.setitem(sys.modules, "numexpr", numexpr)
+    monkeypatch.setitem(sys.modules, "numba", numba)
+    with threadguard.limit(2):
+        assert (numexpr.size, numba.size) == (2, 2)
+        libraries = {pool.library: pool.size for pool in threadguard.info().pools}
+        assert libraries["numexpr"] == 2 and libraries["numba"] == 2
+    assert (numexpr.size, numba.size) == (8, 6)
+
+
+def test_auto_stays_within_the_task_headroom(monkeypatch):
+    from threadguard import policy
+    monkeypatch.setattr(policy, "headroom", lambda: {"cpus": 8, "free": 5})
+    assert policy.per_process_threads("auto") == 3  # 5 free, 2 kept in reserve
+    assert policy.per_process_threads("auto", workers=4) == 1
+    monkeypatch.setattr(policy, "headroom", lambda: {"cpus": 8, "free": -1})  # no limit
+    assert policy.per_process_threads("auto", workers=4) == 2
+
+
+def test_native_pool_size_sizes_libraries_loaded_later(guarded, fakecpus):
+    """limit() also sets the native pool size: under the preload, a library
+    loaded afterwards is sized by it even with no variable to read."""
+    code = ("import threadguard; from threadguard import _native; "
+            "lib = _native.load(); print(lib.threadguard_set_pool_threads(3), "
+            "lib.threadguard_set_pool_threads(3), lib.threadguard_set_pool_threads(0)); "
+            "import numpy")
+    proc, report = guarded.run(code, env={"THREADGUARD_TEST_CPUS": "8"}, preload_extra=fakecpus)
+    assert proc.stdout.split() == ["-1", "3", "-2"]
+    assert report.of_kind("openblas").created == 2  # a pool of 3: 2 workers + the caller
