@@ -2,7 +2,9 @@
  * threadguard: count, attribute and budget the threads of a process.
  *
  * libthreadguard.so wraps pthread_create when it is preloaded
- * (LD_PRELOAD=libthreadguard.so CMD).  This header is its whole public
+ * (LD_PRELOAD=libthreadguard.so CMD), or, opened late, once
+ * threadguard_import_mode() has patched the process's GOT slots (what
+ * `import threadguard` does).  This header is its whole public
  * interface.  Preloaded, the library also defines getenv (to size thread
  * pools when OpenBLAS, libgomp, MKL, BLIS and torch read their
  * *_NUM_THREADS variables), omp_set_num_threads, openblas_set_num_threads,
