@@ -166,6 +166,8 @@ static const struct setting settings[TG_SETTING_COUNT] = {
                        "no report", parse_report},
     [TG_SET_DEBUG] = {"THREADGUARD_DEBUG", "1, 0, on, off, yes, no, true or false", "off",
                       parse_debug},
+    [TG_SET_IMPORT] = {"THREADGUARD_IMPORT", "1, 0, on, off, yes, no, true or false", "on",
+                       parse_debug},
 };
 
 const char *tg_setting_name(int which) { return settings[which].name; }
@@ -270,6 +272,7 @@ static void apply(int which, const struct parsed *p) {
         memcpy(tg_config.report_path, p->path, sizeof tg_config.report_path);
         break;
     case TG_SET_DEBUG: tg_config.debug = (int)p->number; break;
+    case TG_SET_IMPORT: tg_config.import_off = p->number == 0; break;
     default: break;
     }
 }

@@ -582,6 +582,10 @@ THREADGUARD_API int threadguard_import_mode(void) {
         atomic_store_explicit(&current_mode, THREADGUARD_MODE_PRELOAD, memory_order_release);
         return THREADGUARD_OK;
     }
+    if (tg_config.import_off) { /* THREADGUARD_IMPORT=off: the user's choice */
+        tg_clear_error();
+        return THREADGUARD_OK;
+    }
 #if !TG_GOT_SUPPORTED
     return tg_set_error(THREADGUARD_EUNSUPPORTED,
                         "import mode patches GOT slots on x86-64 and aarch64 only; preload "

@@ -115,6 +115,7 @@ enum tg_setting_id {
     TG_SET_NPROC,
     TG_SET_REPORT,
     TG_SET_DEBUG,
+    TG_SET_IMPORT,
     TG_SETTING_COUNT
 };
 
@@ -129,6 +130,7 @@ struct tg_config {
     long long arenas; /* 0: not set */
     long long nproc; /* -1: not set; TG_NPROC_MAX: the hard limit */
     int debug;
+    int import_off; /* THREADGUARD_IMPORT=off: import threadguard patches nothing */
     int report_mode;
     char report_path[1024];
     /* Per setting: the value as given (printable) and whether it was used. */

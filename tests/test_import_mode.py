@@ -125,3 +125,20 @@ print(s.total.created, s.untracked)
                           timeout=60, cwd=tmp_path, env={**os.environ})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "1"]
+
+
+def test_threadguard_import_off_leaves_the_process_alone(tmp_path):
+    code = ("import threading, threadguard; from threadguard import _native; "
+            "t = threading.Thread(target=len, args=((),)); t.start(); t.join(); "
+            "print(threadguard.mode(), threadguard.stats().total.created, "
+            "_native.load().threadguard_import_slots())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADGUARD_")}
+    results = {}
+    for value in ("off", "on"):
+        proc = subprocess.run([sys.executable, "-c", code],
+                              env={**env, "THREADGUARD_IMPORT": value},
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        results[value] = proc.stdout.split()
+    assert results["off"] == ["off", "0", "0"]
+    assert results["on"][:2] == ["import", "1"] and int(results["on"][2]) > 0

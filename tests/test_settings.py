@@ -24,6 +24,7 @@ BAD_VALUES = {
     "THREADGUARD_ARENAS": [b"", b"-1", b"many"],
     "THREADGUARD_NPROC": [b"", b"-1", b"unlimited"],
     "THREADGUARD_DEBUG": [b"", b"maybe"],
+    "THREADGUARD_IMPORT": [b"", b"never"],
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 
@@ -68,7 +69,8 @@ def test_random_byte_strings_never_crash_the_parser():
     """A property test through the Python binding (the C fuzz test runs the
     same under ASan/UBSan): any value is accepted or explained."""
     rng = random.Random(1234)
-    names = [option.variable for option in OPTIONS] + ["THREADGUARD_REPORT"]
+    names = [option.variable for option in OPTIONS] + ["THREADGUARD_REPORT",
+                                                       "THREADGUARD_IMPORT"]
     for _ in range(20000):
         value = bytes(rng.randrange(1, 256) for _ in range(rng.randrange(0, 40)))
         name = rng.choice(names)

@@ -83,7 +83,8 @@ THREADGUARD_API int threadguard_interposing(void);
  * later through dlopen (which keeps the caller's RUNPATH/$ORIGIN search).
  * Threads that library constructors start during a dlopen are adopted from
  * /proc/self/task and attributed to the library loaded.  Does nothing when
- * the library is preloaded.  Safe to call more than once.
+ * the library is preloaded, or when THREADGUARD_IMPORT=off (a user's way
+ * to keep threadguard out of a process's GOT).  Safe to call more than once.
  * THREADGUARD_EUNSUPPORTED on architectures other than x86-64 and aarch64. */
 THREADGUARD_API int threadguard_import_mode(void);
 

@@ -10,7 +10,7 @@
 static const char *const names[] = {
     "THREADGUARD_MAX_THREADS", "THREADGUARD_POOL_THREADS", "THREADGUARD_ON_LIMIT",
     "THREADGUARD_STACK",       "THREADGUARD_ARENAS",       "THREADGUARD_NPROC",
-    "THREADGUARD_REPORT",      "THREADGUARD_DEBUG"};
+    "THREADGUARD_REPORT",      "THREADGUARD_DEBUG",        "THREADGUARD_IMPORT"};
 #define NAMES (sizeof names / sizeof names[0])
 
 static uint64_t state = 0x9e3779b97f4a7c15ULL;
