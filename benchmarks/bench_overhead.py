@@ -12,7 +12,6 @@ the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import threadguard
-from benchstats import alternate, compare, machine
+from benchstats import alternate, compare, machine, write_json
 
 HERE = Path(__file__).resolve().parent
 CREATE_JOIN_TARGET = 1.05
@@ -102,9 +101,7 @@ def main() -> int:
     print(f"python start-up: guarded median {st['guarded']['median']:.1f} ms is "
           f"{'within' if noise else 'OUTSIDE'} the bare runs' interquartile range "
           f"{st['bare']['q1']:.1f}..{st['bare']['q3']:.1f} ms")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, figures)
     return 0
 
 

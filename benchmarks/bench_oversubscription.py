@@ -15,7 +15,6 @@ limited/default, and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import threadguard
-from benchstats import alternate, compare, machine
+from benchstats import alternate, compare, machine, write_json
 
 HERE = Path(__file__).resolve().parent
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -110,9 +109,7 @@ def main() -> int:
               f"{row['median']:15.2f} [{row['min']:.2f}..{row['max']:.2f}]")
     print(f"throughput ratio limited/default: {result['ratio_of_medians']:.2f} "
           f"(paired per round: median {pr['median']:.2f} [{pr['min']:.2f}..{pr['max']:.2f}])")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, figures)
     return 0
 
 

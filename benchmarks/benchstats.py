@@ -6,11 +6,13 @@ goes first each round, and reports medians, spreads and ratios."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import sys
-from typing import Callable, Dict, List, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Sequence
 
 
 def summary(values: List[float]) -> Dict[str, float]:
@@ -49,3 +51,10 @@ def machine() -> Dict[str, object]:
     """What the figures were measured on."""
     return {"cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
+
+
+def write_json(path: Path, figures: Mapping[str, object]) -> None:
+    """Write the figures beside the printed table, and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -22,7 +22,6 @@
  * bypasses counting, which the /proc/self/task comparison shows as
  * untracked.  Nothing here runs on the create path. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
@@ -33,8 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -153,26 +150,15 @@ static void write_slot(void **slot, void *value) {
 
 /* ---- walking an object's relocations --------------------------------- */
 
-static const char *base_name(const char *path) {
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
-static int starts_with(const char *s, const char *prefix) {
-    return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
 /* Objects never patched: libc and the loader (they define these
  * functions), threadguard itself, sanitizer runtimes (their interceptors
  * call on through dlsym), the vDSO. */
 static int skipped(const char *path) {
-    const char *name = base_name(path);
-    return starts_with(name, "libc.so") || starts_with(name, "ld-linux") ||
-           starts_with(name, "ld64.so") || starts_with(name, "libthreadguard") ||
-           starts_with(name, "linux-vdso") || starts_with(name, "linux-gate") ||
-           starts_with(name, "libasan") || starts_with(name, "libtsan") ||
-           starts_with(name, "libubsan") || starts_with(name, "liblsan") ||
-           starts_with(name, "libhwasan");
+    const char *name = tg_base_name(path);
+    return tg_starts_with(name, "libc.so") || tg_starts_with(name, "ld-linux") ||
+           tg_starts_with(name, "ld64.so") || tg_starts_with(name, "libthreadguard") ||
+           tg_starts_with(name, "linux-vdso") || tg_starts_with(name, "linux-gate") ||
+           tg_is_sanitizer_runtime(name);
 }
 
 struct dynamic_info {
@@ -347,41 +333,6 @@ struct adopted {
 
 static struct adopted adopted[TG_MAX_ADOPTED];
 
-/* The thread ids in /proc/self/task into tids (sorted ascending);
- * -1 if unreadable or there are more than max. */
-static int list_tasks(int *tids, int max) {
-    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    char buf[4096] __attribute__((aligned(8)));
-    int count = 0;
-    for (;;) {
-        long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-        if (n <= 0) {
-            if (n < 0) count = -1;
-            break;
-        }
-        for (long off = 0; off < n && count >= 0;) {
-            struct dirent64 *e = (struct dirent64 *)(void *)(buf + off);
-            off += e->d_reclen;
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            if (count == max) {
-                count = -1;
-                break;
-            }
-            tids[count++] = atoi(e->d_name);
-        }
-        if (count < 0) break;
-    }
-    close(fd);
-    for (int i = 1; i < count; i++) /* insertion sort: lists are nearly sorted */
-        for (int j = i; j > 0 && tids[j - 1] > tids[j]; j--) {
-            int t = tids[j];
-            tids[j] = tids[j - 1];
-            tids[j - 1] = t;
-        }
-    return count;
-}
-
 /* Field 22 of /proc/self/task/TID/stat: when the thread started.  0 when
  * the thread is gone. */
 static unsigned long long start_time_of(int tid) {
@@ -515,7 +466,7 @@ static void *hooked_dlopen(const char *file, int mode) {
         return handle;
     }
     int before[TG_MAX_TIDS];
-    int n_before = list_tasks(before, TG_MAX_TIDS);
+    int n_before = tg_list_tasks(before, TG_MAX_TIDS);
     long long created_before = atomic_load_explicit(&tg_total.created, memory_order_relaxed);
 
     void *handle = open_like_caller(file, mode, caller);
@@ -525,7 +476,7 @@ static void *hooked_dlopen(const char *file, int mode) {
         lock();
         sweep();
         static int after[TG_MAX_TIDS]; /* under the lock */
-        int n_after = n_before >= 0 ? list_tasks(after, TG_MAX_TIDS) : -1;
+        int n_after = n_before >= 0 ? tg_list_tasks(after, TG_MAX_TIDS) : -1;
         if (n_after > 0) {
             /* New tasks, less those the wrapper counted during the load
              * (threads started by objects patched earlier). */

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "threadguard.h"
 
@@ -15,6 +16,25 @@
 #define TG_KIB 1024LL
 #define TG_MIB (1024LL * TG_KIB)
 #define TG_GIB (1024LL * TG_MIB)
+
+/* ---- shared-object names -------------------------------------------- */
+
+static inline const char *tg_base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static inline int tg_starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Sanitizer runtimes intercept pthread_create in front of us and call on
+ * through dlsym. */
+static inline int tg_is_sanitizer_runtime(const char *name) {
+    return tg_starts_with(name, "libasan") || tg_starts_with(name, "libtsan") ||
+           tg_starts_with(name, "libubsan") || tg_starts_with(name, "liblsan") ||
+           tg_starts_with(name, "libhwasan");
+}
 
 /* ---- library registry (registry.c) ---------------------------------- */
 
@@ -96,6 +116,9 @@ TG_HIDDEN void tg_got_after_fork_in_child(void);
 
 /* Entries of /proc/self/task, without allocating; -1 if unreadable. */
 TG_HIDDEN long long tg_count_tasks(void);
+/* The thread ids in /proc/self/task into tids, sorted ascending; -1 if
+ * unreadable or there are more than max. */
+TG_HIDDEN int tg_list_tasks(int *tids, int max);
 /* Path of the running executable into buf ("" if unknown). */
 TG_HIDDEN void tg_exe_path(char *buf, size_t size);
 

@@ -2,31 +2,55 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-long long tg_count_tasks(void) {
+/* Thread ids listed in /proc/self/task, into tids when it is not NULL
+ * (up to max); the count, or -1 if unreadable or over max. */
+static int read_tasks(int *tids, int max) {
     int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return -1;
     char buf[4096] __attribute__((aligned(8)));
-    long long count = 0;
+    int count = 0;
     for (;;) {
         long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-        if (n < 0) {
-            count = -1;
+        if (n <= 0) {
+            if (n < 0) count = -1;
             break;
         }
-        if (n == 0) break;
-        for (long off = 0; off < n;) {
+        for (long off = 0; off < n && count >= 0;) {
             struct dirent64 *d = (struct dirent64 *)(void *)(buf + off);
-            if (d->d_name[0] != '.') count++;
             off += d->d_reclen;
+            if (d->d_name[0] < '0' || d->d_name[0] > '9') continue;
+            if (tids != NULL) {
+                if (count == max) {
+                    count = -1;
+                    break;
+                }
+                tids[count] = atoi(d->d_name);
+            }
+            count++;
         }
+        if (count < 0) break;
     }
     close(fd);
+    return count;
+}
+
+long long tg_count_tasks(void) { return read_tasks(NULL, 0); }
+
+int tg_list_tasks(int *tids, int max) {
+    int count = read_tasks(tids, max);
+    for (int i = 1; i < count; i++) /* insertion sort: lists are nearly sorted */
+        for (int j = i; j > 0 && tids[j - 1] > tids[j]; j--) {
+            int t = tids[j];
+            tids[j] = tids[j - 1];
+            tids[j - 1] = t;
+        }
     return count;
 }
 

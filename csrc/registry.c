@@ -51,37 +51,25 @@ static int find_object(const void *pc, uintptr_t *base, const char **path) {
     return 0;
 }
 
-static const char *base_name(const char *path) {
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
-static int starts_with(const char *s, const char *prefix) {
-    return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
 /* The main program's link map has an empty name. */
 static int is_main_program(const char *path) { return path[0] == '\0'; }
 
 static int classify(uintptr_t base, const char *path) {
     if (python_base != 0 && base == python_base) return TG_KIND_PYTHON;
-    const char *name = is_main_program(path) ? base_name(exe_path) : base_name(path);
-    if (starts_with(name, "libthreadguard")) return TG_KIND_SELF;
+    const char *name = is_main_program(path) ? tg_base_name(exe_path) : tg_base_name(path);
+    if (tg_starts_with(name, "libthreadguard")) return TG_KIND_SELF;
     if (strstr(name, "libpython")) return TG_KIND_PYTHON;
     if (strstr(name, "openblas")) return TG_KIND_OPENBLAS;
-    if (starts_with(name, "libgomp") || starts_with(name, "libiomp") ||
-        starts_with(name, "libomp"))
+    if (tg_starts_with(name, "libgomp") || tg_starts_with(name, "libiomp") ||
+        tg_starts_with(name, "libomp"))
         return TG_KIND_OPENMP;
-    if (starts_with(name, "libmkl")) return TG_KIND_MKL;
-    if (starts_with(name, "libblis")) return TG_KIND_BLIS;
-    if (starts_with(name, "libtorch") || starts_with(name, "libc10")) return TG_KIND_TORCH;
-    if (starts_with(name, "libc.so") || starts_with(name, "libc-") ||
-        starts_with(name, "libpthread") || starts_with(name, "libstdc++") ||
-        starts_with(name, "libc++") || starts_with(name, "libgcc_s") ||
-        starts_with(name, "ld-linux") ||
-        /* Sanitizer runtimes intercept pthread_create in front of us. */
-        starts_with(name, "libasan") || starts_with(name, "libtsan") ||
-        starts_with(name, "libubsan") || starts_with(name, "liblsan"))
+    if (tg_starts_with(name, "libmkl")) return TG_KIND_MKL;
+    if (tg_starts_with(name, "libblis")) return TG_KIND_BLIS;
+    if (tg_starts_with(name, "libtorch") || tg_starts_with(name, "libc10")) return TG_KIND_TORCH;
+    if (tg_starts_with(name, "libc.so") || tg_starts_with(name, "libc-") ||
+        tg_starts_with(name, "libpthread") || tg_starts_with(name, "libstdc++") ||
+        tg_starts_with(name, "libc++") || tg_starts_with(name, "libgcc_s") ||
+        tg_starts_with(name, "ld-linux") || tg_is_sanitizer_runtime(name))
         return TG_KIND_SYSTEM;
     if (is_main_program(path)) return TG_KIND_MAIN;
     return TG_KIND_OTHER;
@@ -113,7 +101,7 @@ static void copy_string(char *dst, size_t size, const char *src) {
 static void fill_slot(struct tg_lib *lib, uintptr_t base, const char *path) {
     const char *full = is_main_program(path) ? exe_path : path;
     copy_string(lib->path, sizeof lib->path, full);
-    copy_string(lib->name, sizeof lib->name, base_name(full));
+    copy_string(lib->name, sizeof lib->name, tg_base_name(full));
     lib->kind = classify(base, path);
     atomic_store_explicit(&lib->ready, 1, memory_order_release);
 }

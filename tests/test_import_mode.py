@@ -122,7 +122,7 @@ s = threadguard.stats()
 print(s.total.created, s.untracked)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path, env={**os.environ})
+                          timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "1"]
 

@@ -31,6 +31,10 @@ def worker_cpu_ticks():
             continue
         total += int(fields[11]) + int(fields[12])   # utime + stime
     return total
+def worker_ticks_during(work, times=6):
+    start = worker_cpu_ticks()
+    for _ in range(times): work()
+    return worker_cpu_ticks() - start
 def sizes():
     from threadpoolctl import threadpool_info
     import torch
@@ -59,15 +63,11 @@ a = numpy.ones((1200, 1200))
 before = sizes()
 with threadguard.limit(1):
     inside = sizes()
-    t0 = worker_cpu_ticks()
-    for _ in range(6): a @ a
-    blas_workers_inside = worker_cpu_ticks() - t0
+    blas_workers_inside = worker_ticks_during(lambda: a @ a)
     torch.ones(800, 800) @ torch.ones(800, 800)
     openmp_inside = threadguard.stats().of_kind("openmp").created
 after = sizes()
-t0 = worker_cpu_ticks()
-for _ in range(6): a @ a
-blas_workers_after = worker_cpu_ticks() - t0
+blas_workers_after = worker_ticks_during(lambda: a @ a)
 torch.ones(800, 800) @ torch.ones(800, 800)
 openmp_after = threadguard.stats().of_kind("openmp").created
 print(json.dumps(dict(before=before, inside=inside, after=after,
@@ -103,17 +103,15 @@ import os, torch
 os.environ["OMP_NUM_THREADS"] = "1"          # too late: torch has read it
 torch.ones(800, 800) @ torch.ones(800, 800)
 ignored = torch.get_num_threads()
-t0 = worker_cpu_ticks()
-for _ in range(6): torch.ones(1000, 1000) @ torch.ones(1000, 1000)
-workers_cpu_before = worker_cpu_ticks() - t0
+matmul = lambda: torch.ones(1000, 1000) @ torch.ones(1000, 1000)
+workers_cpu_before = worker_ticks_during(matmul)
 import threadguard
 openmp_before = threadguard.stats().of_kind("openmp").created
 threadguard.limit(1)
-t0 = worker_cpu_ticks()
-for _ in range(6): torch.ones(1000, 1000) @ torch.ones(1000, 1000)
+workers_cpu = worker_ticks_during(matmul)
 print(json.dumps(dict(ignored=ignored, limited=torch.get_num_threads(),
                       workers_cpu_before=workers_cpu_before,
-                      workers_cpu=worker_cpu_ticks() - t0)))
+                      workers_cpu=workers_cpu)))
 """
 
 
