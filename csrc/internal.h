@@ -139,6 +139,7 @@ enum tg_setting_id {
     TG_SET_REPORT,
     TG_SET_DEBUG,
     TG_SET_IMPORT,
+    TG_SET_OBSERVE,
     TG_SETTING_COUNT
 };
 
@@ -154,6 +155,7 @@ struct tg_config {
     long long nproc; /* -1: not set; TG_NPROC_MAX: the hard limit */
     int debug;
     int import_off; /* THREADGUARD_IMPORT=off: import threadguard patches nothing */
+    int observe;    /* THREADGUARD_OBSERVE=1: count and report, change nothing */
     int report_mode;
     char report_path[1024];
     /* Per setting: the value as given (printable) and whether it was used. */
@@ -237,6 +239,38 @@ struct tg_applied {
 };
 TG_HIDDEN extern struct tg_applied tg_applied;
 TG_HIDDEN extern struct tg_headroom tg_headroom_at_start;
+
+/* ---- failed creations (failures.c) ---------------------------------- */
+
+/* Each failed pthread_create is recorded with the limits measured at that
+ * moment, so a report can say which limit was really hit (OpenBLAS blames
+ * RLIMIT_NPROC for any EAGAIN, but under RLIMIT_AS the stack mmap failed). */
+#define TG_MAX_FAILURES 64
+
+struct tg_failure {
+    _Atomic int ready;
+    unsigned slot;      /* the library that asked */
+    int error;          /* what pthread_create returned */
+    long long thread;   /* the library's nth thread (created + failed, this one included) */
+    long long stack;    /* bytes of stack the new thread needed (0: caller's own stack) */
+    struct tg_headroom h;
+    const char *cause;  /* "RLIMIT_NPROC", "cgroup pids.max", "RLIMIT_AS", ... */
+};
+
+TG_HIDDEN extern struct tg_failure tg_failures[TG_MAX_FAILURES];
+TG_HIDDEN extern _Atomic int tg_failure_count; /* may exceed TG_MAX_FAILURES */
+/* Record a failed creation; writes the failures file when a JSON report is
+ * on.  Never allocates. */
+TG_HIDDEN void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr,
+                                 long long thread);
+/* Which limit explains error, given the figures measured right after it. */
+TG_HIDDEN const char *tg_failure_cause(int error, long long stack, const struct tg_headroom *h);
+/* Rewrite PATH.failures.json for THREADGUARD_REPORT=PATH.json now: a
+ * process that dies of the failure (OpenBLAS raises SIGINT, libgomp exits)
+ * may never write its report at exit. */
+TG_HIDDEN void tg_report_failures_now(void);
+/* In a forked child: the parent's failures are the parent's. */
+TG_HIDDEN void tg_failures_reset(void);
 
 /* ---- errors (error.c) ----------------------------------------------- */
 

@@ -145,6 +145,7 @@ static void after_fork_in_child(void) {
     for (unsigned i = 0; i < TG_START_RECORDS; i++)
         atomic_store_explicit(&records[i].busy, 0, memory_order_relaxed);
     tasks_at_start = 0;
+    tg_failures_reset();
     tg_got_after_fork_in_child();
 }
 
@@ -180,7 +181,7 @@ static int over_budget(unsigned slot, long long live_total) {
     long long in_process = live_total + before;
     if (in_process <= budget) return 0;
     struct tg_lib *lib = &tg_libs[slot];
-    int deny = tg_config.on_limit == TG_ON_LIMIT_DENY;
+    int deny = tg_config.on_limit == TG_ON_LIMIT_DENY && !tg_config.observe;
     if (deny) {
         atomic_fetch_add_explicit(&lib->c.denied, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&tg_total.denied, 1, memory_order_relaxed);
@@ -229,10 +230,12 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     if (rc != 0) {
         count_exit(slot);
         release_record(record);
-        atomic_fetch_add_explicit(&lib->failed, 1, memory_order_relaxed);
+        long long failed = atomic_fetch_add_explicit(&lib->failed, 1, memory_order_relaxed) + 1;
         atomic_fetch_add_explicit(&tg_total.failed, 1, memory_order_relaxed);
         atomic_store_explicit(&lib->last_errno, rc, memory_order_relaxed);
         atomic_store_explicit(&tg_total.last_errno, rc, memory_order_relaxed);
+        tg_record_failure(slot, rc, attr,
+                          atomic_load_explicit(&lib->created, memory_order_relaxed) + failed);
         return rc;
     }
     atomic_fetch_add_explicit(&lib->created, 1, memory_order_relaxed);

@@ -171,6 +171,40 @@ static void put_json_pools(struct out *o) {
     put(o, "%s],\n", first ? "" : "\n  ");
 }
 
+static const char *error_name(int error) {
+    const char *name = strerrorname_np(error);
+    return name ? name : "unknown";
+}
+
+/* "failures": [...] - each failed creation with the limits measured then. */
+static void put_json_failures(struct out *o) {
+    int n = atomic_load_explicit(&tg_failure_count, memory_order_acquire);
+    put(o, "  \"failures_total\": %d,\n  \"failures\": [", n);
+    if (n > TG_MAX_FAILURES) n = TG_MAX_FAILURES;
+    int first = 1;
+    for (int i = 0; i < n; i++) {
+        const struct tg_failure *f = &tg_failures[i];
+        if (!atomic_load_explicit(&f->ready, memory_order_acquire)) continue;
+        const struct tg_lib *lib = &tg_libs[f->slot];
+        put(o, "%s\n    {\"library\": ", first ? "" : ",");
+        first = 0;
+        put_json_string(o, f->slot == TG_UNKNOWN_SLOT ? "unknown" : lib->name);
+        put(o, ", \"path\": ");
+        put_json_string(o, f->slot == TG_UNKNOWN_SLOT ? "" : lib->path);
+        put(o, ", \"kind\": \"%s\", \"thread\": %lld, \"errno\": %d, \"error\": \"%s\", "
+               "\"message\": ",
+            tg_kind_name(lib->kind), f->thread, f->error, error_name(f->error));
+        const char *text = strerrordesc_np(f->error);
+        put_json_string(o, text ? text : "unknown error");
+        put(o, ",\n      \"cause\": ");
+        put_json_string(o, f->cause);
+        put(o, ", \"stack\": %lld, \"limits\": ", f->stack);
+        put_json_headroom(o, &f->h);
+        put(o, "}");
+    }
+    put(o, "%s],\n", first ? "" : "\n  ");
+}
+
 static const char *mode_name(int mode) {
     return mode == THREADGUARD_MODE_PRELOAD  ? "preload"
            : mode == THREADGUARD_MODE_IMPORT ? "import"
@@ -204,6 +238,7 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     put(o, "},\n");
     put_json_settings(o);
     put_json_pools(o);
+    put_json_failures(o);
     struct tg_headroom now;
     tg_headroom_measure(&now, TG_KIND_UNKNOWN);
     put(o, "  \"headroom\": {\n    \"at_start\": ");
@@ -334,29 +369,83 @@ static int expand_path(const char *pattern, char *out, size_t size) {
     return 0;
 }
 
+/* Write beside path and rename, so a reader never sees half a file.  o
+ * comes in with only its buffer state; fd is set here. */
+static void write_file(const char *path, struct out *o, void (*body)(struct out *, void *),
+                       void *ctx) {
+    char temp[1200];
+    snprintf(temp, sizeof temp, "%s.%d.tmp", path, (int)getpid());
+    o->fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o->fd < 0) {
+        tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s; set it to 'stderr' or a "
+                "writable .json path",
+                path, strerrordesc_np(errno));
+        return;
+    }
+    body(o, ctx);
+    flush(o);
+    if (close(o->fd) != 0 && !o->failed) o->failed = errno;
+    if (o->failed == 0 && rename(temp, path) != 0) o->failed = errno;
+    if (o->failed) {
+        tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s", path,
+                strerrordesc_np(o->failed));
+        unlink(temp);
+    }
+}
+
+struct report_ctx {
+    const threadguard_stats *s;
+    const char *program;
+};
+
+static void report_body(struct out *o, void *p) {
+    const struct report_ctx *ctx = p;
+    write_json(o, ctx->s, ctx->program);
+}
+
 static void report_json(const threadguard_stats *s, const char *program) {
-    char path[1100], temp[1200];
+    char path[1100];
     if (expand_path(tg_config.report_path, path, sizeof path) != 0) {
         tg_warn("THREADGUARD_REPORT: path too long after expanding %%p; no report written");
         return;
     }
-    /* Write beside the target and rename, so a reader never sees half a file. */
-    snprintf(temp, sizeof temp, "%s.%d.tmp", path, (int)getpid());
-    struct out o = {.fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
-    if (o.fd < 0) {
-        tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s; set it to 'stderr' or a "
-                "writable .json path",
-                path, strerror(errno));
-        return;
+    struct out o = {.fd = -1};
+    struct report_ctx ctx = {s, program};
+    write_file(path, &o, report_body, &ctx);
+}
+
+static void failures_body(struct out *o, void *ctx) {
+    (void)ctx;
+    put(o, "{\n  \"threadguard\": \"%s\",\n  \"pid\": %d,\n", THREADGUARD_VERSION_STRING,
+        (int)getpid());
+    put_json_failures(o);
+    put(o, "  \"complete\": false\n}\n");
+}
+
+/* The failures file: one writer at a time, in a static buffer (the create
+ * path may run on a small stack and must not allocate).  A failure that
+ * comes while another thread writes marks the file dirty and the writer
+ * goes round again. */
+static struct out failures_out;
+static _Atomic int failures_writing, failures_dirty;
+
+void tg_report_failures_now(void) {
+    if (tg_config.report_mode != TG_REPORT_JSON) return;
+    if (tg_is_forked_child() && strstr(tg_config.report_path, "%p") == NULL) return;
+    atomic_store_explicit(&failures_dirty, 1, memory_order_release);
+    if (atomic_exchange_explicit(&failures_writing, 1, memory_order_acquire)) return;
+    char path[1100];
+    size_t n;
+    if (expand_path(tg_config.report_path, path, sizeof path) == 0 &&
+        (n = strlen(path)) > 5 && n + 10 < sizeof path) {
+        /* PATH.json -> PATH.failures.json */
+        memcpy(path + n - 5, ".failures.json", sizeof ".failures.json");
+        while (atomic_exchange_explicit(&failures_dirty, 0, memory_order_acq_rel)) {
+            memset(&failures_out, 0, sizeof failures_out);
+            write_file(path, &failures_out, failures_body, NULL);
+        }
     }
-    write_json(&o, s, program);
-    flush(&o);
-    if (close(o.fd) != 0 && !o.failed) o.failed = errno;
-    if (o.failed == 0 && rename(temp, path) != 0) o.failed = errno;
-    if (o.failed) {
-        tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s", path, strerror(o.failed));
-        unlink(temp);
-    }
+    atomic_store_explicit(&failures_writing, 0, memory_order_release);
 }
 
 THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size) {

@@ -223,6 +223,7 @@ THREADGUARD_API char *getenv(const char *name) {
     const char *value = tg_environ_get(name);
     if (!managed_name(name)) return (char *)value;
     tg_init();
+    if (tg_config.observe) return (char *)value;
     unsigned slot = tg_creator_slot(__builtin_return_address(0));
     int kind = tg_libs[slot].kind;
     if (strcmp(name, "OMP_THREAD_LIMIT") == 0)
@@ -267,6 +268,7 @@ static void *definition_for(const char *name, void *caller) {
 static int clamp_setter(const char *function, void *target, int kind, int cost, int n) {
     if (n <= 1) return n;
     tg_init();
+    if (tg_config.observe) return n;
     unsigned slot = tg_creator_slot(target);
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
@@ -399,6 +401,17 @@ static void size_numexpr(void) {
 }
 
 void tg_shaping_init(void) {
+    if (tg_config.observe) {
+        /* THREADGUARD_OBSERVE: the process runs as it would without
+         * threadguard (what `threadguard doctor -- CMD` needs to see). */
+        tg_applied.stack = tg_default_stack();
+        struct rlimit r;
+        tg_applied.nproc_soft =
+            getrlimit(RLIMIT_NPROC, &r) == 0 && r.rlim_cur != RLIM_INFINITY ? (long long)r.rlim_cur
+                                                                           : -1;
+        tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
+        return;
+    }
     apply_nproc();
     apply_stack();
     apply_arenas();

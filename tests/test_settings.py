@@ -25,6 +25,7 @@ BAD_VALUES = {
     "THREADGUARD_NPROC": [b"", b"-1", b"unlimited"],
     "THREADGUARD_DEBUG": [b"", b"maybe"],
     "THREADGUARD_IMPORT": [b"", b"never"],
+    "THREADGUARD_OBSERVE": [b"", b"sometimes"],
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 

@@ -24,7 +24,13 @@ examples:
   threadguard run --report stderr -- python -c "import numpy"
   threadguard run --report out.json -- python train.py && threadguard stats out.json
   LD_PRELOAD=$(threadguard libpath) python train.py   the same, by hand
+  threadguard doctor                          which limit a job would hit here, and the fix
+  threadguard doctor -- python train.py       why this command failed
 """
+
+
+# Settings that are on/off switches: `threadguard run --debug`, not `--debug 1`.
+_FLAGS = ("THREADGUARD_DEBUG", "THREADGUARD_OBSERVE")
 
 
 def _report_value(value: str) -> str:
@@ -32,6 +38,16 @@ def _report_value(value: str) -> str:
         return value
     raise argparse.ArgumentTypeError(
         f"{value!r} is neither 'stderr' nor a path ending in .json")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e7:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
 
 
 def _setting_value(option: Option) -> Callable[[str], str]:
@@ -69,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                           "JSON to PATH.json ('%%p' in PATH becomes the pid); sets "
                           "THREADGUARD_REPORT")
     for option in OPTIONS:
-        if option.variable == "THREADGUARD_DEBUG":
-            run.add_argument("--debug", action="store_true",
+        if option.variable in _FLAGS:
+            run.add_argument(f"--{option.flag}", action="store_true",
                              help=f"{option.help}; sets {option.variable}=1")
             continue
         run.add_argument(f"--{option.flag}", type=_setting_value(option), metavar=option.metavar,
@@ -80,6 +96,32 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("libpath", help="print the path of libthreadguard.so, for LD_PRELOAD",
                         description="Print the path of the packaged libthreadguard.so.")
+
+    doctor = commands.add_parser(
+        "doctor", help="explain this node's thread limits, or why a command failed",
+        description="Without a command: print this user's and cgroup's task limits, address "
+                    "space, memory and CPU allocation, the thread variables and threaded "
+                    "libraries, then predict which limit 'import numpy', 'import torch' and a "
+                    "torch training step would hit first (each is run once with one thread per "
+                    "pool to measure it) and print the commands that avoid it. With -- CMD: run "
+                    "CMD with the guard counting but changing nothing, and explain which "
+                    "library's thread failed, with which error, against which limit. Needs no "
+                    "root and changes nothing. Exit status: 0 when nothing is in the way, 1 "
+                    "when a limit was hit or would be, 2 on a usage error.",
+        epilog="examples:\n  threadguard doctor\n  threadguard doctor --json\n"
+               "  threadguard doctor -- python -c 'import numpy'\n"
+               "  threadguard doctor --timeout 600 -- python train.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("--json", action="store_true",
+                        help="print the figures and the verdict as JSON on stdout (CMD's own "
+                             "output then goes to stderr)")
+    doctor.add_argument("--no-color", action="store_true",
+                        help="no colour, even on a terminal (also: NO_COLOR=1)")
+    doctor.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help="stop CMD after this long and report a hang (default: wait), and "
+                             "give up on a workload probe (default: 120)")
+    doctor.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                        help="the command to run and explain, after --")
 
     stats = commands.add_parser(
         "stats", help="show a report written with THREADGUARD_REPORT=PATH.json",
@@ -111,7 +153,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = {}
     for option in OPTIONS:
         value = getattr(args, option.flag.replace("-", "_"))
-        if option.variable == "THREADGUARD_DEBUG":
+        if option.variable in _FLAGS:
             value = "1" if value else None
         if value is not None:
             settings[option.variable] = value
@@ -132,6 +174,28 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0  # not reached: execvpe replaced this process
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import check_command, check_node
+    from .doctor_view import render
+    cmd: List[str] = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    try:
+        if cmd:
+            result = check_command(cmd, args.timeout, args.json)
+        else:
+            result = check_node(args.timeout or 120.0, sys.stderr)
+    except FileNotFoundError as exc:
+        print(f"threadguard doctor: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        colour = sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
+        print(render(result, colour))
+    return 0 if result["verdict"]["status"] == "ok" else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the threadguard console script and python -m threadguard."""
     parser = _parser()
@@ -139,6 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)  # option values are checked by the native library
         if args.command == "run":
             return _run(args, parser)
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "libpath":
             print(_packaged_library())
             return 0

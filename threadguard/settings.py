@@ -43,6 +43,9 @@ OPTIONS: Tuple[Option, ...] = (
            "raise the soft RLIMIT_NPROC (task limit) to N or to the hard limit"),
     Option("THREADGUARD_DEBUG", "debug", "0|1",
            "print every pool size decision on stderr as it is made"),
+    Option("THREADGUARD_OBSERVE", "observe", "0|1",
+           "count threads and record failed creations, but change nothing: no pool sizes, "
+           "stack, arenas or limits (what `threadguard doctor -- CMD` uses)"),
 )
 
 

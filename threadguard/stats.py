@@ -16,7 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from . import _native
 from .errors import ReportError
 
-__all__ = ["Counters", "LibraryStats", "PoolSize", "Setting", "Stats", "stats", "load_report"]
+__all__ = ["Counters", "Failure", "LibraryStats", "PoolSize", "Setting", "Stats", "stats",
+           "load_report"]
 
 # A headroom snapshot: the native figures by name (None = unknown or
 # unlimited), e.g. "free", "limit", "cpus", "rlimit_nproc_soft", "pids_free".
@@ -81,6 +82,33 @@ class PoolSize:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """One failed pthread_create: the library that asked, its nth thread,
+    the error ("EAGAIN"), the limit that explains it ("RLIMIT_NPROC",
+    "cgroup pids.max", "RLIMIT_AS", "kernel threads-max", "unknown") and
+    the stack the thread needed, with the limits measured right after."""
+
+    library: str
+    path: str
+    kind: str
+    thread: int
+    errno: int
+    error: str
+    message: str
+    cause: str
+    stack: int
+    limits: Headroom = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "Failure":
+        """One entry of a report's "failures" list."""
+        return cls(library=str(row["library"]), path=str(row["path"]), kind=str(row["kind"]),
+                   thread=int(row["thread"]), errno=int(row["errno"]), error=str(row["error"]),
+                   message=str(row["message"]), cause=str(row["cause"]),
+                   stack=int(row["stack"]), limits=dict(row.get("limits", {})))
+
+
+@dataclass(frozen=True)
 class Stats:
     """One snapshot of a process's threads."""
 
@@ -100,6 +128,8 @@ class Stats:
     headroom_at_start: Headroom = field(default_factory=dict)
     headroom_now: Headroom = field(default_factory=dict)
     mode: str = ""  # "preload", "import" or "off" ("" in reports older than import mode)
+    failures: Tuple[Failure, ...] = ()  # the first 64 failed creations
+    failures_total: int = 0
 
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
@@ -128,6 +158,8 @@ class Stats:
             "settings": [asdict(setting) for setting in self.settings],
             "applied": {k: dict(v) for k, v in self.applied.items()},
             "pools": [asdict(pool) for pool in self.pools],
+            "failures_total": self.failures_total,
+            "failures": [{**asdict(f), "limits": dict(f.limits)} for f in self.failures],
             "headroom": {"at_start": dict(self.headroom_at_start),
                          "now": dict(self.headroom_now)},
         }
@@ -152,7 +184,9 @@ class Stats:
                                    limit=str(r["limit"]), cpus=int(r["cpus"]))
                           for r in data.get("pools", ()))
             headroom = data.get("headroom", {})
+            failures = tuple(Failure.from_json(r) for r in data.get("failures", ()))
             return cls(
+                failures=failures, failures_total=int(data.get("failures_total", len(failures))),
                 settings=settings, pools=pools, applied=dict(data.get("applied", {})),
                 headroom_at_start=dict(headroom.get("at_start", {})),
                 headroom_now=dict(headroom.get("now", {})),

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -99,6 +101,34 @@ static void test_failure_counted(void) {
     CHECK(counter_of_kind("main", THREADGUARD_LAST_ERRNO) == rc, "last errno %lld, rc %d",
           counter_of_kind("main", THREADGUARD_LAST_ERRNO), rc);
     CHECK(total(THREADGUARD_LIVE) == 0, "a failed create left live %lld", total(THREADGUARD_LIVE));
+
+    /* The failure is recorded with the stack it needed and the limits of
+     * the moment; no limit is full, so the cause is unknown. */
+    static char json[1 << 16];
+    long long n = threadguard_report_json(json, sizeof json);
+    CHECK(n > 0 && (size_t)n < sizeof json, "report of %lld bytes", n);
+    CHECK(strstr(json, "\"failures_total\": 1,") != NULL, "no failure recorded:\n%s", json);
+    CHECK(strstr(json, "\"stack\": 70368744177664") != NULL, "no 64 TiB stack in:\n%s", json);
+    CHECK(strstr(json, "\"cause\": \"unknown\"") != NULL, "cause not unknown:\n%s", json);
+    char thread[64]; /* the failed one is main's thread created + 1 */
+    snprintf(thread, sizeof thread, "\"thread\": %lld,",
+             counter_of_kind("main", THREADGUARD_CREATED) + 1);
+    CHECK(strstr(json, thread) != NULL, "no %s in:\n%s", thread, json);
+    /* Under THREADGUARD_REPORT=PATH.json the failures are written at once
+     * to PATH.failures.json: a process may die of the failure. */
+    const char *report = getenv("THREADGUARD_REPORT");
+    if (report != NULL && strlen(report) > 5 && strlen(report) < 900) {
+        char path[1024];
+        snprintf(path, sizeof path, "%.*s.failures.json", (int)(strlen(report) - 5), report);
+        FILE *f = fopen(path, "r");
+        CHECK(f != NULL, "no %s", path);
+        if (f != NULL) {
+            size_t got = fread(json, 1, sizeof json - 1, f);
+            json[got] = 0;
+            fclose(f);
+            CHECK(strstr(json, "\"stack\": 70368744177664") != NULL, "%s holds:\n%s", path, json);
+        }
+    }
 }
 
 static int report_pipe[2];

@@ -1,0 +1,211 @@
+"""threadguard doctor: a child under each limit, the verdict names that limit,
+and every command the doctor suggests, run as printed under the same limit,
+succeeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Sequence
+
+import pytest
+
+from limits import (NOBODY, Cgroup, Runner, make_cgroup, nobody_prefix,
+                    skip_unless_nobody_works, uid_tasks)
+from threadguard.diagnosis import explain_run
+from threadguard.facts import gather, read_int
+from threadguard.messages import find_messages
+
+MIB = 1024 * 1024
+IMPORT_NUMPY = "import numpy"
+
+
+@pytest.fixture
+def runner(tmp_path: Path, fakecpus: str) -> Runner:
+    return Runner(tmp_path, fakecpus)
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Cgroup]:
+    yield from make_cgroup("pids")
+
+
+@pytest.fixture
+def cpu_cgroup() -> Iterator[Cgroup]:
+    yield from make_cgroup("cpu")
+
+
+def doctor(runner: Runner, args: Sequence[str], prefix: Sequence[str] = (), cpus: int = 64,
+           env: Dict[str, str] | None = None) -> Dict[str, Any]:
+    proc = subprocess.run([*prefix, sys.executable, "-m", "threadguard", "doctor", "--json",
+                           "--timeout", "120", *args],
+                          env=runner.env(env, cpus=cpus), cwd=runner.dir, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode in (0, 1), f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    result: Dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def run_printed(runner: Runner, commands: List[str], prefix: Sequence[str] = (),
+                cpus: int = 64) -> None:
+    """Each command, through the shell exactly as printed, under prefix."""
+    assert commands, "the doctor printed no command"
+    for command in commands:
+        proc = subprocess.run([*prefix, "sh", "-c", command], env=runner.env(cpus=cpus),
+                              cwd=runner.dir, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
+        assert "pthread_create failed" not in proc.stderr, command
+
+
+def numpy_cmd() -> List[str]:
+    return ["--", sys.executable, "-c", IMPORT_NUMPY]
+
+
+# ---- an unprivileged uid with a low RLIMIT_NPROC --------------------------
+
+@pytest.fixture
+def few_tasks(runner: Runner) -> List[str]:
+    """uid 65534 with room for about 16 more tasks: far fewer than 64 BLAS threads."""
+    skip_unless_nobody_works()
+    return nobody_prefix(uid_tasks(NOBODY) + 18)
+
+
+def test_node_verdict_names_rlimit_nproc(runner: Runner, few_tasks: List[str]) -> None:
+    result = doctor(runner, [], prefix=few_tasks)
+    verdict = result["verdict"]
+    assert verdict["status"] == "fails" and verdict["limit"] == "RLIMIT_NPROC", verdict
+    assert verdict["workload"] == "import numpy"
+    assert result["facts"]["tasks"]["nproc_applies"] is True
+    run_printed(runner, verdict["commands"], prefix=few_tasks)
+
+
+def test_command_names_openblas_thread_eagain_and_rlimit_nproc(
+        runner: Runner, few_tasks: List[str]) -> None:
+    result = doctor(runner, numpy_cmd(), prefix=few_tasks)
+    verdict, run = result["verdict"], result["run"]
+    assert run["exit"] != 0, "import numpy should have failed under the task limit"
+    said = next(m for m in run["messages"] if m["name"] == "openblas-thread")
+    assert said["of"] == 64
+    assert verdict["library"] == "OpenBLAS"
+    assert verdict["thread"] == said["thread"]  # the thread OpenBLAS itself names
+    assert verdict["error"] == "EAGAIN"
+    assert verdict["limit"] == "RLIMIT_NPROC"
+    assert "thread" in verdict["explanation"] and "RLIMIT_NPROC" in verdict["explanation"]
+    run_printed(runner, verdict["commands"], prefix=few_tasks)
+
+
+# ---- RLIMIT_AS ---------------------------------------------------------------
+
+def _numpy_vmsize(runner: Runner) -> int:
+    code = ("import numpy\ns = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+            "print(int(s['VmSize'].split()[0]) * 1024)")
+    proc = runner.run(code, guarded=False, cpus=64)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip())
+
+
+def test_command_under_rlimit_as_names_rlimit_as_not_nproc(runner: Runner) -> None:
+    """OpenBLAS prints "RLIMIT_NPROC ... current" while the task limit is far
+    away (root: it does not even apply); the verdict names RLIMIT_AS and the
+    per-thread stack and buffer cost."""
+    full = _numpy_vmsize(runner)
+    for share in (0.92, 0.88, 0.84, 0.8, 0.76):
+        limit = int(full * share) // MIB * MIB
+        prefix = ["prlimit", f"--as={limit}", "--"]
+        result = doctor(runner, numpy_cmd(), prefix=prefix)
+        if any(m["name"] == "openblas-nproc" for m in result["run"]["messages"]):
+            break
+    else:
+        pytest.skip("no RLIMIT_AS made OpenBLAS blame RLIMIT_NPROC on this machine")
+    verdict = result["verdict"]
+    assert verdict["limit"] == "RLIMIT_AS", verdict
+    assert verdict["library"] == "OpenBLAS" and verdict["error"] == "EAGAIN"
+    stack = result["facts"]["address_space"]["default_thread_stack"]
+    assert verdict["thread_cost"] == {"stack": stack, "extra": 32 * MIB, "total": stack + 32 * MIB}
+    assert "RLIMIT_NPROC, wrongly" in verdict["explanation"]
+    run_printed(runner, verdict["commands"], prefix=prefix)
+
+
+def test_node_verdict_names_rlimit_as(runner: Runner) -> None:
+    prefix = ["prlimit", f"--as={int(_numpy_vmsize(runner) * 0.8) // MIB * MIB}", "--"]
+    result = doctor(runner, [], prefix=prefix)
+    verdict = result["verdict"]
+    assert verdict["status"] == "fails" and verdict["limit"] == "RLIMIT_AS", verdict
+    run_printed(runner, verdict["commands"], prefix=prefix)
+
+
+# ---- cgroup pids.max -------------------------------------------------------
+
+def test_pids_max_verdicts(runner: Runner, pids_cgroup: Cgroup) -> None:
+    pids_cgroup.write("pids.max", 20)
+    node = doctor(runner, [], prefix=pids_cgroup.prefix())
+    assert node["verdict"]["limit"] == "cgroup pids.max", node["verdict"]
+    run_printed(runner, node["verdict"]["commands"], prefix=pids_cgroup.prefix())
+    ran = doctor(runner, numpy_cmd(), prefix=pids_cgroup.prefix())
+    assert ran["verdict"]["limit"] == "cgroup pids.max", ran["verdict"]
+    assert ran["verdict"]["library"] == "OpenBLAS"
+    run_printed(runner, ran["verdict"]["commands"], prefix=pids_cgroup.prefix())
+
+
+# ---- CPU quota ---------------------------------------------------------------
+
+def test_cpu_quota_verdict_sizes_pools_to_the_quota(runner: Runner, cpu_cgroup: Cgroup) -> None:
+    cpu_cgroup.write("cpu.cfs_period_us", 100000)
+    cpu_cgroup.write("cpu.cfs_quota_us", 200000)  # 2 CPUs of the 64 the libraries see
+    result = doctor(runner, [], prefix=cpu_cgroup.prefix())
+    verdict = result["verdict"]
+    assert verdict["status"] == "slow" and verdict["limit"] == "cgroup CPU quota", verdict
+    assert "OPENBLAS_NUM_THREADS=2 " in verdict["commands"][-1]
+    run_printed(runner, verdict["commands"], prefix=cpu_cgroup.prefix())
+
+
+def test_no_limit_no_complaint(runner: Runner) -> None:
+    result = doctor(runner, [], cpus=2)
+    assert result["verdict"]["status"] == "ok", result["verdict"]
+    assert [w["status"] for w in result["workloads"]] == ["ok"] * len(result["workloads"])
+
+
+# ---- messages and facts ----------------------------------------------------
+
+SAMPLES = {
+    "openblas-thread": "OpenBLAS blas_thread_init: pthread_create failed for thread 26 of 64: "
+                       "Resource temporarily unavailable",
+    "libgomp-thread": "libgomp: Thread creation failed: Resource temporarily unavailable",
+    "tls": "python: cannot allocate memory for thread-local data: ABORT",
+    "python-thread": "RuntimeError: can't start new thread",
+    "torch-alloc": "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. "
+                   "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes.",
+    "os-error-12": "OSError: Cannot allocate memory (os error 12)",
+    "clone3-eperm": "clone3 failed: Operation not permitted",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_usual_messages_are_recognised(name: str) -> None:
+    found = find_messages("some output\n" + SAMPLES[name] + "\nmore\n")
+    assert [m.message.name for m in found] == [name]
+
+
+def test_message_maps_to_the_limit_this_node_has() -> None:
+    facts = gather()
+    facts["address_space"]["rlimit_as"] = 1 << 30
+    gomp = explain_run(facts, ["x"], ["threadguard"], 1, False, [],
+                       find_messages(SAMPLES["libgomp-thread"]))
+    assert gomp["limit"] == "RLIMIT_AS" and gomp["library"] == "libgomp (OpenMP)"
+    seccomp = explain_run(facts, ["x"], ["threadguard"], 1, False, [],
+                          find_messages(SAMPLES["clone3-eperm"]))
+    assert seccomp["limit"] == "seccomp (clone3)"
+    clean = explain_run(facts, ["x"], ["threadguard"], 0, False, [], [])
+    assert clean["status"] == "ok"
+
+
+def test_unreadable_files_and_bad_variables_are_unknown_not_errors(tmp_path: Path) -> None:
+    assert read_int(str(tmp_path / "missing")) is None
+    (tmp_path / "max").write_text("max\n")
+    assert read_int(str(tmp_path / "max")) is None
+    facts = gather({"OMP_NUM_THREADS": "abc"})
+    row = next(r for r in facts["environment"] if r["name"] == "OMP_NUM_THREADS")
+    assert row["effect"].startswith("not a positive number")
+    assert facts["pools"]["openblas"] >= 1
