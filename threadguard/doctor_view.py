@@ -3,6 +3,7 @@ verdict and the commands, in colour only on a terminal."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, Dict, List, Optional
 
 __all__ = ["render"]
@@ -67,7 +68,7 @@ def render(result: Dict[str, Any], colour: bool) -> str:
         lines.append(f"{w['workload']}: {w['status']} - {w['explanation']}")
     run = result.get("run")
     if run is not None:
-        lines.append(f"ran {' '.join(run['command'])}: exit {run['exit']}"
+        lines.append(f"ran {shlex.join(run['command'])}: exit {run['exit']}"
                      + (f" ({run['signal']})" if run["signal"] else "")
                      + (", stopped after the timeout" if run["timed_out"] else ""))
         for m in run["messages"]:
