@@ -150,7 +150,8 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
         fixes.append(env_command(min(fit, allocation), argv))
     else:
         result.update(status="ok", limit=None, thread=None,
-                      explanation=f"{workload.name} fits: {started} new threads, within every limit")
+                      explanation=f"{workload.name} fits: {started} new threads, within "
+                                  "every limit")
         fixes = []
     result["commands"] = fixes
     return result
