@@ -315,7 +315,7 @@ static void apply_nproc(void) {
     struct rlimit r;
     if (getrlimit(RLIMIT_NPROC, &r) != 0) return;
     tg_applied.nproc_soft = r.rlim_cur == RLIM_INFINITY ? -1 : (long long)r.rlim_cur;
-    if (tg_config.nproc == -1 || r.rlim_cur == RLIM_INFINITY) return;
+    if (tg_config.observe || tg_config.nproc == -1 || r.rlim_cur == RLIM_INFINITY) return;
     rlim_t want = tg_config.nproc == TG_NPROC_MAX ? r.rlim_max : (rlim_t)tg_config.nproc;
     if (want > r.rlim_max) {
         tg_warn("THREADGUARD_NPROC=%lld is above the hard RLIMIT_NPROC; raising to the hard "
@@ -348,7 +348,9 @@ static void set_default_stack(long long bytes) {
 
 static void apply_stack(void) {
     tg_applied.stack_source = TG_SOURCE_DEFAULT;
-    if (tg_config.stack > 0) {
+    if (tg_config.observe) {
+        /* unchanged */
+    } else if (tg_config.stack > 0) {
         set_default_stack(tg_config.stack);
         tg_applied.stack_source = TG_SOURCE_USER;
     } else if (address_space_limited() && tg_default_stack() > 1 * TG_MIB) {
@@ -362,6 +364,7 @@ static void apply_stack(void) {
 static void apply_arenas(void) {
     tg_applied.arenas_source = TG_SOURCE_DEFAULT;
     long long arenas = 0;
+    if (tg_config.observe) return;
     if (tg_config.arenas > 0) {
         arenas = tg_config.arenas;
         tg_applied.arenas_source = TG_SOURCE_USER;
@@ -377,6 +380,7 @@ static void apply_arenas(void) {
 /* numexpr reads NUMEXPR_MAX_THREADS through Python's os.environ, which is
  * copied from the environment at start: it has to be set there. */
 static void size_numexpr(void) {
+    if (tg_config.observe) return;
     const char *user = tg_environ_get("NUMEXPR_MAX_THREADS");
     struct tg_headroom *h = &tg_headroom_at_start;
     long long fit = pool_fit(TG_UNKNOWN_SLOT, TG_KIND_OTHER, h);
@@ -400,18 +404,10 @@ static void size_numexpr(void) {
     describe(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", value, want, lowered, h);
 }
 
+/* Under THREADGUARD_OBSERVE each of these only reads what is there: the
+ * process runs as it would without threadguard (what `threadguard doctor
+ * -- CMD` needs to see). */
 void tg_shaping_init(void) {
-    if (tg_config.observe) {
-        /* THREADGUARD_OBSERVE: the process runs as it would without
-         * threadguard (what `threadguard doctor -- CMD` needs to see). */
-        tg_applied.stack = tg_default_stack();
-        struct rlimit r;
-        tg_applied.nproc_soft =
-            getrlimit(RLIMIT_NPROC, &r) == 0 && r.rlim_cur != RLIM_INFINITY ? (long long)r.rlim_cur
-                                                                           : -1;
-        tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
-        return;
-    }
     apply_nproc();
     apply_stack();
     apply_arenas();

@@ -7,12 +7,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import pytest
 
 import threadguard
 from threadguard import _native
+
+from limits import Cgroup, Runner, make_cgroup
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,3 +80,19 @@ def cxxpool(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A shared library whose cxxpool_run(n) starts n std::threads."""
     return _build_shared_library(tmp_path_factory, ("c++", "g++"), "tests/c/cxxpool.cpp",
                                  "libtg_cxxpool.so", "-pthread")
+
+
+# Children under a limit (tests/limits.py): shared by the budget and doctor tests.
+@pytest.fixture
+def runner(tmp_path: Path, fakecpus: str) -> "Runner":
+    return Runner(tmp_path, fakecpus)
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator["Cgroup"]:
+    yield from make_cgroup("pids")
+
+
+@pytest.fixture
+def cpu_cgroup() -> Iterator["Cgroup"]:
+    yield from make_cgroup("cpu")

@@ -12,12 +12,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from limits import (Cgroup, Runner, died, make_cgroup, nobody_prefix, skip_unless_nobody_works,
+from limits import (Runner, died, nobody_prefix, skip_unless_nobody_works,
                     uid_tasks, NOBODY)
 
 NUMPY_MATMUL = ("import numpy as np\n"
@@ -33,25 +31,10 @@ FREE = 6
 
 
 @pytest.fixture
-def runner(tmp_path: Path, fakecpus: str) -> Runner:
-    return Runner(tmp_path, fakecpus)
-
-
-@pytest.fixture
 def nobody(runner: Runner):
     """A prefix that runs a command as uid 65534 with FREE tasks left."""
     skip_unless_nobody_works()
     return lambda free=FREE: nobody_prefix(uid_tasks(NOBODY) + 1 + free)
-
-
-@pytest.fixture
-def pids_cgroup() -> Iterator[Cgroup]:
-    yield from make_cgroup("pids")
-
-
-@pytest.fixture
-def cpu_cgroup() -> Iterator[Cgroup]:
-    yield from make_cgroup("cpu")
 
 
 def assert_guarded_pass(proc, runner: Runner):

@@ -8,12 +8,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import pytest
 
-from limits import (NOBODY, Cgroup, Runner, make_cgroup, nobody_prefix,
-                    skip_unless_nobody_works, uid_tasks)
+from limits import (NOBODY, Cgroup, Runner, nobody_prefix, skip_unless_nobody_works,
+                    uid_tasks)
 from threadguard.diagnosis import explain_run
 from threadguard.facts import gather, read_int
 from threadguard.messages import find_messages
@@ -21,20 +21,6 @@ from threadguard.messages import find_messages
 MIB = 1024 * 1024
 IMPORT_NUMPY = "import numpy"
 
-
-@pytest.fixture
-def runner(tmp_path: Path, fakecpus: str) -> Runner:
-    return Runner(tmp_path, fakecpus)
-
-
-@pytest.fixture
-def pids_cgroup() -> Iterator[Cgroup]:
-    yield from make_cgroup("pids")
-
-
-@pytest.fixture
-def cpu_cgroup() -> Iterator[Cgroup]:
-    yield from make_cgroup("cpu")
 
 
 def doctor(runner: Runner, args: Sequence[str], prefix: Sequence[str] = (), cpus: int = 64,

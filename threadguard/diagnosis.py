@@ -11,14 +11,13 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .facts import ARENA, MIB, OPENBLAS_BUFFER
+from .facts import MIB, thread_cost
 from .messages import MEMORY, POLICY, TASKS, Match
+from .policy import RESERVE
 from .stats import Failure
 
 __all__ = ["Workload", "WORKLOADS", "predict", "explain_run", "env_command"]
 
-# Threads left free for the program's own threads, as the guard keeps.
-RESERVE = 2
 # Of the address space left after the threads, a quarter stays for data.
 DATA_SHARE = 0.25
 
@@ -41,15 +40,6 @@ WORKLOADS: Tuple[Workload, ...] = (
              "torch.nn.functional.cross_entropy(m(x), torch.randint(0, 10, (256,))).backward()",
              ("torch",), ("openblas", "torch")),
 )
-
-
-def thread_cost(kind: str, stack: int, arenas_capped: bool) -> int:
-    """Address space one new worker of this kind costs: its stack, plus a
-    32 MiB buffer for OpenBLAS, or a 64 MiB malloc arena for an OpenMP
-    thread while arenas are not capped."""
-    if kind == "openblas":
-        return stack + OPENBLAS_BUFFER
-    return stack + (0 if arenas_capped else ARENA)
 
 
 def _task_room(facts: Dict[str, Any], own_tasks: int) -> List[Tuple[str, int]]:

@@ -28,7 +28,7 @@ import psutil
 
 from . import _native
 from .diagnosis import WORKLOADS, explain_run, predict
-from .facts import gather
+from .facts import gather, installed
 from .messages import find_messages
 from .preload import preload_environment
 from .stats import Failure, Stats
@@ -62,14 +62,6 @@ def _guard() -> List[str]:
     return _spelled("threadguard", [sys.executable, "-m", "threadguard"])
 
 
-def _installed(package: str) -> bool:
-    import importlib.util
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _probe(code: str, timeout: float) -> Dict[str, Any]:
     env = {**os.environ, **_ONE_THREAD}
     try:
@@ -92,7 +84,7 @@ def check_node(timeout: float, progress: TextIO) -> Dict[str, Any]:
     own = psutil.Process().num_threads()
     predictions = []
     for workload in WORKLOADS:
-        if not all(_installed(p) for p in workload.needs):
+        if not all(installed(p) for p in workload.needs):
             continue
         print(f"threadguard doctor: measuring {workload.name} with one thread per pool...",
               file=progress, flush=True)

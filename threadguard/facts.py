@@ -20,7 +20,8 @@ import psutil
 
 from .policy import headroom
 
-__all__ = ["gather", "default_thread_stack", "pool_sizes", "read_int", "THREAD_VARIABLES"]
+__all__ = ["gather", "default_thread_stack", "installed", "pool_sizes", "read_int",
+           "thread_cost", "THREAD_VARIABLES"]
 
 MIB = 1024 * 1024
 # Each OpenBLAS worker maps a 32 MiB buffer (BUFFER_SIZE in its sources).
@@ -65,6 +66,15 @@ def default_thread_stack(rlimit_stack: Optional[int]) -> int:
         return 2 * MIB
     page = os.sysconf("SC_PAGE_SIZE")
     return max(16 * 1024, -(-rlimit_stack // page) * page)
+
+
+def thread_cost(kind: str, stack: int, arenas_capped: bool) -> int:
+    """Address space one new worker of this kind costs: its stack, plus a
+    32 MiB buffer for OpenBLAS, or a 64 MiB malloc arena for an OpenMP
+    thread while arenas are not capped."""
+    if kind == "openblas":
+        return stack + OPENBLAS_BUFFER
+    return stack + (0 if arenas_capped else ARENA)
 
 
 def _uid_tasks(uid: int) -> Optional[int]:
@@ -193,6 +203,11 @@ def _environment(env: Dict[str, str]) -> List[Dict[str, Any]]:
     return rows
 
 
+def installed(package: str) -> bool:
+    """Whether this interpreter can import package (without importing it)."""
+    return _site_dirs(package) is not None
+
+
 def _site_dirs(package: str) -> Optional[Path]:
     try:
         spec = importlib.util.find_spec(package)
@@ -214,14 +229,14 @@ def _libraries(sizes: Dict[str, int], stack: int, arenas_capped: bool) -> List[D
         for path in sorted(glob.glob(str(root.parent / f"{package}.libs" / "*openblas*.so*"))):
             found.append({"package": package, "library": "OpenBLAS", "path": path,
                           "pool": sizes["openblas"], "starts": "at import",
-                          "thread_cost": stack + OPENBLAS_BUFFER,
+                          "thread_cost": thread_cost("openblas", stack, arenas_capped),
                           "cost_is": "stack + 32 MiB buffer"})
     torch = _site_dirs("torch")
     if torch is not None:
         for path in sorted(glob.glob(str(torch / "lib" / "libgomp*.so*"))):
             found.append({"package": "torch", "library": "OpenMP (libgomp)", "path": path,
                           "pool": sizes["torch"], "starts": "at the first parallel operation",
-                          "thread_cost": stack + (0 if arenas_capped else ARENA),
+                          "thread_cost": thread_cost("torch", stack, arenas_capped),
                           "cost_is": "stack" if arenas_capped else "stack + 64 MiB malloc arena"})
     for path in sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))):
         found.append({"package": "mkl", "library": "MKL", "path": path, "pool": sizes["mkl"],
