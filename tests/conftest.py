@@ -20,11 +20,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # limit("auto") reads a node profile from ~/.cache/threadguard/profiles: a
+    # `threadguard bench` run on this machine must not change what tests see.
+    # Subprocesses inherit the empty directory.
+    import tempfile
+    os.environ["THREADGUARD_PROFILE_DIR"] = tempfile.mkdtemp(prefix="threadguard-profiles-")
     if not _native.packaged_path().is_file():
         raise pytest.UsageError(
             f"threadguard was imported from {Path(threadguard.__file__).parent}, which has no "
             "libthreadguard.so: install the package (pip install '.[test]') and run pytest "
             "from that environment, not 'python -m pytest' from an unbuilt tree")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.get("THREADGUARD_PROFILE_DIR", ""), ignore_errors=True)
 
 
 class Guarded:

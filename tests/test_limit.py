@@ -267,6 +267,26 @@ def test_auto_uses_the_node_profile_and_ignores_a_broken_one(tmp_path, monkeypat
     assert any(str(path) in str(w.message) for w in caught)
 
 
+def test_auto_with_workers_uses_the_profiles_threads_per_worker(tmp_path, monkeypatch):
+    from threadguard.policy import per_process_threads
+    monkeypatch.setenv("THREADGUARD_PROFILE_DIR", str(tmp_path))
+    cpus = threadguard.allocation()
+    path = threadguard.profile_path(cpus)
+    # The grid found 1 thread per worker best for 3 workers, and (say) the
+    # whole allocation for 5: both differ from the split of "threads".
+    path.write_text(json.dumps({"threads": 1, "per_worker": {"3": 1, "5": cpus, "x": 2,
+                                                             "7": 0}}))
+    assert per_process_threads("auto") == 1
+    assert per_process_threads("auto", workers=5) == cpus
+    assert per_process_threads("auto", workers=3) == 1
+    assert per_process_threads("auto", workers=2) == 1  # not measured: threads // 2, at least 1
+    assert per_process_threads("auto", workers=7) == 1  # a bad entry is ignored
+    path.write_text(json.dumps({"threads": cpus, "per_worker": {"5": 10 * cpus}}))
+    assert per_process_threads("auto", workers=5) == cpus  # never above the allocation
+    with threadguard.limit("auto", workers=5) as limited:
+        assert limited.threads == cpus
+
+
 def test_info_lists_pools_and_threads_per_creator():
     import numpy  # noqa: F401  (loads OpenBLAS)
     found = threadguard.info()

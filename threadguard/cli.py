@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from . import _native
@@ -26,6 +27,7 @@ examples:
   LD_PRELOAD=$(threadguard libpath) python train.py   the same, by hand
   threadguard doctor                          which limit a job would hit here, and the fix
   threadguard doctor -- python train.py       why this command failed
+  threadguard bench --quick                   what fewer threads cost here; a node profile
 """
 
 
@@ -123,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                         help="the command to run and explain, after --")
 
+    _add_bench(commands)
+
     stats = commands.add_parser(
         "stats", help="show a report written with THREADGUARD_REPORT=PATH.json",
         description="Show the thread counters in a report file written at exit by a program "
@@ -130,6 +134,91 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("report", metavar="REPORT.json", help="the report file")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _counts(value: str) -> List[int]:
+    counts = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 4096:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not a list of counts from 1 to 4096, like 1,2,4")
+        counts.append(int(part))
+    return sorted(set(counts))
+
+
+def _names(value: str) -> List[str]:
+    from .bench_workloads import WORKLOADS
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} names no workload of {', '.join(WORKLOADS)}")
+    return names
+
+
+def _add_bench(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .bench_workloads import GRID_WORKLOAD, WORKLOADS
+    listing = "\n".join(f"  {w.name:14} {w.title} ({w.unit}; {w.device})"
+                        for w in WORKLOADS.values())
+    bench = commands.add_parser(
+        "bench", help="measure what fewer threads cost here and save a node profile",
+        description="Run standard workloads at several thread counts, each configuration in "
+                    "a fresh process under the guard (pool sizes are fixed when a library "
+                    "loads), warmed up, then timed in windows until they agree within a few "
+                    "percent or the time budget is spent. Prints a table with the median "
+                    "throughput, its spread, peak RSS, VmSize and the live threads by library, "
+                    "and recommends for each workload the fewest threads within 5%% of the "
+                    "best, with what 1 and 2 threads cost. The oversubscription grid runs "
+                    f"{GRID_WORKLOAD} in k worker processes at once, for each k of --workers. "
+                    "Writes DIR/bench-HOST-NCPUcpu.json and .png, and the node profile that "
+                    "limit(\"auto\") reads (threadguard.profile_path(); directory "
+                    "$THREADGUARD_PROFILE_DIR, default ~/.cache/threadguard/profiles). Exit "
+                    "status: 0, 1 when a configuration failed, 2 on a usage error.",
+        epilog=f"workloads:\n{listing}\n\n"
+               "The CUDA workload varies the CPU side of a GPU training step: --threads are "
+               "torch's intra-op threads, --workers its DataLoader workers (0 is always "
+               "run). Without a CUDA device it is skipped with one line.\n\n"
+               "examples:\n  threadguard bench --quick\n"
+               "  threadguard bench --workloads matmul,mlp-train --threads 1,2,4,8,16\n"
+               "  threadguard bench --device cuda --workers 0,2,4,8\n"
+               "  THREADGUARD_PROFILE_DIR=/shared/profiles srun --ntasks-per-node=1 "
+               "threadguard bench --out /shared/bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--quick", action="store_true",
+                       help="smaller problems, shorter timing, threads 1, 2 and the allocation, "
+                            "workers 1 and 4 (about a minute on 2 cores)")
+    bench.add_argument("--workloads", type=_names, metavar="NAME,...",
+                       help="workloads to run (default: all; listed below)")
+    bench.add_argument("--threads", type=_counts, metavar="N,...",
+                       help="threads per process (default: powers of two up to the CPU "
+                            "allocation, and the allocation)")
+    bench.add_argument("--workers", type=_counts, metavar="K,...",
+                       help=f"worker processes of the oversubscription grid ({GRID_WORKLOAD}), "
+                            "and DataLoader workers of the CUDA workload (default: 1,2,4; "
+                            "quick: 1,4)")
+    bench.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                       help="run the CPU workloads, the CUDA one, or all (default)")
+    bench.add_argument("--out", type=Path, default=Path("threadguard-bench"), metavar="DIR",
+                       help="where the JSON and PNG go (default: ./threadguard-bench)")
+    bench.add_argument("--no-profile", action="store_true",
+                       help="do not write the node profile")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, bench
+    options = BenchOptions(quick=args.quick, workloads=args.workloads, threads=args.threads,
+                           workers=args.workers, device=args.device, out=args.out,
+                           profile=not args.no_profile)
+    try:
+        return bench(options)
+    except ValueError as exc:
+        print(f"threadguard bench: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"threadguard bench: cannot write {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
 
 
 def _package_version() -> str:
@@ -205,6 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run(args, parser)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "libpath":
             print(_packaged_library())
             return 0

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Union
 
 from . import _native
 from .errors import LibraryNotFoundError
-from .profile import profile_threads
+from .profile import read_profile
 
 __all__ = ["Threads", "allocation", "headroom", "per_process_threads"]
 
@@ -63,8 +63,9 @@ def per_process_threads(threads: Threads = "auto", workers: Optional[int] = None
     threads: a number of threads, or "auto" for the CPU allocation (or the
     node profile's recommendation from `threadguard bench`, when one exists),
     kept within the task headroom. workers: split that among this many
-    worker processes, at least 1 thread each. Raises ValueError for
-    anything else.
+    worker processes, at least 1 thread each; with "auto", a profile that
+    measured this many workers gives its threads per worker instead. Raises
+    ValueError for anything else.
     """
     _check_threads(threads)
     _check_workers(workers)
@@ -74,9 +75,13 @@ def per_process_threads(threads: Threads = "auto", workers: Optional[int] = None
         return max(1, threads // share_of)
     figures = headroom()
     cpus = allocation(figures)
-    total = min(cpus, profile_threads(cpus) or cpus)
+    profile = read_profile(cpus)
+    total = min(cpus, profile.threads) if profile else cpus
+    share = max(1, total // share_of)
+    if profile and workers is not None and workers in profile.per_worker:
+        share = min(cpus, profile.per_worker[workers])
     free = figures.get("free")
     if isinstance(free, int) and free >= 0:
         # Every worker starts its own pools: they share the task headroom.
-        total = min(total, max(share_of, free - RESERVE))
-    return max(1, total // share_of)
+        share = min(share, max(1, (free - RESERVE) // share_of))
+    return share

@@ -4,7 +4,8 @@ A profile is a JSON file named after the host, the CPU model and the CPU
 allocation it was measured with, in $THREADGUARD_PROFILE_DIR or else
 $XDG_CACHE_HOME/threadguard/profiles (~/.cache/threadguard/profiles). The
 directory can be shared between nodes: each node reads only its own file.
-`threadguard bench` writes it; limit("auto") reads its "threads" field.
+`threadguard bench` writes it; limit("auto") reads its "threads" field
+and, for limit("auto", workers=k), its "per_worker" field when that has k.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import os
 import re
 import socket
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["cpu_model", "profile_dir", "profile_path", "profile_threads"]
+__all__ = ["NodeProfile", "cpu_model", "profile_dir", "profile_path", "read_profile",
+           "write_profile"]
 
 
 def profile_dir() -> Path:
@@ -51,10 +54,21 @@ def profile_path(cpus: int) -> Path:
     return profile_dir() / name
 
 
-def profile_threads(cpus: int) -> Optional[int]:
-    """The thread count the node profile recommends for this allocation, or
-    None when there is no profile. A file that cannot be read or parsed
-    gets one warning naming it, and is ignored."""
+@dataclass(frozen=True)
+class NodeProfile:
+    """What limit("auto") uses from a profile: the threads for one process,
+    and the threads per worker measured for some worker counts."""
+
+    path: Path
+    threads: int
+    per_worker: Dict[int, int]
+
+
+def read_profile(cpus: int) -> Optional[NodeProfile]:
+    """The node profile for this allocation, or None when there is none. A
+    file that cannot be read or parsed, or has no "threads" field of 1 or
+    more, gets one warning naming it, and is ignored; "per_worker" entries
+    that are not counts are left out."""
     path = profile_path(cpus)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -62,11 +76,33 @@ def profile_threads(cpus: int) -> Optional[int]:
         return None
     except (OSError, ValueError) as exc:
         warnings.warn(f"threadguard: ignoring the node profile {path}: {exc}", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=4)
         return None
-    threads = data.get("threads") if isinstance(data, dict) else None
-    if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
-        return threads
-    warnings.warn(f"threadguard: ignoring the node profile {path}: it has no \"threads\" "
-                  f"field of 1 or more", RuntimeWarning, stacklevel=3)
-    return None
+    if not (isinstance(data, dict) and _count(data.get("threads"))):
+        warnings.warn(f"threadguard: ignoring the node profile {path}: it has no \"threads\" "
+                      f"field of 1 or more", RuntimeWarning, stacklevel=4)
+        return None
+    given = data.get("per_worker")
+    per_worker = {int(k): v for k, v in given.items()
+                  if k.isdigit() and int(k) >= 1 and _count(v)} if isinstance(given, dict) else {}
+    return NodeProfile(path, data["threads"], per_worker)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def write_profile(cpus: int, figures: Mapping[str, Any]) -> Path:
+    """Write the profile for this allocation: figures must hold "threads"
+    and may hold "per_worker" ({"4": 1}: threads per worker for 4 workers)
+    and anything else worth keeping. Written to a temporary file and
+    renamed, so that nodes sharing the directory never read half a file."""
+    if not _count(figures.get("threads")):
+        raise ValueError(f"a node profile needs \"threads\" of 1 or more; got "
+                         f"{figures.get('threads')!r}")
+    path = profile_path(cpus)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(dict(figures), indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path

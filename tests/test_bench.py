@@ -1,0 +1,238 @@
+"""threadguard bench: configurations run guarded in fresh processes, the
+recommendation rule, the files it writes, and the profile limit("auto") reads.
+
+Timings are the benchmark's output, not something these tests assert: they
+check that each figure is measured and used, not how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+import threadguard
+from threadguard.bench import default_threads
+from threadguard.bench_child import measure_windows, relative_spread
+from threadguard.bench_results import grid_choices, profile_figures, recommend, summarize
+from threadguard.bench_runner import gpu_absent
+from threadguard.bench_workloads import WORKLOADS
+
+
+def run_bench(tmp_path: Path, *args: str, env: Dict[str, str] = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, THREADGUARD_PROFILE_DIR=str(tmp_path / "profiles"))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "threadguard", "bench", "--out",
+                           str(tmp_path / "out"), *args], env=full_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def written(tmp_path: Path) -> dict:
+    files = list((tmp_path / "out").glob("bench-*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def live(row: dict, kind: str) -> int:
+    return sum(lib["live"] for lib in row["threads_by_library"] if lib["kind"] == kind)
+
+
+def test_tiny_sweep_runs_guarded_configs_and_writes_json_png_and_profile(tmp_path):
+    proc = run_bench(tmp_path, "--quick", "--workloads", "matmul", "--threads", "1,2",
+                     "--workers", "1,2")
+    assert proc.returncode == 0, proc.stderr
+    result = written(tmp_path)
+    rows = {(r["threads"], r["workers"]): r for r in result["rows"]}
+    assert sorted(rows) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for row in rows.values():
+        assert row["rate"]["n"] >= 1 and row["rate"]["median"] > 0
+        assert row["peak_rss"] > 10 * 2**20 and row["vmsize"] > row["peak_rss"]
+    # Each configuration ran in its own process under the guard, which counted
+    # OpenBLAS's threads: 1 thread is the caller alone, 2 is the caller and one worker.
+    assert live(rows[(1, 1)], "openblas") == 0
+    if threadguard.allocation() >= 2:
+        assert live(rows[(2, 1)], "openblas") == 1
+    # The grid: 2 processes timed the same windows, their rates added.
+    grid_row = rows[(1, 2)]
+    assert grid_row["processes"] == 2 and len(grid_row["worker_rates"]) == 2
+    assert grid_row["rates"][0] == pytest.approx(sum(w[0] for w in grid_row["worker_rates"]))
+
+    recommendation = result["recommendations"]["matmul"]
+    one_process = {t: rows[(t, 1)]["rate"]["median"] for t in (1, 2)}
+    best = max(one_process.values())
+    assert recommendation["threads"] == min(t for t, r in one_process.items() if r >= 0.95 * best)
+    assert recommendation["cost_1"] == pytest.approx(100 * (1 - one_process[1] / best), abs=0.1)
+
+    assert (tmp_path / "out" / f"bench-{result['machine']['host']}-"
+            f"{result['machine']['allocation']}cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    profile = Path(result["profile"]["path"])
+    assert profile.parent == tmp_path / "profiles"
+    saved = json.loads(profile.read_text())
+    assert saved["threads"] == recommendation["threads"]
+    assert saved["per_worker"] == {"2": result["grid"]["2"]["threads"]}
+    # limit("auto") finds that very file, in another process.
+    found = subprocess.run(
+        [sys.executable, "-c", "import threadguard; print(threadguard.profile_path("
+         "threadguard.allocation()))"], env=dict(os.environ, THREADGUARD_PROFILE_DIR=str(
+             tmp_path / "profiles")), capture_output=True, text=True, check=True).stdout.strip()
+    assert found == str(profile)
+    assert "[1/4] matmul threads=1 workers=1:" in proc.stderr
+    assert "recommended: the fewest threads within 5% of the best" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_runs_every_workload_and_skips_cuda_with_one_line(tmp_path):
+    started = time.monotonic()
+    proc = run_bench(tmp_path, "--quick")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    result = written(tmp_path)
+    threads = default_threads(threadguard.allocation(), quick=True)
+    for name, workload in WORKLOADS.items():
+        if workload.device == "cuda" and gpu_absent():
+            assert result["skipped"][name] == gpu_absent()
+            assert proc.stderr.count(f"{name}: skipped: ") == 1
+            continue
+        measured = sorted(r["threads"] for r in result["rows"]
+                          if r["workload"] == name and r["workers"] == 1)
+        assert measured == threads, name
+        assert name in result["recommendations"]
+    assert sorted(result["grid"]) == ["1", "4"]
+    assert Path(result["profile"]["path"]).is_file()
+    assert list((tmp_path / "out").glob("*.png"))
+    print(f"threadguard bench --quick took {elapsed:.0f} s")
+
+
+def test_without_cuda_the_gpu_workload_is_a_skip_line_not_an_error(tmp_path):
+    reason = gpu_absent()
+    if reason is None:
+        pytest.skip("this machine has a GPU device: the CUDA workload runs instead")
+    proc = run_bench(tmp_path, "--device", "cuda")
+    assert proc.returncode == 0, proc.stderr
+    assert f"gpu-train: skipped: {reason}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    result = written(tmp_path)
+    assert result["rows"] == [] and result["skipped"] == {"gpu-train": reason}
+    assert result["profile"] is None and not (tmp_path / "profiles").exists()
+    assert "no node profile" in proc.stdout
+
+
+def test_a_failing_configuration_is_reported_and_the_rest_still_run(tmp_path):
+    # A sitecustomize that makes only the guarded benchmark processes fail.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'libthreadguard' in os.environ.get('LD_PRELOAD', '') and "
+        "os.environ.get('OPENBLAS_NUM_THREADS') == '2':\n"
+        "    sys.stderr.write('injected failure\\n'); sys.stderr.flush(); os._exit(3)\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    proc = run_bench(tmp_path, "--quick", "--workloads", "matmul", "--threads", "1,2",
+                     "--workers", "1", env={"PYTHONPATH": path})
+    assert proc.returncode == 1
+    rows = {r["threads"]: r for r in written(tmp_path)["rows"]}
+    assert "exited with status 3: injected failure" in rows[2]["error"]
+    assert rows[1]["rate"]["median"] > 0
+    assert "error: the benchmark process exited with status 3" in proc.stdout
+    assert "1 configuration(s) failed" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "'0' is not a list of counts from 1 to 4096"),
+    (["--threads", "two"], "'two' is not a list of counts"),
+    (["--workers", "1,,4"], "'1,,4' is not a list of counts"),
+    (["--workloads", "nope"], "'nope' names no workload of matmul, solve"),
+    (["--device", "cpu", "--workloads", "gpu-train"], "gpu-train do not run with --device cpu"),
+])
+def test_bad_options_are_refused_with_what_is_expected(tmp_path, args, message):
+    proc = run_bench(tmp_path, *args, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_workloads_and_the_profile_directory():
+    proc = subprocess.run([sys.executable, "-m", "threadguard", "bench", "--help"],
+                          capture_output=True, text=True, check=True)
+    for name in WORKLOADS:
+        assert name in proc.stdout
+    assert "THREADGUARD_PROFILE_DIR" in proc.stdout and "srun" in proc.stdout
+
+
+# ---- the measuring and the recommendation rule ------------------------------------------
+
+def test_windows_share_each_steps_work_by_overlap():
+    # Steps of 25 ms doing 1 unit each: every 100 ms window does about 4 units.
+    rates = measure_windows(lambda: time.sleep(0.025), 1.0, 0.1, time.monotonic(), 3, 10.0,
+                            0.5, fixed=4)
+    assert len(rates) == 4
+    assert all(30 < r < 41 for r in rates), rates
+    # A step longer than a window still spreads its work over the windows it spans.
+    rates = measure_windows(lambda: time.sleep(0.25), 1.0, 0.1, time.monotonic(), 3, 10.0,
+                            0.5, fixed=5)
+    assert all(2.5 < r < 4.1 for r in rates), rates
+
+
+def test_timing_stops_when_windows_agree_or_the_budget_is_spent():
+    started = time.monotonic()
+    steady = measure_windows(lambda: time.sleep(0.01), 1.0, 0.05, started, 3, 5.0, 0.5)
+    assert 3 <= len(steady) < 20  # agreed long before the 5 s budget
+    durations = iter([0.001, 0.03] * 1000)
+    noisy = measure_windows(lambda: time.sleep(next(durations)), 1.0, 0.02,
+                            time.monotonic(), 3, 0.3, 0.0)
+    assert len(noisy) == 15  # never agree exactly: the whole 0.3 s budget
+
+
+def _rows(workload: str, rates: Dict[int, float], workers: int = 1) -> List[dict]:
+    return [{"workload": workload, "threads": t, "workers": workers,
+             "processes": workers if WORKLOADS[workload].device == "cpu" else 1,
+             "rate": {"median": r}} for t, r in rates.items()]
+
+
+def test_recommendation_is_the_fewest_threads_within_five_percent():
+    rows = _rows("matmul", {1: 50.0, 2: 96.0, 4: 100.0, 8: 90.0})
+    rec = recommend(rows)["matmul"]
+    assert rec["threads"] == 2 and rec["best_threads"] == 4 and rec["best"] == 100.0
+    assert rec["cost_1"] == 50.0 and rec["cost_2"] == 4.0
+    rec = recommend(_rows("solve", {1: 10.0, 4: 10.4}))["solve"]
+    assert rec["threads"] == 1 and rec["cost_2"] is None  # 2 threads were not run
+    # A CUDA workload: each thread count's best over its DataLoader workers.
+    gpu = _rows("gpu-train", {1: 100.0, 2: 150.0}, 0) + _rows("gpu-train", {1: 200.0}, 4)
+    rec = recommend(gpu)["gpu-train"]
+    assert rec["threads"] == 1 and rec["loader_workers"] == 4
+
+
+def test_grid_and_profile_figures():
+    rows = _rows("matmul", {1: 30.0, 2: 60.0}) + _rows("matmul", {1: 61.0, 2: 15.0}, 4)
+    grid = grid_choices(rows)
+    assert grid["1"]["threads"] == 2 and grid["4"]["threads"] == 1
+    recommendations = recommend(rows + _rows("mlp-train", {1: 20.0, 2: 18.0}))
+    figures = profile_figures(recommendations, grid)
+    assert figures == {"threads": 2, "per_worker": {"4": 1}}
+    assert profile_figures(recommend(_rows("gpu-train", {1: 1.0}, 0)), {}) is None
+
+
+def test_summary_spread_and_convergence():
+    summary = summarize([10.0, 20.0, 10.1, 10.0, 10.05], 3, 0.05)
+    assert summary["median"] == 10.05 and summary["n"] == 5 and summary["converged"]
+    assert summary["spread"] == pytest.approx(10.0 / 10.05)
+    assert not summarize([10.0, 20.0, 10.0], 3, 0.05)["converged"]
+    assert relative_spread([5.0]) == 0.0
+
+
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_gpu_training_step_and_its_data_loading_work_on_the_cpu(loader_workers):
+    # The CUDA workload's step, on the CPU device: its DataLoader (in-process
+    # or worker processes), augmentation and training step run.
+    torch = pytest.importorskip("torch")
+    from threadguard.bench_workloads import loader_training
+    step, samples = loader_training(torch, torch.device("cpu"), True, loader_workers)
+    step()
+    step()
+    assert samples == 32

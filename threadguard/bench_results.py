@@ -1,0 +1,94 @@
+"""What a `threadguard bench` sweep says: summaries, a recommendation per
+workload, the best threads per worker of the grid, and the node profile.
+
+A recommendation is the fewest threads whose median throughput is within
+TOLERANCE of the workload's best; its cost figures are how much slower 1
+and 2 threads ran than the best, in percent.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Dict, List, Optional, Sequence
+
+from .bench_child import relative_spread
+from .bench_workloads import GRID_WORKLOAD, WORKLOADS
+
+__all__ = ["TOLERANCE", "summarize", "recommend", "grid_choices", "profile_figures"]
+
+TOLERANCE = 0.05
+
+
+def summarize(rates: Sequence[float], min_windows: int, target: float) -> Dict[str, Any]:
+    """Median, quartiles, range, relative range of the windows, and whether
+    the last min_windows agreed within target."""
+    values = list(rates)
+    quartiles = statistics.quantiles(values, n=4) if len(values) >= 2 else values * 3
+    tail = values[-min_windows:]
+    return {"median": statistics.median(values), "q1": quartiles[0], "q3": quartiles[2],
+            "min": min(values), "max": max(values), "n": len(values),
+            "spread": relative_spread(values),
+            "converged": len(tail) >= min_windows and relative_spread(tail) <= target}
+
+
+def _fewest_within(by_threads: Dict[int, float]) -> Dict[str, Any]:
+    best_threads = max(by_threads, key=lambda t: by_threads[t])
+    best = by_threads[best_threads]
+    chosen = min(t for t, rate in by_threads.items() if rate >= (1 - TOLERANCE) * best)
+
+    def cost(threads: int) -> Optional[float]:
+        rate = by_threads.get(threads)
+        return None if rate is None or best <= 0 else round(100 * (1 - rate / best), 1)
+    return {"threads": chosen, "best_threads": best_threads, "best": best,
+            "at_recommended": by_threads[chosen], "cost_1": cost(1), "cost_2": cost(2)}
+
+
+def recommend(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per workload, from its one-process rows (for a CUDA workload, each
+    thread count's best over its DataLoader worker counts)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in dict.fromkeys(row["workload"] for row in rows):
+        by_threads: Dict[int, float] = {}
+        loader: Dict[int, int] = {}
+        for row in rows:
+            if row["workload"] != name or "rate" not in row or row["processes"] != 1:
+                continue
+            if WORKLOADS[name].device != "cuda" and row["workers"] != 1:
+                continue
+            median = row["rate"]["median"]
+            if median > by_threads.get(row["threads"], -1.0):
+                by_threads[row["threads"]] = median
+                loader[row["threads"]] = row["workers"]
+        if not by_threads:
+            continue
+        choice = _fewest_within(by_threads)
+        choice["unit"] = WORKLOADS[name].unit
+        if WORKLOADS[name].device == "cuda":
+            choice["loader_workers"] = loader[choice["threads"]]
+        out[name] = choice
+    return out
+
+
+def grid_choices(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """For each worker count of the grid workload (as a string, the JSON
+    key): the fewest threads per worker within TOLERANCE of that count's
+    best total throughput."""
+    by_workers: Dict[int, Dict[int, float]] = {}
+    for row in rows:
+        if row["workload"] == GRID_WORKLOAD and "rate" in row:
+            by_workers.setdefault(row["workers"], {})[row["threads"]] = row["rate"]["median"]
+    return {str(k): _fewest_within(v) for k, v in sorted(by_workers.items())}
+
+
+def profile_figures(recommendations: Dict[str, Dict[str, Any]],
+                    grid: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The fields limit("auto") reads: "threads", the most any CPU workload
+    was recommended (so none runs more than TOLERANCE below its best), and
+    "per_worker", the grid's threads per worker by worker count. None when
+    no CPU workload was measured."""
+    cpu = [r["threads"] for name, r in recommendations.items()
+           if WORKLOADS[name].device == "cpu"]
+    if not cpu:
+        return None
+    return {"threads": max(cpu),
+            "per_worker": {k: g["threads"] for k, g in grid.items() if int(k) > 1}}
