@@ -26,18 +26,30 @@ def test_overhead_benchmark_produces_ratios(tmp_path):
     assert "create+join ratio" in proc.stdout
 
 
-def test_oversubscription_benchmark_compares_default_and_limited_pools(tmp_path):
+def test_oversubscription_benchmark_compares_auto_with_default_ones_and_sweep_best(tmp_path):
     out = tmp_path / "oversubscription.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_oversubscription.py"),
-                           "--rounds", "2", "--workers", "2", "--tasks", "4", "--repeat", "2",
-                           "--size", "64", "--out", str(out)],
+                           "--rounds", "2", "--sweep-rounds", "1", "--workers", "2",
+                           "--tasks", "4", "--repeat", "2", "--size", "64", "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
-    row = figures["throughput"]
-    assert row["default"]["n"] == row["limited"]["n"] == 2
-    assert row["ratio_of_medians"] > 0
-    # The limited pool really ran with each worker's share of the allocation.
-    share = max(1, figures["allocation"] // 2)
-    assert figures["blas_threads_per_worker"]["limited"] == [share]
-    assert "throughput ratio limited/default" in proc.stdout
+    for other in ("default", "ones", "best"):
+        row = figures["auto_vs"][other]
+        assert row["auto"]["n"] == row[other]["n"] == 2
+        assert row["ratio_of_medians"] > 0
+        assert f"throughput ratio auto/{other}" in proc.stdout
+    # The sweep tried every thread count per worker up to the allocation, and
+    # "best" ran with the fastest of them.
+    cpus = figures["allocation"]
+    sweep = figures["sweep"]["tasks_per_second"]
+    assert sorted(map(int, sweep)) == list(range(1, cpus + 1))
+    best = figures["sweep"]["best_threads_per_worker"]
+    assert sweep[str(best)]["median"] == max(s["median"] for s in sweep.values())
+    threads = figures["blas_threads_per_worker"]
+    assert threads["best"] == [best] and threads["ones"] == [1]
+    # Each pool really ran with its share: "auto" splits the allocation among the
+    # workers (no node profile: the benchmark points the profile directory at an
+    # empty one); the default pool is the library's own, one thread per CPU.
+    assert threads["auto"] == [max(1, cpus // 2)]
+    assert threads["default"] == [cpus]
