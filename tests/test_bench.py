@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,23 @@ def test_a_failing_configuration_is_reported_and_the_rest_still_run(tmp_path):
     assert rows[1]["rate"]["median"] > 0
     assert "error: the benchmark process exited with status 3" in proc.stdout
     assert "1 configuration(s) failed" in proc.stderr
+
+
+def test_interrupted_bench_keeps_what_it_measured_and_writes_no_profile(tmp_path):
+    env = dict(os.environ, THREADGUARD_PROFILE_DIR=str(tmp_path / "profiles"))
+    proc = subprocess.Popen([sys.executable, "-m", "threadguard", "bench", "--quick",
+                             "--workloads", "matmul", "--threads", "1,2", "--workers", "1",
+                             "--out", str(tmp_path / "out")], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    assert first.startswith("[1/2] matmul threads=1"), first
+    proc.send_signal(signal.SIGINT)  # during the second configuration
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted after 1 of 2 configurations" in stderr
+    result = written(tmp_path)
+    assert result["interrupted"] and [r["threads"] for r in result["rows"]] == [1]
+    assert result["profile"] is None and not (tmp_path / "profiles").exists()
 
 
 @pytest.mark.parametrize("args, message", [

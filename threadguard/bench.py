@@ -104,8 +104,18 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
         progress(index, config, row)
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    rows = sweep(configs, timing, options.quick, skipped, step, progress.skip)
+    rows: List[Dict[str, Any]] = []
+    interrupted = False
+    try:
+        for row in sweep(configs, timing, options.quick, skipped, step, progress.skip):
+            rows.append(row)
+    except KeyboardInterrupt:
+        # Keep what was measured; an incomplete sweep makes no profile.
+        interrupted = True
     progress.close()
+    if interrupted:
+        print(f"threadguard bench: interrupted after {len(rows)} of {progress.total} "
+              "configurations; writing what was measured, and no node profile", file=stderr)
 
     gpus = sorted({row["device_name"] for row in rows if "device_name" in row})
     recommendations = recommend(rows)
@@ -115,11 +125,12 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
         "quick": options.quick, "machine": _machine(cpus), "threads": threads,
         "workers": workers, "timing": timing.__dict__, "rows": rows, "skipped": skipped,
         "recommendations": recommendations, "grid": grid, "profile": None,
+        "interrupted": interrupted,
     }
     if gpus:
         result["machine"]["gpu"] = ", ".join(gpus)
     figures = profile_figures(recommendations, grid)
-    if options.profile and figures:
+    if options.profile and figures and not interrupted:
         path = write_profile(cpus, {**figures, "host": result["machine"]["host"],
                                     "cpu_model": result["machine"]["cpu_model"],
                                     "allocation": cpus, "measured": result["started"],
@@ -137,6 +148,8 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     print(f"wrote {png_path}" if why_no_plot is None else f"no plot: {why_no_plot}")
     if options.profile and not figures:
         print("no node profile: no CPU workload was measured")
+    if interrupted:
+        return 130
     errors = [row for row in rows if "error" in row]
     if errors:
         print(f"threadguard bench: {len(errors)} configuration(s) failed; see the table",

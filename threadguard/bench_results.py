@@ -9,12 +9,13 @@ and 2 threads ran than the best, in percent.
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .bench_child import relative_spread
 from .bench_workloads import GRID_WORKLOAD, WORKLOADS
 
-__all__ = ["TOLERANCE", "summarize", "recommend", "grid_choices", "profile_figures"]
+__all__ = ["TOLERANCE", "summarize", "curves", "recommend", "grid_curves", "grid_choices",
+           "profile_figures"]
 
 TOLERANCE = 0.05
 
@@ -43,41 +44,51 @@ def _fewest_within(by_threads: Dict[int, float]) -> Dict[str, Any]:
             "at_recommended": by_threads[chosen], "cost_1": cost(1), "cost_2": cost(2)}
 
 
-def recommend(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Per workload, from its one-process rows (for a CUDA workload, each
-    thread count's best over its DataLoader worker counts)."""
-    out: Dict[str, Dict[str, Any]] = {}
-    for name in dict.fromkeys(row["workload"] for row in rows):
-        by_threads: Dict[int, float] = {}
-        loader: Dict[int, int] = {}
-        for row in rows:
-            if row["workload"] != name or "rate" not in row or row["processes"] != 1:
-                continue
-            if WORKLOADS[name].device != "cuda" and row["workers"] != 1:
-                continue
-            median = row["rate"]["median"]
-            if median > by_threads.get(row["threads"], -1.0):
-                by_threads[row["threads"]] = median
-                loader[row["threads"]] = row["workers"]
-        if not by_threads:
+def curves(rows: List[Dict[str, Any]]) -> Dict[str, Dict[int, Tuple[float, int]]]:
+    """Per workload, its one-process medians by thread count, with the worker
+    count they came from: for a CUDA workload, each thread count's best over
+    its DataLoader worker counts."""
+    out: Dict[str, Dict[int, Tuple[float, int]]] = {}
+    for row in rows:
+        name = row["workload"]
+        if "rate" not in row or row["processes"] != 1:
             continue
-        choice = _fewest_within(by_threads)
+        if WORKLOADS[name].device != "cuda" and row["workers"] != 1:
+            continue
+        by_threads = out.setdefault(name, {})
+        median = row["rate"]["median"]
+        if median > by_threads.get(row["threads"], (-1.0, 0))[0]:
+            by_threads[row["threads"]] = (median, row["workers"])
+    return out
+
+
+def recommend(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per workload, from its one-process rows (see curves)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, by_threads in curves(rows).items():
+        choice = _fewest_within({t: median for t, (median, _) in by_threads.items()})
         choice["unit"] = WORKLOADS[name].unit
         if WORKLOADS[name].device == "cuda":
-            choice["loader_workers"] = loader[choice["threads"]]
+            choice["loader_workers"] = by_threads[choice["threads"]][1]
         out[name] = choice
     return out
 
 
-def grid_choices(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def grid_curves(rows: List[Dict[str, Any]]) -> Dict[str, List[Tuple[int, float]]]:
     """For each worker count of the grid workload (as a string, the JSON
-    key): the fewest threads per worker within TOLERANCE of that count's
-    best total throughput."""
-    by_workers: Dict[int, Dict[int, float]] = {}
+    key): (threads per worker, total median) in order of threads."""
+    by_workers: Dict[int, List[Tuple[int, float]]] = {}
     for row in rows:
         if row["workload"] == GRID_WORKLOAD and "rate" in row:
-            by_workers.setdefault(row["workers"], {})[row["threads"]] = row["rate"]["median"]
-    return {str(k): _fewest_within(v) for k, v in sorted(by_workers.items())}
+            by_workers.setdefault(row["workers"], []).append(
+                (row["threads"], row["rate"]["median"]))
+    return {str(k): sorted(v) for k, v in sorted(by_workers.items())}
+
+
+def grid_choices(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """For each worker count of the grid workload: the fewest threads per
+    worker within TOLERANCE of that count's best total throughput."""
+    return {k: _fewest_within(dict(points)) for k, points in grid_curves(rows).items()}
 
 
 def profile_figures(recommendations: Dict[str, Dict[str, Any]],

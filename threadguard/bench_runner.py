@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from . import _native
 from .bench_child import READY_MARK, RESULT_MARK
@@ -51,7 +51,7 @@ class Timing:
     timeout: float  # per configuration, process start and imports included
 
 
-QUICK = Timing(warmup=0.3, window=0.2, min_windows=3, max_seconds=1.2, target=0.05, timeout=120)
+QUICK = Timing(warmup=0.3, window=0.25, min_windows=3, max_seconds=2.0, target=0.05, timeout=120)
 FULL = Timing(warmup=1.0, window=0.5, min_windows=5, max_seconds=8.0, target=0.03, timeout=300)
 
 
@@ -229,14 +229,14 @@ def _combine(results: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def sweep(configs: List[Config], timing: Timing, quick: bool, skipped: Dict[str, str],
           progress: Callable[[int, Config, Optional[Dict[str, Any]]], None],
-          skip: Callable[[str, str, int], None]) -> List[Dict[str, Any]]:
-    """Run configs in order, calling progress(i, config, None) before each
-    and progress(i, config, row) after. skipped (workload -> reason) holds
-    the workloads known not to run here; when a configuration finds that
-    its workload cannot run (torch sees no CUDA device), the workload is
-    added, skip(workload, reason, configurations not run) is called, and
-    its other configurations are not run."""
-    rows: List[Dict[str, Any]] = []
+          skip: Callable[[str, str, int], None]) -> Iterator[Dict[str, Any]]:
+    """Run configs in order, yielding each one's row, and calling
+    progress(i, config, None) before each and progress(i, config, row)
+    after. skipped (workload -> reason) holds the workloads known not to run
+    here; when a configuration finds that its workload cannot run (torch
+    sees no CUDA device), the workload is added, skip(workload, reason,
+    configurations not run) is called, and its other configurations are not
+    run."""
     for i, config in enumerate(configs):
         if config.workload in skipped:
             continue
@@ -249,6 +249,5 @@ def sweep(configs: List[Config], timing: Timing, quick: bool, skipped: Dict[str,
             continue
         row = {"workload": config.workload, "threads": config.threads,
                "workers": config.workers, "processes": config.processes, **result}
-        rows.append(row)
         progress(i, config, row)
-    return rows
+        yield row

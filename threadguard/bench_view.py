@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
+from .bench_results import curves, grid_curves
 from .bench_runner import Config
 from .bench_workloads import GRID_WORKLOAD, WORKLOADS
 
@@ -113,11 +114,9 @@ def table(result: Dict[str, Any]) -> str:
     if len(grid) > 1:
         lines += ["", f"oversubscription grid ({GRID_WORKLOAD} in k worker processes, total "
                       f"{WORKLOADS[GRID_WORKLOAD].unit}):"]
+        points = grid_curves(result["rows"])
         for k, choice in grid.items():
-            rates = "  ".join(f"{row['threads']}/worker {row['rate']['median']:.3g}"
-                              for row in result["rows"]
-                              if row["workload"] == GRID_WORKLOAD and row["workers"] == int(k)
-                              and "rate" in row)
+            rates = "  ".join(f"{t}/worker {median:.3g}" for t, median in points[k])
             lines.append(f"  {_plural(int(k), 'worker'):>11}: {rates}  -> {choice['threads']} "
                          "per worker")
     profile = result.get("profile")
@@ -138,20 +137,16 @@ def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib, or 'threadguard[bench]')"
-    curves: Dict[str, Dict[int, float]] = {}
-    for row in result["rows"]:
-        if "rate" in row and row["processes"] == 1 and (
-                row["workers"] == 1 or WORKLOADS[row["workload"]].device == "cuda"):
-            best = curves.setdefault(row["workload"], {})
-            best[row["threads"]] = max(best.get(row["threads"], 0.0), row["rate"]["median"])
-    if not curves:
+    medians = {name: {t: median for t, (median, _) in by_threads.items()}
+               for name, by_threads in curves(result["rows"]).items()}
+    if not medians:
         return "nothing was measured"
-    grid = {k: v for k, v in result["grid"].items()}
+    grid = grid_curves(result["rows"])
     panels = 3 if len(grid) > 1 else 2
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
     speedup, efficiency = axes[0], axes[1]
-    all_threads: List[int] = sorted({t for c in curves.values() for t in c})
-    for name, by_threads in curves.items():
+    all_threads: List[int] = sorted({t for c in medians.values() for t in c})
+    for name, by_threads in medians.items():
         threads = sorted(by_threads)
         base = by_threads.get(1) or by_threads[threads[0]] * threads[0]
         ratios = [by_threads[t] / base for t in threads]
@@ -169,10 +164,7 @@ def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
     speedup.legend(fontsize="small")
     if panels == 3:
         total = axes[2]
-        for k in grid:
-            points = sorted((row["threads"], row["rate"]["median"]) for row in result["rows"]
-                            if row["workload"] == GRID_WORKLOAD and row["workers"] == int(k)
-                            and "rate" in row)
+        for k, points in grid.items():
             total.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                        label=_plural(int(k), "worker"))
         total.set(xlabel="threads per worker", ylabel=f"total {WORKLOADS[GRID_WORKLOAD].unit}",

@@ -148,7 +148,7 @@ def loader_training(torch: Any, device: Any, quick: bool, loader_workers: int
     """The step of gpu-train on any torch device (the tests use the CPU)."""
     batch, side = (32, 64) if quick else (128, 96)
 
-    class Augmented(torch.utils.data.Dataset):  # type: ignore[misc, name-defined]
+    class Augmented(torch.utils.data.Dataset):  # type: ignore[misc]
         def __len__(self) -> int:
             return 1 << 30
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -33,6 +35,12 @@ examples:
 
 # Settings that are on/off switches: `threadguard run --debug`, not `--debug 1`.
 _FLAGS = ("THREADGUARD_DEBUG", "THREADGUARD_OBSERVE")
+
+
+def _wrap(text: str) -> str:
+    """A paragraph for the raw help formatter, which keeps the epilog's
+    layout but does not wrap."""
+    return textwrap.fill(text, width=min(100, shutil.get_terminal_size().columns - 2))
 
 
 def _report_value(value: str) -> str:
@@ -101,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser(
         "doctor", help="explain this node's thread limits, or why a command failed",
-        description="Without a command: print this user's and cgroup's task limits, address "
+        description=_wrap("Without a command: print this user's and cgroup's task limits, address "
                     "space, memory and CPU allocation, the thread variables and threaded "
                     "libraries, then predict which limit 'import numpy', 'import torch' and a "
                     "torch training step would hit first (each is run once with one thread per "
@@ -109,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                     "CMD with the guard counting but changing nothing, and explain which "
                     "library's thread failed, with which error, against which limit. Needs no "
                     "root and changes nothing. Exit status: 0 when nothing is in the way, 1 "
-                    "when a limit was hit or would be, 2 on a usage error.",
+                    "when a limit was hit or would be, 2 on a usage error."),
         epilog="examples:\n  threadguard doctor\n  threadguard doctor --json\n"
                "  threadguard doctor -- python -c 'import numpy'\n"
                "  threadguard doctor --timeout 600 -- python train.py",
@@ -163,25 +171,26 @@ def _add_bench(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         for w in WORKLOADS.values())
     bench = commands.add_parser(
         "bench", help="measure what fewer threads cost here and save a node profile",
-        description="Run standard workloads at several thread counts, each configuration in "
+        description=_wrap("Run standard workloads at several thread counts, each configuration in "
                     "a fresh process under the guard (pool sizes are fixed when a library "
                     "loads), warmed up, then timed in windows until they agree within a few "
                     "percent or the time budget is spent. Prints a table with the median "
                     "throughput, its spread, peak RSS, VmSize and the live threads by library, "
-                    "and recommends for each workload the fewest threads within 5%% of the "
+                    "and recommends for each workload the fewest threads within 5% of the "
                     "best, with what 1 and 2 threads cost. The oversubscription grid runs "
                     f"{GRID_WORKLOAD} in k worker processes at once, for each k of --workers. "
                     "Writes DIR/bench-HOST-NCPUcpu.json and .png, and the node profile that "
                     "limit(\"auto\") reads (threadguard.profile_path(); directory "
                     "$THREADGUARD_PROFILE_DIR, default ~/.cache/threadguard/profiles). Exit "
-                    "status: 0, 1 when a configuration failed, 2 on a usage error.",
+                    "status: 0, 1 when a configuration failed, 2 on a usage error."),
         epilog=f"workloads:\n{listing}\n\n"
-               "The CUDA workload varies the CPU side of a GPU training step: --threads are "
-               "torch's intra-op threads, --workers its DataLoader workers (0 is always "
-               "run). Without a CUDA device it is skipped with one line.\n\n"
+               + _wrap("The CUDA workload varies the CPU side of a GPU training step: "
+                       "--threads are torch's intra-op threads, --workers its DataLoader "
+                       "workers (0 is always run). Without a CUDA device it is skipped with "
+                       "one line.") + "\n\n"
                "examples:\n  threadguard bench --quick\n"
                "  threadguard bench --workloads matmul,mlp-train --threads 1,2,4,8,16\n"
-               "  threadguard bench --device cuda --workers 0,2,4,8\n"
+               "  threadguard bench --device cuda --workers 2,4,8\n"
                "  THREADGUARD_PROFILE_DIR=/shared/profiles srun --ntasks-per-node=1 "
                "threadguard bench --out /shared/bench",
         formatter_class=argparse.RawDescriptionHelpFormatter)
