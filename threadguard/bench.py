@@ -10,7 +10,7 @@ import os
 import platform
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
@@ -123,7 +123,7 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     result: Dict[str, Any] = {
         "threadguard_bench": 1, "started": started.isoformat(timespec="seconds"),
         "quick": options.quick, "machine": _machine(cpus), "threads": threads,
-        "workers": workers, "timing": timing.__dict__, "rows": rows, "skipped": skipped,
+        "workers": workers, "timing": asdict(timing), "rows": rows, "skipped": skipped,
         "recommendations": recommendations, "grid": grid, "profile": None,
         "interrupted": interrupted,
     }

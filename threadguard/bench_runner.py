@@ -28,7 +28,8 @@ from .bench_workloads import GRID_WORKLOAD, WORKLOADS
 from .facts import installed
 from .preload import preload_environment
 
-__all__ = ["Config", "Timing", "QUICK", "FULL", "plan", "gpu_absent", "run_config", "sweep"]
+__all__ = ["Config", "Timing", "QUICK", "FULL", "plan", "gpu_absent", "missing_package",
+           "run_config", "sweep"]
 
 # Variables of the caller that would change what a configuration measures.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
@@ -96,9 +97,8 @@ def plan(workloads: List[str], threads: List[int], workers: List[int]) -> List[C
 
 def gpu_absent() -> Optional[str]:
     """Why no CUDA workload can run here, or None when a GPU device exists
-    (torch then decides, inside the configuration's process)."""
-    if not installed("torch"):
-        return "torch is not installed (pip install torch)"
+    (torch then decides, inside the configuration's process). Whether
+    torch is installed is missing_package's question."""
     if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")):
         return "no CUDA device on this node (/dev/nvidiactl is missing)"
     return None
