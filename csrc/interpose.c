@@ -28,15 +28,18 @@ static _Atomic(create_fn) real_create;
 /* Resolve the next pthread_create in the chain.  dlsym(RTLD_NEXT) keeps an
  * interposer after us (a sanitizer runtime, another preload) in the chain;
  * dlvsym with a version skips unversioned interposers and would jump
- * straight to libc.  Where both land in the same object (libc), take the
- * versioned GLIBC_2.34 symbol, then GLIBC_2.2.5.  Racing threads resolve the
+ * straight to libc.  Where both land in the same object (libc or
+ * libpthread), take the newest versioned symbol.  Racing threads resolve the
  * same pointer, so a plain atomic store is enough. */
 static create_fn resolve_real_create(void) {
     create_fn fn = atomic_load_explicit(&real_create, memory_order_acquire);
     if (fn != NULL) return fn;
     void *next = dlsym(RTLD_NEXT, "pthread_create");
+    /* 2.34 moved it into libc; before, libpthread defines it at the base
+     * version, GLIBC_2.2.5 on x86-64 and GLIBC_2.17 on aarch64. */
     void *versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
     if (versioned == NULL) versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.2.5");
+    if (versioned == NULL) versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.17");
     void *chosen = next ? next : versioned;
     Dl_info a, b;
     if (next && versioned && next != versioned && dladdr(next, &a) && dladdr(versioned, &b) &&
@@ -152,6 +155,7 @@ static void after_fork_in_child(void) {
 static void initialise(void) {
     long long tasks = tg_count_tasks();
     tasks_at_start = tasks > 0 ? tasks - 1 : tasks;
+    tg_glibc_init();
     tg_config_load();
     tg_registry_init();
     resolve_real_create();
@@ -212,7 +216,11 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     if (record == NULL) {
         /* Pool exhausted: start the thread uncounted rather than fail it;
          * /proc/self/task reconciliation still sees it. */
-        return real(thread, attr, routine, arg);
+        pthread_attr_t scratch;
+        const pthread_attr_t *given = tg_glibc_attr_for(attr, &scratch);
+        int rc = real(thread, given, routine, arg);
+        if (given == &scratch) pthread_attr_destroy(&scratch);
+        return rc;
     }
     record->routine = routine;
     record->arg = arg;
@@ -226,7 +234,10 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         release_record(record);
         return EAGAIN;
     }
-    int rc = real(thread, attr, trampoline, record);
+    pthread_attr_t scratch;
+    const pthread_attr_t *given = tg_glibc_attr_for(attr, &scratch);
+    int rc = real(thread, given, trampoline, record);
+    if (given == &scratch) pthread_attr_destroy(&scratch);
     if (rc != 0) {
         count_exit(slot);
         release_record(record);

@@ -237,15 +237,6 @@ static void visit_cpu(const char *dir, void *ctx) {
 
 /* ---- address space ------------------------------------------------------ */
 
-long long tg_default_stack(void) {
-    pthread_attr_t attr;
-    size_t size = 0;
-    if (pthread_getattr_default_np(&attr) != 0) return 8 * TG_MIB;
-    pthread_attr_getstacksize(&attr, &size);
-    pthread_attr_destroy(&attr);
-    return size ? (long long)size : 8 * TG_MIB;
-}
-
 int tg_arenas_capped(void) {
     if (tg_applied.arenas > 0) return 1;
     if (tg_environ_get("MALLOC_ARENA_MAX") != NULL) return 1;

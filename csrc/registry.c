@@ -1,8 +1,8 @@
 /* The library registry: which shared object asked for each thread.
  *
  * Attribution happens in the parent, inside pthread_create, from the return
- * address.  Lookups use _dl_find_object (glibc >= 2.35: lock-free, no symbol
- * search, no allocation) and fall back to dladdr.  When the caller is a system
+ * address.  Lookups use _dl_find_object (glibc >= 2.35, found at run time:
+ * lock-free, no symbol search, no allocation) and fall back to dladdr.  When the caller is a system
  * library (std::thread in libstdc++, libc itself) the stack is unwound to the
  * first frame outside them, so torch's std::thread pools count as torch.
  * Slots are claimed with a compare-and-swap on their base address, so two
@@ -28,26 +28,25 @@ static char exe_path[512];
  * the python executable when libpython is linked in statically). */
 static uintptr_t python_base;
 
-#ifdef DLFO_STRUCT_HAS_EH_DBASE
-extern int _dl_find_object(void *, struct dl_find_object *) __attribute__((weak));
-#endif
-
 /* base: the object's load address; path: its file name ("" = the
  * executable).  Returns 0 when found. */
 static int find_object(const void *pc, uintptr_t *base, const char **path) {
-#ifdef DLFO_STRUCT_HAS_EH_DBASE
-    if (_dl_find_object) {
-        struct dl_find_object found;
-        if (_dl_find_object((void *)pc, &found) != 0) return -1;
-        *base = (uintptr_t)found.dlfo_map_start;
-        *path = found.dlfo_link_map ? found.dlfo_link_map->l_name : "";
+    tg_find_object_fn find = tg_glibc.find_object;
+    if (find != NULL) {
+        struct tg_dl_find_object found;
+        if (find((void *)pc, &found) != 0) return -1;
+        *base = (uintptr_t)found.map_start;
+        *path = found.link_map ? found.link_map->l_name : "";
         return 0;
     }
-#endif
+    /* glibc < 2.35: dladdr1 takes the loader lock, but never allocates.
+     * The name comes from the link map, as above: dladdr's dli_fname is
+     * argv[0] for the main program, whose link map name is "". */
     Dl_info info;
-    if (dladdr(pc, &info) == 0) return -1;
+    struct link_map *map = NULL;
+    if (dladdr1(pc, &info, (void **)&map, RTLD_DL_LINKMAP) == 0) return -1;
     *base = (uintptr_t)info.dli_fbase;
-    *path = info.dli_fname ? info.dli_fname : "";
+    *path = map && map->l_name ? map->l_name : info.dli_fname ? info.dli_fname : "";
     return 0;
 }
 

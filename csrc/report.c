@@ -172,8 +172,13 @@ static void put_json_pools(struct out *o) {
 }
 
 static const char *error_name(int error) {
-    const char *name = strerrorname_np(error);
+    const char *name = tg_errno_name(error);
     return name ? name : "unknown";
+}
+
+static const char *error_text(int error) {
+    const char *text = tg_errno_text(error);
+    return text ? text : "unknown error";
 }
 
 /* "failures": [...] - each failed creation with the limits measured then. */
@@ -194,8 +199,7 @@ static void put_json_failures(struct out *o) {
         put(o, ", \"kind\": \"%s\", \"thread\": %lld, \"errno\": %d, \"error\": \"%s\", "
                "\"message\": ",
             tg_kind_name(lib->kind), f->thread, f->error, error_name(f->error));
-        const char *text = strerrordesc_np(f->error);
-        put_json_string(o, text ? text : "unknown error");
+        put_json_string(o, error_text(f->error));
         put(o, ",\n      \"cause\": ");
         put_json_string(o, f->cause);
         put(o, ", \"stack\": %lld, \"limits\": ", f->stack);
@@ -203,6 +207,41 @@ static void put_json_failures(struct out *o) {
         put(o, "}");
     }
     put(o, "%s],\n", first ? "" : "\n  ");
+}
+
+#if defined(__x86_64__)
+#define TG_ARCH "x86_64"
+#elif defined(__aarch64__)
+#define TG_ARCH "aarch64"
+#else
+#define TG_ARCH "other"
+#endif
+
+/* "platform": the glibc running, the facilities it lacks that have a
+ * fallback, and the promises that cannot be kept on it. */
+static void put_json_platform(struct out *o) {
+    put(o, "  \"platform\": {\"arch\": \"%s\", \"glibc\": ", TG_ARCH);
+    put_json_string(o, tg_glibc.version);
+    put(o, ", \"fallbacks\": [");
+    const char *fallbacks[3];
+    int n = 0;
+    if (tg_glibc.find_object == NULL) fallbacks[n++] = "_dl_find_object (2.35): dladdr1";
+    if (tg_glibc.errno_name == NULL || tg_glibc.errno_desc == NULL)
+        fallbacks[n++] = "strerrorname_np (2.32): threadguard's errno table";
+    if (tg_glibc.setattr_default == NULL)
+        fallbacks[n++] = "pthread_setattr_default_np (2.18): stack given at pthread_create";
+    for (int i = 0; i < n; i++) {
+        put(o, "%s", i ? ", " : "");
+        put_json_string(o, fallbacks[i]);
+    }
+    put(o, "], \"limitations\": [");
+    const char *lines[4];
+    int count = tg_glibc_limitations(lines, 4);
+    for (int i = 0; i < count; i++) {
+        put(o, "%s", i ? ", " : "");
+        put_json_string(o, lines[i]);
+    }
+    put(o, "]},\n");
 }
 
 static const char *mode_name(int mode) {
@@ -219,6 +258,7 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     /* "interposing": threads are being counted, by either mode. */
     put(o, ",\n  \"interposing\": %s,\n  \"mode\": \"%s\",\n",
         mode != THREADGUARD_MODE_OFF ? "true" : "false", mode_name(mode));
+    put_json_platform(o);
     put(o, "  \"tasks\": %lld,\n  \"tasks_at_start\": %lld,\n  \"untracked\": %lld,\n",
         threadguard_stats_tasks(s), threadguard_stats_tasks_at_start(s),
         threadguard_stats_untracked(s));
@@ -304,6 +344,9 @@ static void write_table_budget(struct out *o) {
     }
     put_figure(o, "THREADGUARD_MAX_THREADS", h->budget);
     put(o, "\n");
+    const char *lines[4];
+    int count = tg_glibc_limitations(lines, 4);
+    for (int i = 0; i < count; i++) put(o, "  glibc %s: %s\n", tg_glibc.version, lines[i]);
 }
 
 static void write_table(struct out *o, const threadguard_stats *s, const char *program) {
@@ -332,7 +375,7 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
             threadguard_stats_get(s, r, THREADGUARD_FAILED),
             threadguard_stats_get(s, r, THREADGUARD_DENIED));
         long long err = threadguard_stats_get(s, r, THREADGUARD_LAST_ERRNO);
-        if (err) put(o, "  last error: %s", strerror((int)err));
+        if (err) put(o, "  last error: %s", error_text((int)err));
         put(o, "\n");
     }
     int t = THREADGUARD_TOTAL_ROW;
@@ -379,7 +422,7 @@ static void write_file(const char *path, struct out *o, void (*body)(struct out 
     if (o->fd < 0) {
         tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s; set it to 'stderr' or a "
                 "writable .json path",
-                path, strerrordesc_np(errno));
+                path, error_text(errno));
         return;
     }
     body(o, ctx);
@@ -388,7 +431,7 @@ static void write_file(const char *path, struct out *o, void (*body)(struct out 
     if (o->failed == 0 && rename(temp, path) != 0) o->failed = errno;
     if (o->failed) {
         tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s", path,
-                strerrordesc_np(o->failed));
+                error_text(o->failed));
         unlink(temp);
     }
 }

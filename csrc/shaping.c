@@ -340,10 +340,9 @@ static int address_space_limited(void) {
 }
 
 static void set_default_stack(long long bytes) {
-    pthread_attr_t attr;
-    if (pthread_getattr_default_np(&attr) != 0) return;
-    if (pthread_attr_setstacksize(&attr, (size_t)bytes) == 0) pthread_setattr_default_np(&attr);
-    pthread_attr_destroy(&attr);
+    if (tg_glibc_set_default_stack(bytes) != 0)
+        tg_warn("could not set the default thread stack to %lld bytes; threads keep %lld",
+                bytes, tg_default_stack());
 }
 
 static void apply_stack(void) {

@@ -114,6 +114,14 @@ static void test_failure_counted(void) {
     snprintf(thread, sizeof thread, "\"thread\": %lld,",
              counter_of_kind("main", THREADGUARD_CREATED) + 1);
     CHECK(strstr(json, thread) != NULL, "no %s in:\n%s", thread, json);
+    /* The errno by name and text: glibc's strerrorname_np/strerrordesc_np,
+     * or threadguard's own table before glibc 2.32 (THREADGUARD_TEST_GLIBC). */
+    CHECK(rc == EAGAIN || rc == ENOMEM, "a 64 TiB stack failed with %d", rc);
+    CHECK(strstr(json, rc == EAGAIN ? "\"error\": \"EAGAIN\", \"message\": \"Resource "
+                                      "temporarily unavailable\""
+                                    : "\"error\": \"ENOMEM\", \"message\": \"Cannot allocate "
+                                      "memory\"") != NULL,
+          "errno %d not named in:\n%s", rc, json);
     /* Under THREADGUARD_REPORT=PATH.json the failures are written at once
      * to PATH.failures.json: a process may die of the failure. */
     const char *report = getenv("THREADGUARD_REPORT");

@@ -46,9 +46,14 @@ static long allocations_for(create_fn create, int n) {
 }
 
 int main(void) {
-    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    create_fn real = libc ? (create_fn)dlsym(libc, "pthread_create") : NULL;
-    CHECK(real != NULL && real != (create_fn)pthread_create, "libc's pthread_create not found");
+    /* glibc's own pthread_create: in libc since 2.34, in libpthread before. */
+    create_fn real = NULL;
+    const char *const homes[] = {"libc.so.6", "libpthread.so.0"};
+    for (unsigned i = 0; i < 2 && real == NULL; i++) {
+        void *lib = dlopen(homes[i], RTLD_LAZY | RTLD_NOLOAD);
+        real = lib ? (create_fn)dlsym(lib, "pthread_create") : NULL;
+    }
+    CHECK(real != NULL && real != (create_fn)pthread_create, "glibc's pthread_create not found");
     if (real == NULL) return 1;
     /* Warm up both: glibc caches stacks and TLS blocks after the first use,
      * threadguard registers this executable's slot on its first create. */
