@@ -50,14 +50,27 @@ def _facts_lines(f: Dict[str, Any]) -> List[str]:
         f"{c['affinity']}, online {_n(c['online'])}, physical cores {_n(c['physical'])}",
         f"  limits              cgroup quota {_n(c['cgroup_quota'])}, SLURM_CPUS_PER_TASK "
         f"{_n(c['slurm_cpus_per_task'])}, OMP_THREAD_LIMIT {_n(c['omp_thread_limit'])}",
-        "thread variables",
     ]
+    lines += _platform_lines(f.get("platform") or {})
+    lines.append("thread variables")
     lines += [f"  {e['name']}={e['value']}: {e['effect']}" for e in f["environment"]] or [
         "  none set: every library sizes its pool by itself"]
     lines.append("threaded libraries installed (pool each starts here, address space per thread)")
     lines += [f"  {x['library']:<18} {x['package']:<6} {x['pool']:>4} threads {x['starts']}, "
               f"{_size(x['thread_cost'])} each ({x['cost_is']})" for x in f["libraries"]] or [
         "  none found"]
+    return lines
+
+
+def _platform_lines(p: Dict[str, Any]) -> List[str]:
+    """glibc and architecture, then one line per feature that cannot work there."""
+    if not p:
+        return ["platform", "  libthreadguard.so could not be loaded: glibc not checked"]
+    limitations = p.get("limitations") or []
+    lines = ["platform", f"  glibc {p.get('glibc')} on {p.get('arch')}: "
+             + ("every threadguard feature works" if not limitations
+                else f"{len(limitations)} feature(s) limited")]
+    lines += [f"  limited: {text}" for text in limitations]
     return lines
 
 
