@@ -55,7 +55,8 @@ static void *facility(const char *name, const char *version) {
 
 /* glibc's default thread stack when it cannot be asked: nptl takes
  * RLIMIT_STACK at start, a fixed size when that is unlimited or unusable,
- * rounded up to whole pages. */
+ * rounded up to whole pages.  Measured with RLIMIT_STACK unlimited in the
+ * Debian 11 roots (glibc 2.31): 2 MiB on x86-64, 8 MiB on aarch64. */
 #if defined(__aarch64__)
 #define ARCH_STACK_DEFAULT (8 * TG_MIB)
 #else

@@ -56,6 +56,23 @@ def test_report_states_the_stack_limitation_in_one_line() -> None:
     assert STACK_LIMITATION not in guarded_stderr_report({})
 
 
+def test_stats_table_states_the_stack_limitation_too(tmp_path: Path) -> None:
+    """`threadguard stats` (the Python formatter) says what the exit table says."""
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADGUARD_")}
+    env["THREADGUARD_TEST_GLIBC"] = "2.17"
+    code = "import threading; t = threading.Thread(target=print); t.start(); t.join()"
+    run = subprocess.run([sys.executable, "-m", "threadguard", "run", "--report", str(report),
+                          "--", sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=NEUTRAL_DIR)
+    assert run.returncode == 0, run.stderr
+    table = subprocess.run([sys.executable, "-m", "threadguard", "stats", str(report)],
+                           capture_output=True, text=True, timeout=120, cwd=NEUTRAL_DIR)
+    assert table.returncode == 0, table.stderr
+    lines = [ln for ln in table.stdout.splitlines() if STACK_LIMITATION in ln]
+    assert len(lines) == 1 and lines[0].startswith("  glibc 2.17 (test): "), table.stdout
+
+
 def doctor(extra_env: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("THREADGUARD_")}
     env.update(extra_env)

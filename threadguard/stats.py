@@ -130,6 +130,9 @@ class Stats:
     mode: str = ""  # "preload", "import" or "off" ("" in reports older than import mode)
     failures: Tuple[Failure, ...] = ()  # the first 64 failed creations
     failures_total: int = 0
+    # arch, glibc, fallbacks (newer glibc facilities replaced) and limitations
+    # (features that cannot work on this glibc, one sentence each)
+    platform: Mapping[str, Any] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
@@ -146,6 +149,8 @@ class Stats:
             "program": self.program,
             "interposing": self.interposing,
             "mode": self.mode,
+            "platform": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                         for k, v in self.platform.items()},
             "tasks": -1 if self.tasks is None else self.tasks,
             "tasks_at_start": -1 if self.tasks_at_start is None else self.tasks_at_start,
             "untracked": -1 if self.untracked is None else self.untracked,
@@ -187,6 +192,7 @@ class Stats:
             failures = tuple(Failure.from_json(r) for r in data.get("failures", ()))
             return cls(
                 failures=failures, failures_total=int(data.get("failures_total", len(failures))),
+                platform=dict(data.get("platform", {})),
                 settings=settings, pools=pools, applied=dict(data.get("applied", {})),
                 headroom_at_start=dict(headroom.get("at_start", {})),
                 headroom_now=dict(headroom.get("now", {})),
@@ -240,6 +246,8 @@ class Stats:
                     if start.get("free") is not None else "")
             lines.append(f"  headroom at start: {start.get('cpus')} CPUs "
                          f"({start.get('cpus_from')}){free}")
+        for limitation in self.platform.get("limitations", ()):
+            lines.append(f"  glibc {self.platform.get('glibc')}: {limitation}")
         return "\n".join(lines)
 
 
