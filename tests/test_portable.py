@@ -222,6 +222,28 @@ def test_cmake_build_and_c_tests_in_bullseye() -> None:
     assert "100% tests passed" in proc.stdout
 
 
+def test_cmake_build_and_c_tests_with_the_oldest_cmake(tmp_path: Path) -> None:
+    """CMakeLists.txt asks for CMake 3.14: the oldest CMake binary on PyPI
+    configures, builds and runs the C tests."""
+    target = tmp_path / "cmake"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--only-binary=:all:",
+                          "--target", str(target), "cmake==3.14.4.post1"], capture_output=True,
+                         text=True)
+    if pip.returncode != 0:
+        missing(f"cannot install cmake==3.14.4.post1 from PyPI: {pip.stderr[-500:]}")
+    env = {**os.environ, "PYTHONPATH": str(target)}  # its launcher imports the module there
+    build = tmp_path / "build"
+    cmake, ctest = str(target / "bin" / "cmake"), str(target / "bin" / "ctest")
+    version = subprocess.run([cmake, "--version"], env=env, capture_output=True, text=True)
+    assert "cmake version 3.14.4" in version.stdout, version.stdout
+    for cmd in ([cmake, "-S", str(REPO), "-B", str(build)], [cmake, "--build", str(build)]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tests = subprocess.run([ctest, "--output-on-failure", "--timeout", "300"], cwd=build, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert tests.returncode == 0 and "100% tests passed" in tests.stdout, tests.stdout[-4000:]
+
+
 # ---- threadpoolctl: the oldest and newest allowed --------------------------
 
 LIMIT_SCRIPT = """
