@@ -4,14 +4,14 @@
  * every glibc since (CentOS 7 on).  Anything newer is looked up here once,
  * at initialisation, with dlvsym, and each has a fallback:
  *
- *   _dl_find_object (2.35)        lock-free attribution; else dladdr (takes
+ *   _dl_find_object (2.35)        lock-free attribution; else dladdr1 (takes
  *                                 the loader lock, never allocates)
  *   strerrorname_np (2.32),       errno names and texts for the report; else
  *   strerrordesc_np (2.32)        a table of the errnos thread creation and
  *                                 file writes give
  *   pthread_getattr_default_np,   the default thread stack; else glibc's own
- *   pthread_setattr_default_np    rule (RLIMIT_STACK at start, 2 MiB if
- *   (2.18)                        unlimited), and a stack chosen by
+ *   pthread_setattr_default_np    rule (RLIMIT_STACK at start, a fixed
+ *   (2.18)                        size if unlimited), and a stack chosen by
  *                                 threadguard reaches only threads created
  *                                 without attributes: a limitation the
  *                                 report and the doctor state in one line
