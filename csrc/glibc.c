@@ -206,7 +206,18 @@ const char *tg_errno_text(int error) {
     return i >= 0 ? errno_table[i].text : NULL;
 }
 
-/* ---- what does not work here, in one line each -------------------------- */
+/* ---- what this glibc lacks, and what does not work here ------------------ */
+
+int tg_glibc_fallbacks(const char **lines, int max) {
+    int n = 0;
+    if (tg_glibc.find_object == NULL && n < max) lines[n++] = "_dl_find_object (2.35): dladdr1";
+    if ((tg_glibc.errno_name == NULL || tg_glibc.errno_desc == NULL) && n < max)
+        lines[n++] = "strerrorname_np (2.32): threadguard's errno table";
+    if (tg_glibc.setattr_default == NULL && n < max)
+        lines[n++] = "pthread_setattr_default_np (2.18): stack given at pthread_create";
+    return n;
+}
+
 
 int tg_glibc_limitations(const char **lines, int max) {
     int n = 0;

@@ -319,6 +319,10 @@ TG_HIDDEN const pthread_attr_t *tg_glibc_attr_for(const pthread_attr_t *attr,
  * an errno neither glibc nor the fallback table knows.  Never allocate. */
 TG_HIDDEN const char *tg_errno_name(int error);
 TG_HIDDEN const char *tg_errno_text(int error);
+/* The facilities the running glibc lacks, each with the fallback used
+ * ("_dl_find_object (2.35): dladdr1"), into lines (at most max); returns
+ * how many. */
+TG_HIDDEN int tg_glibc_fallbacks(const char **lines, int max);
 /* Promises that cannot be kept on the running glibc, one line each, into
  * lines (at most max); returns how many. */
 TG_HIDDEN int tg_glibc_limitations(const char **lines, int max);

@@ -203,6 +203,17 @@ static int over_budget(unsigned slot, long long live_total) {
     return deny;
 }
 
+/* The real pthread_create, with the stack threadguard chose where glibc
+ * (< 2.18) cannot make it the default and the caller gave no attributes. */
+static int call_real(create_fn real, pthread_t *thread, const pthread_attr_t *attr,
+                     void *(*routine)(void *), void *arg) {
+    pthread_attr_t scratch;
+    const pthread_attr_t *given = tg_glibc_attr_for(attr, &scratch);
+    int rc = real(thread, given, routine, arg);
+    if (given == &scratch) pthread_attr_destroy(&scratch);
+    return rc;
+}
+
 static int __attribute__((noinline))
 create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
                void *(*routine)(void *), void *arg) {
@@ -216,11 +227,7 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     if (record == NULL) {
         /* Pool exhausted: start the thread uncounted rather than fail it;
          * /proc/self/task reconciliation still sees it. */
-        pthread_attr_t scratch;
-        const pthread_attr_t *given = tg_glibc_attr_for(attr, &scratch);
-        int rc = real(thread, given, routine, arg);
-        if (given == &scratch) pthread_attr_destroy(&scratch);
-        return rc;
+        return call_real(real, thread, attr, routine, arg);
     }
     record->routine = routine;
     record->arg = arg;
@@ -234,10 +241,7 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         release_record(record);
         return EAGAIN;
     }
-    pthread_attr_t scratch;
-    const pthread_attr_t *given = tg_glibc_attr_for(attr, &scratch);
-    int rc = real(thread, given, trampoline, record);
-    if (given == &scratch) pthread_attr_destroy(&scratch);
+    int rc = call_real(real, thread, attr, trampoline, record);
     if (rc != 0) {
         count_exit(slot);
         release_record(record);

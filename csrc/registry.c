@@ -2,9 +2,10 @@
  *
  * Attribution happens in the parent, inside pthread_create, from the return
  * address.  Lookups use _dl_find_object (glibc >= 2.35, found at run time:
- * lock-free, no symbol search, no allocation) and fall back to dladdr.  When the caller is a system
- * library (std::thread in libstdc++, libc itself) the stack is unwound to the
- * first frame outside them, so torch's std::thread pools count as torch.
+ * lock-free, no symbol search, no allocation) and fall back to dladdr1.
+ * When the caller is a system library (std::thread in libstdc++, libc
+ * itself) the stack is unwound to the first frame outside them, so torch's
+ * std::thread pools count as torch.
  * Slots are claimed with a compare-and-swap on their base address, so two
  * threads meeting a new library at once agree on one slot.
  *

@@ -217,31 +217,26 @@ static void put_json_failures(struct out *o) {
 #define TG_ARCH "other"
 #endif
 
+static void put_json_strings(struct out *o, const char *const *items, int n) {
+    put(o, "[");
+    for (int i = 0; i < n; i++) {
+        put(o, "%s", i ? ", " : "");
+        put_json_string(o, items[i]);
+    }
+    put(o, "]");
+}
+
 /* "platform": the glibc running, the facilities it lacks that have a
  * fallback, and the promises that cannot be kept on it. */
 static void put_json_platform(struct out *o) {
     put(o, "  \"platform\": {\"arch\": \"%s\", \"glibc\": ", TG_ARCH);
     put_json_string(o, tg_glibc.version);
-    put(o, ", \"fallbacks\": [");
-    const char *fallbacks[3];
-    int n = 0;
-    if (tg_glibc.find_object == NULL) fallbacks[n++] = "_dl_find_object (2.35): dladdr1";
-    if (tg_glibc.errno_name == NULL || tg_glibc.errno_desc == NULL)
-        fallbacks[n++] = "strerrorname_np (2.32): threadguard's errno table";
-    if (tg_glibc.setattr_default == NULL)
-        fallbacks[n++] = "pthread_setattr_default_np (2.18): stack given at pthread_create";
-    for (int i = 0; i < n; i++) {
-        put(o, "%s", i ? ", " : "");
-        put_json_string(o, fallbacks[i]);
-    }
-    put(o, "], \"limitations\": [");
     const char *lines[4];
-    int count = tg_glibc_limitations(lines, 4);
-    for (int i = 0; i < count; i++) {
-        put(o, "%s", i ? ", " : "");
-        put_json_string(o, lines[i]);
-    }
-    put(o, "]},\n");
+    put(o, ", \"fallbacks\": ");
+    put_json_strings(o, lines, tg_glibc_fallbacks(lines, 4));
+    put(o, ", \"limitations\": ");
+    put_json_strings(o, lines, tg_glibc_limitations(lines, 4));
+    put(o, "},\n");
 }
 
 static const char *mode_name(int mode) {

@@ -94,7 +94,8 @@ def test_doctor_states_what_this_glibc_cannot_do() -> None:
 
 def test_report_platform_names_the_fallbacks() -> None:
     """The JSON report's platform object: glibc version, fallbacks taken."""
-    code = "import json, threadguard; print(json.dumps(threadguard._native.report_json()['platform']))"
+    code = ("import json, threadguard\n"
+            "print(json.dumps(threadguard._native.report_json()['platform']))")
     for pretend, fallbacks in (("2.17", 3), ("2.33", 1), ("2.35", 0)):
         env = {**os.environ, "THREADGUARD_TEST_GLIBC": pretend}
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

@@ -18,12 +18,10 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from . import _native
-from .errors import LibraryNotFoundError
-from .policy import headroom
+from .policy import native_report
 
-__all__ = ["gather", "default_thread_stack", "installed", "native_platform", "pool_sizes",
-           "read_int", "thread_cost", "THREAD_VARIABLES"]
+__all__ = ["gather", "default_thread_stack", "installed", "pool_sizes", "read_int",
+           "thread_cost", "THREAD_VARIABLES"]
 
 MIB = 1024 * 1024
 # Each OpenBLAS worker maps a 32 MiB buffer (BUFFER_SIZE in its sources).
@@ -247,21 +245,13 @@ def _libraries(sizes: Dict[str, int], stack: int, arenas_capped: bool) -> List[D
     return found
 
 
-def native_platform() -> Dict[str, Any]:
-    """The glibc and architecture the native library runs on, the newer glibc
-    facilities it replaced with fallbacks, and the features that cannot work
-    there (one sentence each); empty when the library cannot be loaded."""
-    try:
-        platform: Dict[str, Any] = _native.report_json().get("platform", {})
-        return platform
-    except (LibraryNotFoundError, OSError, ValueError, MemoryError):
-        return {}
-
-
 def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Every figure the doctor reports, as a JSON-ready dict."""
     env = dict(os.environ if env is None else env)
-    native = headroom()  # cgroup pids and CPU quota, kernel threads, read in C
+    # One native report: the headroom now (cgroup pids and CPU quota, kernel
+    # threads, read in C) and the platform (glibc, fallbacks, limitations).
+    report = native_report()
+    native = report.get("headroom", {}).get("now", {})
     uid = os.getuid()
     try:
         import pwd
@@ -281,7 +271,7 @@ def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     sizes = pool_sizes(env, affinity, physical)
     return {
         "user": {"uid": uid, "name": user},
-        "platform": native_platform(),
+        "platform": report.get("platform", {}),
         "tasks": {
             "rlimit_nproc_soft": nproc["soft"], "rlimit_nproc_hard": nproc["hard"],
             "nproc_applies": uid != 0 and nproc["soft"] is not None,

@@ -9,7 +9,7 @@ from . import _native
 from .errors import LibraryNotFoundError
 from .profile import read_profile
 
-__all__ = ["Threads", "allocation", "headroom", "per_process_threads"]
+__all__ = ["Threads", "allocation", "headroom", "native_report", "per_process_threads"]
 
 Threads = Union[int, str]
 
@@ -18,14 +18,20 @@ Threads = Union[int, str]
 RESERVE = 2
 
 
+def native_report() -> Dict[str, Any]:
+    """The native report measured now (its headroom, its platform, ...);
+    empty when the library cannot be loaded."""
+    try:
+        return _native.report_json()
+    except (LibraryNotFoundError, OSError, ValueError, MemoryError):
+        return {}
+
+
 def headroom() -> Dict[str, Any]:
     """The native headroom figures measured now (CPUs, task limits, cgroup,
     address space); empty when the library cannot be loaded."""
-    try:
-        now: Dict[str, Any] = _native.report_json().get("headroom", {}).get("now", {})
-        return now
-    except (LibraryNotFoundError, OSError, ValueError):
-        return {}
+    now: Dict[str, Any] = native_report().get("headroom", {}).get("now", {})
+    return now
 
 
 def allocation(figures: Optional[Dict[str, Any]] = None) -> int:

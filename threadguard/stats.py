@@ -149,8 +149,7 @@ class Stats:
             "program": self.program,
             "interposing": self.interposing,
             "mode": self.mode,
-            "platform": {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                         for k, v in self.platform.items()},
+            "platform": dict(self.platform),
             "tasks": -1 if self.tasks is None else self.tasks,
             "tasks_at_start": -1 if self.tasks_at_start is None else self.tasks_at_start,
             "untracked": -1 if self.untracked is None else self.untracked,
