@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -272,6 +273,17 @@ static void apply(int which, const struct parsed *p) {
         }
         tg_config.report_mode = p->mode;
         memcpy(tg_config.report_path, p->path, sizeof tg_config.report_path);
+        if (p->mode == TG_REPORT_JSON && p->path[0] != '/') {
+            /* Resolved now: the program may chdir before it exits. */
+            char cwd[sizeof tg_config.report_path];
+            size_t dir, name = strlen(p->path);
+            if (getcwd(cwd, sizeof cwd) != NULL &&
+                (dir = strlen(cwd)) + 1 + name < sizeof tg_config.report_path) {
+                memcpy(tg_config.report_path, cwd, dir);
+                tg_config.report_path[dir] = '/';
+                memcpy(tg_config.report_path + dir + 1, p->path, name + 1);
+            }
+        }
         break;
     case TG_SET_DEBUG: tg_config.debug = (int)p->number; break;
     case TG_SET_IMPORT: tg_config.import_off = p->number == 0; break;

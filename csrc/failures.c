@@ -56,8 +56,13 @@ static long long needed_stack(const pthread_attr_t *attr) {
 
 void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, long long thread) {
     int i = atomic_fetch_add_explicit(&tg_failure_count, 1, memory_order_relaxed);
-    if (i >= TG_MAX_FAILURES) return;
     int saved_errno = errno;
+    if (i >= TG_MAX_FAILURES) {
+        /* Not listed, but counted: the failures file says how many. */
+        tg_report_failures_now();
+        errno = saved_errno;
+        return;
+    }
     struct tg_failure *f = &tg_failures[i];
     f->slot = slot;
     f->error = error;

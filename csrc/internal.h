@@ -87,6 +87,9 @@ TG_HIDDEN void tg_registry_init(void);
  * of the pthread_create call.  Walks past system libraries (std::thread). */
 TG_HIDDEN unsigned tg_creator_slot(void *return_address);
 TG_HIDDEN const char *tg_kind_name(int kind);
+/* The slot of the object holding the return address itself, without
+ * unwinding past system libraries (never loads anything). */
+TG_HIDDEN unsigned tg_caller_slot(void *return_address);
 /* The slot of the library holding addr (claimed if new). */
 TG_HIDDEN unsigned tg_slot_for_address(const void *addr);
 /* Zero every counter (after fork); library identities are kept. */
@@ -99,7 +102,13 @@ TG_HIDDEN long long tg_tasks_at_start(void);
  * count their exit. */
 TG_HIDDEN extern _Atomic unsigned tg_fork_generation;
 TG_HIDDEN int tg_is_forked_child(void);
-TG_HIDDEN void tg_init(void);
+/* 1 in a thread whose exit has been counted (it is in its last moments). */
+TG_HIDDEN int tg_exit_counted_here(void);
+/* Initialise once; 1 when ready, 0 when the caller must fall through to
+ * the real function (re-entered during initialisation). */
+TG_HIDDEN int tg_init(void);
+/* Threads created while initialisation ran, started uncounted. */
+TG_HIDDEN extern _Atomic long long tg_started_during_init;
 /* This copy's own pthread_create wrapper (GOT slots are pointed at it). */
 TG_HIDDEN int tg_own_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 /* Import mode: call on to the pthread_create symbol lookup gives the
@@ -331,12 +340,26 @@ TG_HIDDEN int tg_glibc_limitations(const char **lines, int max);
 
 TG_HIDDEN int tg_set_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 TG_HIDDEN void tg_clear_error(void);
-/* One line on stderr, prefixed "threadguard: ", without allocating. */
+/* One line on stderr, prefixed "threadguard: ", without allocating.  Never
+ * raises SIGPIPE; silent once fd 2 is no longer the stderr of the start. */
 TG_HIDDEN void tg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Record which file fd 2 is (at initialisation). */
+TG_HIDDEN void tg_stderr_remember(void);
+/* 1 while fd 2 is still the file it was at initialisation. */
+TG_HIDDEN int tg_stderr_unchanged(void);
+/* Write all of buf to fd without raising SIGPIPE; 0 or the errno. */
+TG_HIDDEN int tg_write_quietly(int fd, const char *buf, size_t len);
+/* tg_write_quietly to fd 2, only while it is the stderr of the start. */
+TG_HIDDEN int tg_write_stderr(const char *buf, size_t len);
 
 /* ---- report (report.c) ---------------------------------------------- */
 
 TG_HIDDEN void tg_report_at_exit(void);
+/* A snapshot in static storage, for the exit report (no heap needed). */
+TG_HIDDEN const threadguard_stats *tg_stats_at_exit(void);
+/* The program's path, read at initialisation (after the main thread calls
+ * pthread_exit, /proc/self/exe can no longer be read). */
+TG_HIDDEN const char *tg_program_path(void);
 
 /* Raise *peak to at least v. */
 static inline void tg_raise_peak(_Atomic long long *peak, long long v) {

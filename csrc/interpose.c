@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -91,6 +92,7 @@ static void release_record(struct start_record *r) {
 /* ---- counting --------------------------------------------------------- */
 
 _Atomic unsigned tg_fork_generation;
+_Atomic long long tg_started_during_init;
 static _Atomic int forked_child;
 
 int tg_is_forked_child(void) { return atomic_load_explicit(&forked_child, memory_order_relaxed); }
@@ -111,8 +113,16 @@ struct exit_token {
     unsigned generation;
 };
 
+/* Set once this thread's exit is counted: when the main thread has called
+ * pthread_exit, the report runs in the last thread after its own exit was
+ * counted, and must not take it for a thread it never saw created. */
+static __thread int exit_counted __attribute__((tls_model("initial-exec")));
+
+int tg_exit_counted_here(void) { return exit_counted; }
+
 static void on_thread_exit(void *p) {
     const struct exit_token *token = p;
+    exit_counted = 1;
     /* A thread that crossed a fork() into a child belongs to the parent's
      * count, which the child reset. */
     if (token->generation == atomic_load_explicit(&tg_fork_generation, memory_order_relaxed))
@@ -135,7 +145,13 @@ static void *trampoline(void *p) {
 
 /* ---- initialisation --------------------------------------------------- */
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+/* 0: not started, 1: running, 2: done.  Not pthread_once: a signal handler
+ * that reads OMP_NUM_THREADS while this thread initialises would wait on
+ * itself for ever. */
+static _Atomic int init_state;
+/* Set while this thread runs initialise(): a re-entry (a signal handler,
+ * a getenv inside glibc) falls through to the real function. */
+static __thread volatile int initialising __attribute__((tls_model("initial-exec")));
 static long long tasks_at_start = -1;
 
 long long tg_tasks_at_start(void) { return tasks_at_start; }
@@ -153,6 +169,7 @@ static void after_fork_in_child(void) {
 }
 
 static void initialise(void) {
+    tg_stderr_remember();
     long long tasks = tg_count_tasks();
     tasks_at_start = tasks > 0 ? tasks - 1 : tasks;
     tg_glibc_init();
@@ -163,9 +180,39 @@ static void initialise(void) {
     pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
+static long long monotonic_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* A needed library's constructor can call pthread_create before ours runs,
- * so every entry point initialises lazily. */
-void tg_init(void) { pthread_once(&init_once, initialise); }
+ * so every entry point initialises lazily.  Returns 1 once initialised, 0
+ * when the caller must fall through to the real function: on re-entry from
+ * the initialising thread, and when another thread's initialisation has not
+ * finished within a bounded wait (it may itself be waiting for a lock this
+ * thread holds, such as the loader's). */
+int tg_init(void) {
+    int state = atomic_load_explicit(&init_state, memory_order_acquire);
+    if (state == 2) return 1;
+    if (initialising) return 0;
+    int expected = 0;
+    if (state == 0 && atomic_compare_exchange_strong_explicit(&init_state, &expected, 1,
+                                                              memory_order_acq_rel,
+                                                              memory_order_acquire)) {
+        initialising = 1;
+        initialise();
+        initialising = 0;
+        atomic_store_explicit(&init_state, 2, memory_order_release);
+        return 1;
+    }
+    long long until = monotonic_us() + 20000;
+    while (atomic_load_explicit(&init_state, memory_order_acquire) != 2) {
+        if (monotonic_us() > until) return 0;
+        sched_yield();
+    }
+    return 1;
+}
 
 __attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
 
@@ -217,9 +264,16 @@ static int call_real(create_fn real, pthread_t *thread, const pthread_attr_t *at
 static int __attribute__((noinline))
 create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
                void *(*routine)(void *), void *arg) {
-    tg_init();
+    int ready = tg_init();
     create_fn real = resolve_real_create();
     if (real == NULL) return EAGAIN; /* no libc pthread_create: cannot happen with glibc */
+    if (!ready) {
+        /* Created while threadguard initialises (from a signal handler or
+         * another thread): started as it would be without us, and counted
+         * among the threads not seen created. */
+        atomic_fetch_add_explicit(&tg_started_during_init, 1, memory_order_relaxed);
+        return real(thread, attr, routine, arg);
+    }
 
     unsigned slot = tg_creator_slot(caller);
     struct tg_counters *lib = &tg_libs[slot].c;

@@ -43,9 +43,18 @@ static int find_object(const void *pc, uintptr_t *base, const char **path) {
     /* glibc < 2.35: dladdr1 takes the loader lock, but never allocates.
      * The name comes from the link map, as above: dladdr's dli_fname is
      * argv[0] for the main program, whose link map name is "". */
+    /* The loader lock is recursive, but not while its owner is half way
+     * through releasing it: a signal handler that reads a pool variable
+     * there would wait on its own thread.  Re-entered, this answers "not
+     * found" and getenv answers as glibc would. */
+    static __thread volatile int in_dladdr __attribute__((tls_model("initial-exec")));
+    if (in_dladdr) return -1;
+    in_dladdr = 1;
     Dl_info info;
     struct link_map *map = NULL;
-    if (dladdr1(pc, &info, (void **)&map, RTLD_DL_LINKMAP) == 0) return -1;
+    int found = dladdr1(pc, &info, (void **)&map, RTLD_DL_LINKMAP);
+    in_dladdr = 0;
+    if (found == 0) return -1;
     *base = (uintptr_t)info.dli_fbase;
     *path = map && map->l_name ? map->l_name : info.dli_fname ? info.dli_fname : "";
     return 0;
@@ -143,6 +152,11 @@ static _Atomic(get_ip_fn) unwind_get_ip;
  * the pointers stay valid. */
 static int resolve_unwinder(void) {
     if (atomic_load_explicit(&unwind_backtrace, memory_order_acquire) != NULL) return 1;
+    /* Not loaded: look again only every 1024th time, so that a caller in
+     * libc that keeps asking (a signal handler) does not dlopen each time. */
+    static _Atomic unsigned misses;
+    unsigned miss = atomic_fetch_add_explicit(&misses, 1, memory_order_relaxed);
+    if (miss % 1024 != 0) return 0;
     void *gcc_s = dlopen("libgcc_s.so.1", RTLD_LAZY | RTLD_NOLOAD);
     if (gcc_s == NULL) return 0;
     get_ip_fn ip = (get_ip_fn)dlsym(gcc_s, "_Unwind_GetIP");
@@ -191,6 +205,17 @@ unsigned tg_creator_slot(void *return_address) {
     atomic_load_explicit(&unwind_backtrace, memory_order_acquire)(walk_frame, &w);
     return w.found ? slot_for(w.base, w.path) : slot;
 }
+
+unsigned tg_caller_slot(void *return_address) {
+    uintptr_t base;
+    const char *path;
+    if (return_address == NULL ||
+        find_object((char *)return_address - 1, &base, &path) != 0)
+        return TG_UNKNOWN_SLOT;
+    return slot_for(base, path);
+}
+
+const char *tg_program_path(void) { return exe_path; }
 
 unsigned tg_slot_for_address(const void *addr) {
     uintptr_t base;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -32,13 +33,9 @@ static void flush(struct out *o) {
         o->used = 0;
         return;
     }
-    size_t done = 0;
-    while (done < o->used && !o->failed) {
-        ssize_t n = write(o->fd, o->buf + done, o->used - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) o->failed = errno ? errno : EIO;
-        else done += (size_t)n;
-    }
+    if (!o->failed && o->used > 0)
+        o->failed = o->fd == STDERR_FILENO ? tg_write_stderr(o->buf, o->used)
+                                           : tg_write_quietly(o->fd, o->buf, o->used);
     o->used = 0;
 }
 
@@ -56,15 +53,42 @@ static void put(struct out *o, const char *fmt, ...) {
     o->used += len;
 }
 
-/* A JSON string: quotes, backslashes and control characters escaped; other
- * bytes pass through (paths are UTF-8 in practice). */
-static void put_json_string(struct out *o, const char *s) {
+/* Length of the valid UTF-8 sequence at s (1-4), 0 when the bytes there
+ * are not one (a stray continuation byte, an overlong form, a surrogate). */
+static int utf8_length(const unsigned char *s) {
+    unsigned c = s[0];
+    int n;
+    unsigned min;
+    if (c >= 0xc2 && c <= 0xdf) n = 2, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef) n = 3, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) n = 4, min = 0x10000;
+    else return 0;
+    unsigned cp = c & (0x3f >> (n - 1));
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
+/* A JSON string: quotes, backslashes and control characters escaped, valid
+ * UTF-8 passed through, and each byte that is not UTF-8 (a library path is
+ * bytes) written as \udcXX, the lone surrogate Python's surrogateescape
+ * uses: json.loads reads it and os.fsencode gives the byte back. */
+static void put_json_string(struct out *o, const char *str) {
+    const unsigned char *s = (const unsigned char *)str;
     put(o, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') put(o, "\\%c", c);
-        else if (c < 0x20) put(o, "\\u%04x", c);
-        else put(o, "%c", c);
+    while (*s) {
+        unsigned char c = *s;
+        if (c == '"' || c == '\\') put(o, "\\%c", c), s++;
+        else if (c < 0x20 || c == 0x7f) put(o, "\\u%04x", c), s++;
+        else if (c < 0x80) put(o, "%c", c), s++;
+        else {
+            int n = utf8_length(s);
+            if (n == 0) put(o, "\\udc%02x", c), s++;
+            else put(o, "%.*s", n, (const char *)s), s += n;
+        }
     }
     put(o, "\"");
 }
@@ -184,7 +208,10 @@ static const char *error_text(int error) {
 /* "failures": [...] - each failed creation with the limits measured then. */
 static void put_json_failures(struct out *o) {
     int n = atomic_load_explicit(&tg_failure_count, memory_order_acquire);
-    put(o, "  \"failures_total\": %d,\n  \"failures\": [", n);
+    /* Past TG_MAX_FAILURES only the count goes on: failures_total is every
+     * one, failures_recorded those listed. */
+    put(o, "  \"failures_total\": %d,\n  \"failures_recorded\": %d,\n  \"failures\": [", n,
+        n < TG_MAX_FAILURES ? n : TG_MAX_FAILURES);
     if (n > TG_MAX_FAILURES) n = TG_MAX_FAILURES;
     int first = 1;
     for (int i = 0; i < n; i++) {
@@ -407,26 +434,62 @@ static int expand_path(const char *pattern, char *out, size_t size) {
     return 0;
 }
 
-/* Write beside path and rename, so a reader never sees half a file.  o
- * comes in with only its buffer state; fd is set here. */
-static void write_file(const char *path, struct out *o, void (*body)(struct out *, void *),
-                       void *ctx) {
-    char temp[1200];
-    snprintf(temp, sizeof temp, "%s.%d.tmp", path, (int)getpid());
-    o->fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (o->fd < 0) {
-        tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s; set it to 'stderr' or a "
-                "writable .json path",
-                path, error_text(errno));
-        return;
-    }
+/* One "cannot write the report" line per process, however often the
+ * failures file is rewritten. */
+static _Atomic int write_warned;
+
+static void warn_unwritable(const char *path, int error, const char *hint) {
+    if (atomic_exchange_explicit(&write_warned, 1, memory_order_relaxed)) return;
+    tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s%s", path, error_text(error),
+            hint);
+}
+
+static void write_body(struct out *o, void (*body)(struct out *, void *), void *ctx) {
     body(o, ctx);
     flush(o);
+}
+
+/* Write beside path and rename, so a reader never sees half a file.  What
+ * the user put at the path is respected: a symbolic link is followed (its
+ * target is replaced, the link stays), and a FIFO or a device is written
+ * into, never replaced by a regular file.  o comes in with only its buffer
+ * state; fd is set here. */
+static void write_file(const char *path, struct out *o, void (*body)(struct out *, void *),
+                       void *ctx) {
+    char target[1200];
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+        if (realpath(path, target) == NULL) { /* dangling: create what it names */
+            o->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            if (o->fd < 0) return warn_unwritable(path, errno, "");
+            write_body(o, body, ctx);
+            if (close(o->fd) != 0 && !o->failed) o->failed = errno;
+            if (o->failed) warn_unwritable(path, o->failed, "");
+            return;
+        }
+        path = target;
+    }
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* A FIFO with no reader would block the exit: open without waiting,
+         * then write normally. */
+        o->fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (o->fd < 0) return warn_unwritable(path, errno, " (nothing reads it)");
+        fcntl(o->fd, F_SETFL, fcntl(o->fd, F_GETFL) & ~O_NONBLOCK);
+        write_body(o, body, ctx);
+        close(o->fd);
+        if (o->failed) warn_unwritable(path, o->failed, "");
+        return;
+    }
+    char temp[1300];
+    snprintf(temp, sizeof temp, "%s.%d.tmp", path, (int)getpid());
+    o->fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o->fd < 0)
+        return warn_unwritable(path, errno, "; set it to 'stderr' or a writable .json path");
+    write_body(o, body, ctx);
     if (close(o->fd) != 0 && !o->failed) o->failed = errno;
     if (o->failed == 0 && rename(temp, path) != 0) o->failed = errno;
     if (o->failed) {
-        tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s", path,
-                error_text(o->failed));
+        warn_unwritable(path, o->failed, "");
         unlink(temp);
     }
 }
@@ -447,7 +510,9 @@ static void report_json(const threadguard_stats *s, const char *program) {
         tg_warn("THREADGUARD_REPORT: path too long after expanding %%p; no report written");
         return;
     }
-    struct out o = {.fd = -1};
+    static struct out o;
+    memset(&o, 0, sizeof o);
+    o.fd = -1;
     struct report_ctx ctx = {s, program};
     write_file(path, &o, report_body, &ctx);
 }
@@ -491,8 +556,7 @@ THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size) {
         return tg_set_error(THREADGUARD_EINVAL, "threadguard_report_json: buffer is NULL") * -1LL;
     threadguard_stats *s = NULL;
     if (threadguard_stats_take(&s) != THREADGUARD_OK) return -(long long)THREADGUARD_ENOMEM;
-    char program[512];
-    tg_exe_path(program, sizeof program);
+    const char *program = tg_program_path();
     struct out *o = calloc(1, sizeof *o);
     if (o == NULL) {
         threadguard_stats_free(s);
@@ -519,21 +583,16 @@ void tg_report_at_exit(void) {
         !(mode == TG_REPORT_JSON && strstr(tg_config.report_path, "%p") != NULL))
         return;
     int saved_errno = errno;
-    threadguard_stats *s = NULL;
-    if (threadguard_stats_take(&s) != THREADGUARD_OK) {
-        tg_warn("no report: %s", threadguard_last_error());
-        errno = saved_errno;
-        return;
-    }
-    char program[512];
-    tg_exe_path(program, sizeof program);
+    const threadguard_stats *s = tg_stats_at_exit();
+    const char *program = tg_program_path();
     if (mode == TG_REPORT_STDERR) {
-        struct out o = {.fd = STDERR_FILENO};
+        static struct out o; /* 8 KiB: static, the stack may be small */
+        memset(&o, 0, sizeof o);
+        o.fd = STDERR_FILENO;
         write_table(&o, s, program);
         flush(&o);
     } else {
         report_json(s, program);
     }
-    threadguard_stats_free(s);
     errno = saved_errno;
 }

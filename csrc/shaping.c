@@ -222,9 +222,12 @@ static char *limit_openmp(unsigned slot, const char *user_text) {
 THREADGUARD_API char *getenv(const char *name) {
     const char *value = tg_environ_get(name);
     if (!managed_name(name)) return (char *)value;
-    tg_init();
-    if (tg_config.observe) return (char *)value;
-    unsigned slot = tg_creator_slot(__builtin_return_address(0));
+    /* Re-entered while initialising (a signal handler): the real answer. */
+    if (!tg_init() || tg_config.observe) return (char *)value;
+    /* The direct caller only: unwinding from here could dlopen, and a
+     * getenv reached through libc (a tail call from a signal handler) is
+     * not a pool asking. */
+    unsigned slot = tg_caller_slot(__builtin_return_address(0));
     int kind = tg_libs[slot].kind;
     if (strcmp(name, "OMP_THREAD_LIMIT") == 0)
         return kind == TG_KIND_OPENMP ? limit_openmp(slot, value) : (char *)value;
@@ -267,8 +270,7 @@ static void *definition_for(const char *name, void *caller) {
  * member past the first costs `cost` new threads. */
 static int clamp_setter(const char *function, void *target, int kind, int cost, int n) {
     if (n <= 1) return n;
-    tg_init();
-    if (tg_config.observe) return n;
+    if (!tg_init() || tg_config.observe) return n;
     unsigned slot = tg_creator_slot(target);
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);

@@ -16,6 +16,7 @@ struct threadguard_stats {
     int rows;
     long long tasks;
     long long tasks_at_start;
+    int exiting; /* taken by a thread whose exit was already counted */
     long long total[THREADGUARD_FIELD_COUNT];
     struct row row[TG_MAX_LIBS];
 };
@@ -36,15 +37,9 @@ static int row_has_activity(const long long *v) {
            v[THREADGUARD_DENIED];
 }
 
-THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
-    if (out == NULL) return tg_set_error(THREADGUARD_EINVAL, "threadguard_stats_take: out is NULL");
+static void fill(threadguard_stats *s) {
     tg_init();
     tg_got_reap(); /* adopted threads that exited since */
-    threadguard_stats *s = calloc(1, sizeof *s);
-    if (s == NULL) {
-        *out = NULL;
-        return tg_set_error(THREADGUARD_ENOMEM, "threadguard_stats_take: out of memory");
-    }
     read_counters(&tg_total, s->total);
     for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
         if (i != TG_UNKNOWN_SLOT &&
@@ -61,9 +56,30 @@ THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
     }
     s->tasks = tg_count_tasks();
     s->tasks_at_start = tg_tasks_at_start();
+    s->exiting = tg_exit_counted_here();
+}
+
+THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
+    if (out == NULL) return tg_set_error(THREADGUARD_EINVAL, "threadguard_stats_take: out is NULL");
+    threadguard_stats *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        *out = NULL;
+        return tg_set_error(THREADGUARD_ENOMEM, "threadguard_stats_take: out of memory");
+    }
+    fill(s);
     tg_clear_error();
     *out = s;
     return THREADGUARD_OK;
+}
+
+/* The exit report's snapshot lives in static storage: at exit the heap may
+ * be exhausted (malloc failing under RLIMIT_AS is a reason to want the
+ * report), and the report runs once. */
+const threadguard_stats *tg_stats_at_exit(void) {
+    static threadguard_stats at_exit;
+    memset(&at_exit, 0, sizeof at_exit);
+    fill(&at_exit);
+    return &at_exit;
 }
 
 THREADGUARD_API void threadguard_stats_free(threadguard_stats *stats) { free(stats); }
@@ -103,7 +119,9 @@ THREADGUARD_API long long threadguard_stats_tasks(const threadguard_stats *s) {
 
 THREADGUARD_API long long threadguard_stats_untracked(const threadguard_stats *s) {
     if (s == NULL || s->tasks < 0) return -1;
-    long long untracked = s->tasks - 1 - s->total[THREADGUARD_LIVE];
+    /* The main thread (listed even after pthread_exit), the counted live
+     * threads, and the taker itself when its exit was already counted. */
+    long long untracked = s->tasks - 1 - s->total[THREADGUARD_LIVE] - s->exiting;
     return untracked > 0 ? untracked : 0;
 }
 

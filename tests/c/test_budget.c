@@ -24,24 +24,14 @@ static void *hold(void *arg) {
     return NULL;
 }
 
-/* stderr goes to a file while threads are created; its text is returned. */
-static int capture_start(char *path) {
-    int fd = mkstemp(path);
-    int saved = dup(STDERR_FILENO);
-    dup2(fd, STDERR_FILENO);
-    close(fd);
-    return saved;
-}
+/* The parent points the child's stderr at a file before exec (threadguard
+ * writes only to the stderr a process had at start); what was written
+ * there while threads were created is returned. */
+static off_t capture_start(void) { return lseek(STDERR_FILENO, 0, SEEK_END); }
 
-static void capture_stop(int saved, const char *path, char *text, size_t size) {
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    int fd = open(path, O_RDONLY);
-    ssize_t n = fd >= 0 ? read(fd, text, size - 1) : -1;
+static void capture_stop(off_t from, char *text, size_t size) {
+    ssize_t n = pread(STDERR_FILENO, text, size - 1, from);
     text[n > 0 ? n : 0] = '\0';
-    if (fd >= 0) close(fd);
-    unlink(path);
-    fputs(text, stderr); /* keep it visible in the test log */
 }
 
 static int lines(const char *text) {
@@ -53,11 +43,11 @@ static int lines(const char *text) {
 static void run_mode(int deny) {
     pthread_t threads[BUDGET + 2];
     int results[BUDGET + 2];
-    char path[] = "/tmp/threadguard-budget-XXXXXX", text[4096];
+    char text[4096];
     pthread_mutex_lock(&gate);
-    int saved = capture_start(path);
+    off_t from = capture_start();
     for (int i = 0; i < BUDGET + 2; i++) results[i] = pthread_create(&threads[i], NULL, hold, NULL);
-    capture_stop(saved, path, text, sizeof text);
+    capture_stop(from, text, sizeof text);
     pthread_mutex_unlock(&gate);
 
     for (int i = 0; i < BUDGET; i++) CHECK(results[i] == 0, "thread %d: %d", i + 1, results[i]);
@@ -98,8 +88,11 @@ int main(int argc, char **argv) {
         int failures = 0;
         const char *modes[] = {"deny", "warn"};
         for (int m = 0; m < 2; m++) {
+            char path[] = "/tmp/threadguard-budget-XXXXXX";
+            int err = mkstemp(path);
             pid_t pid = fork();
             if (pid == 0) {
+                dup2(err, STDERR_FILENO);
                 setenv("THREADGUARD_MAX_THREADS", "4", 1);
                 setenv("THREADGUARD_ON_LIMIT", modes[m], 1);
                 execv("/proc/self/exe", argv);
@@ -107,6 +100,12 @@ int main(int argc, char **argv) {
             }
             int status = 0;
             waitpid(pid, &status, 0);
+            char text[8192];
+            ssize_t n = pread(err, text, sizeof text - 1, 0);
+            text[n > 0 ? n : 0] = '\0';
+            fputs(text, stderr); /* the child's stderr, visible in the test log */
+            close(err);
+            unlink(path);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                 fprintf(stderr, "mode %s failed (status %d)\n", modes[m], status);
                 failures++;

@@ -1,0 +1,172 @@
+/* Signals and pipes (issue: never harm the host).
+ *
+ *  reentry:      a timer armed before any library's constructor (from the
+ *                program's .preinit_array) fires every 50 us; its SIGALRM
+ *                handler reads OMP_NUM_THREADS while threadguard initialises
+ *                in the same thread.  With pthread_once the handler waited
+ *                on its own thread for ever.
+ *  reentry_tail: the same with a handler that tail-calls getenv, so the
+ *                return address is libc's signal trampoline; each call used
+ *                to dlopen libgcc_s to unwind, and the process livelocked.
+ *  sigpipe:      stderr is a pipe whose reader has gone; a bad setting's
+ *                warning at start and the stderr report must not kill the
+ *                program with SIGPIPE (exit 0, as bare).
+ *  own_sigpipe:  the program's own write to that pipe still raises SIGPIPE,
+ *                as it would bare: threadguard swallows only its own.
+ *  stderr_swap:  the program closes fd 2 and opens a data file, which gets
+ *                fd 2; the report at exit must not be appended to it.
+ * Each of the first four runs 30 times. */
+#include <pthread.h>
+#include <sys/time.h>
+
+#include "check.h"
+#include "host.h"
+
+static volatile sig_atomic_t handled;
+
+static void reading_handler(int sig) {
+    (void)sig;
+    if (getenv("OMP_NUM_THREADS") != NULL) handled = handled + 1;
+    else handled = handled + 1;
+}
+
+/* A handler whose call to getenv is a tail call: it returns straight into
+ * libc's signal trampoline. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("O2", "omit-frame-pointer")))
+#endif
+__attribute__((noinline)) char *tail_handler(void) {
+    return getenv("OMP_NUM_THREADS");
+}
+
+static void arm_timer(int tail) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = tail ? (void (*)(int))(void (*)(void))tail_handler : reading_handler;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval every = {{0, 50}, {0, 50}};
+    setitimer(ITIMER_REAL, &every, NULL);
+}
+
+static void disarm_timer(void) {
+    struct itimerval off;
+    memset(&off, 0, sizeof off);
+    setitimer(ITIMER_REAL, &off, NULL);
+}
+
+/* Runs before every shared library's constructor, threadguard's included.
+ * getenv() is not called here: it would initialise threadguard first. */
+static void arm_before_constructors(int argc, char **argv, char **envp) {
+    (void)argc, (void)argv;
+    for (char **e = envp; *e; e++) {
+        if (strcmp(*e, "TG_HOST_CASE=reentry") == 0) arm_timer(0);
+        if (strcmp(*e, "TG_HOST_CASE=reentry_tail") == 0) arm_timer(1);
+    }
+}
+__attribute__((section(".preinit_array"), used)) static void (*preinit)(int, char **, char **) =
+    arm_before_constructors;
+
+static void *returns(void *arg) { return arg; }
+
+static int child_reentry(void) {
+    /* Work while the timer keeps firing: reads and thread creations. */
+    for (int i = 0; i < 2000; i++) (void)getenv("OPENBLAS_NUM_THREADS");
+    for (int i = 0; i < 50; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, returns, NULL) == 0) pthread_join(t, NULL);
+    }
+    disarm_timer();
+    return 0;
+}
+
+static int child_sigpipe(void) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, returns, NULL) == 0) pthread_join(t, NULL);
+    return 0;
+}
+
+static int child_own_sigpipe(void) {
+    (void)!write(STDERR_FILENO, "x\n", 2); /* SIGPIPE: default action, as bare */
+    return 3;
+}
+
+static int child_stderr_swap(void) {
+    const char *data = getenv("TG_HOST_DATA");
+    close(STDERR_FILENO);
+    int fd = open(data, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd != STDERR_FILENO) return 4;
+    (void)!write(fd, "data\n", 5);
+    pthread_t t;
+    if (pthread_create(&t, NULL, returns, NULL) == 0) pthread_join(t, NULL);
+    return 0; /* the report is written at exit, after this */
+}
+
+/* stderr: a pipe whose reading end is already closed. */
+static int broken_pipe(void) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    close(fds[0]);
+    return fds[1];
+}
+
+static void repeat(const char *name, const char *const *env, int times, int want_signal) {
+    char why[64];
+    int bad = 0, first = 0;
+    for (int i = 0; i < times; i++) {
+        struct host_run run = {name, {NULL}, -1, 20};
+        for (int e = 0; env[e]; e++) run.env[e] = env[e];
+        int pipe_fd = -1;
+        if (want_signal >= 0) run.stderr_fd = pipe_fd = broken_pipe();
+        int status = host_run_case(&run);
+        if (pipe_fd >= 0) close(pipe_fd);
+        int ok = want_signal > 0 ? status != HOST_TIMED_OUT && WIFSIGNALED(status) &&
+                                       WTERMSIG(status) == want_signal
+                                 : status != HOST_TIMED_OUT && WIFEXITED(status) &&
+                                       WEXITSTATUS(status) == 0;
+        if (!ok && bad++ == 0) first = status;
+    }
+    CHECK(bad == 0, "%s: %d of %d runs failed; the first %s", name, bad, times,
+          host_describe(first, why, sizeof why));
+}
+
+static void check_stderr_swap(void) {
+    char data[] = "/tmp/threadguard-swap-XXXXXX";
+    int fd = mkstemp(data);
+    if (fd >= 0) close(fd);
+    char env_data[128];
+    snprintf(env_data, sizeof env_data, "TG_HOST_DATA=%s", data);
+    struct host_run run = {"stderr_swap", {"THREADGUARD_REPORT=stderr", env_data, NULL}, -1, 20};
+    int status = host_run_case(&run);
+    char why[64], text[4096] = "";
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "stderr_swap: %s",
+          host_describe(status, why, sizeof why));
+    fd = open(data, O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, text, sizeof text - 1) : -1;
+    text[n > 0 ? n : 0] = '\0';
+    if (fd >= 0) close(fd);
+    unlink(data);
+    CHECK(strcmp(text, "data\n") == 0, "the program's data file got threadguard's output: [%s]",
+          text);
+}
+
+int main(void) {
+    const char *which = getenv("TG_HOST_CASE");
+    if (which != NULL) {
+        if (strcmp(which, "reentry") == 0 || strcmp(which, "reentry_tail") == 0)
+            return child_reentry();
+        if (strcmp(which, "sigpipe") == 0) return child_sigpipe();
+        if (strcmp(which, "own_sigpipe") == 0) return child_own_sigpipe();
+        if (strcmp(which, "stderr_swap") == 0) return child_stderr_swap();
+        return 99;
+    }
+    static const char *const none[] = {NULL};
+    static const char *const noisy[] = {"THREADGUARD_STACK=abc", "THREADGUARD_REPORT=stderr",
+                                        "THREADGUARD_DEBUG=1", NULL};
+    repeat("reentry", none, 30, -1);
+    repeat("reentry_tail", none, 30, -1);
+    repeat("sigpipe", noisy, 30, 0);
+    repeat("own_sigpipe", noisy, 5, SIGPIPE);
+    check_stderr_swap();
+    return check_failures;
+}
