@@ -81,6 +81,8 @@ struct tg_lib {
 
 TG_HIDDEN extern struct tg_lib tg_libs[TG_MAX_LIBS];
 TG_HIDDEN extern struct tg_counters tg_total;
+/* Lookups that found the table full and fell back to (unknown). */
+TG_HIDDEN extern _Atomic long long tg_registry_overflow;
 
 TG_HIDDEN void tg_registry_init(void);
 /* The slot of the library that asked for a thread, given the return address
@@ -109,6 +111,10 @@ TG_HIDDEN int tg_exit_counted_here(void);
 TG_HIDDEN int tg_init(void);
 /* Threads created while initialisation ran, started uncounted. */
 TG_HIDDEN extern _Atomic long long tg_started_during_init;
+/* Start records mapped beyond the static 1024 (threads started at once). */
+TG_HIDDEN extern _Atomic long long tg_records_mapped;
+/* Threads started without a record (no memory to map one): not counted. */
+TG_HIDDEN extern _Atomic long long tg_started_uncounted;
 /* This copy's own pthread_create wrapper (GOT slots are pointed at it). */
 TG_HIDDEN int tg_own_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 /* Import mode: call on to the pthread_create symbol lookup gives the
@@ -233,10 +239,13 @@ struct tg_decision {
     long long free;      /* headroom used */
     const char *limit;
     long long cpus;
+    _Atomic long long count; /* how many times this same decision was made */
 };
 
 TG_HIDDEN extern struct tg_decision tg_decisions[TG_MAX_DECISIONS];
 TG_HIDDEN extern _Atomic int tg_decision_count;
+/* Distinct decisions that found the table full. */
+TG_HIDDEN extern _Atomic long long tg_decisions_dropped;
 /* The values threadguard applied itself at start. */
 struct tg_applied {
     long long stack;

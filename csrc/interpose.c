@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "internal.h"
@@ -53,7 +54,14 @@ static create_fn resolve_real_create(void) {
 
 /* ---- start records ---------------------------------------------------- */
 
+/* 1024 static records cover any ordinary program.  When more threads are
+ * being started at once than that (a SCHED_FIFO parent whose children do
+ * not get to run), more records are mapped with mmap - a system call, not
+ * the heap, safe on this path - in chunks that are never unmapped.  Only if
+ * even that fails is a thread started uncounted, and that is counted. */
 #define TG_START_RECORDS 1024
+#define TG_CHUNK_RECORDS 4096
+#define TG_MAX_CHUNKS 15
 
 struct start_record {
     _Atomic int busy;
@@ -65,28 +73,58 @@ struct start_record {
 
 static struct start_record records[TG_START_RECORDS];
 static _Atomic unsigned record_hint;
+static struct start_record *_Atomic chunks[TG_MAX_CHUNKS];
+_Atomic long long tg_records_mapped;
+_Atomic long long tg_started_uncounted;
 
-static struct start_record *claim_record(void) {
-    /* Records are held only from pthread_create until the child starts, so
-     * the pool runs dry only if over a thousand threads are being started at
-     * once; then wait for children to release theirs, a bounded while. */
-    for (int round = 0; round < 1000; round++) {
-        for (unsigned tries = 0; tries < TG_START_RECORDS; tries++) {
-            unsigned i = atomic_fetch_add_explicit(&record_hint, 1, memory_order_relaxed) %
-                         TG_START_RECORDS;
-            int expected = 0;
-            if (atomic_compare_exchange_strong_explicit(&records[i].busy, &expected, 1,
-                                                        memory_order_acquire,
-                                                        memory_order_relaxed))
-                return &records[i];
-        }
-        sched_yield();
+static struct start_record *claim_in(struct start_record *pool, unsigned size) {
+    for (unsigned tries = 0; tries < size; tries++) {
+        unsigned i = atomic_fetch_add_explicit(&record_hint, 1, memory_order_relaxed) % size;
+        int expected = 0;
+        if (atomic_compare_exchange_strong_explicit(&pool[i].busy, &expected, 1,
+                                                    memory_order_acquire, memory_order_relaxed))
+            return &pool[i];
     }
     return NULL;
 }
 
+static struct start_record *claim_record(void) {
+    struct start_record *r = claim_in(records, TG_START_RECORDS);
+    for (int c = 0; r == NULL && c < TG_MAX_CHUNKS; c++) {
+        struct start_record *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
+        if (chunk == NULL) {
+            void *mem = mmap(NULL, TG_CHUNK_RECORDS * sizeof(struct start_record),
+                             PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (mem == MAP_FAILED) return NULL;
+            struct start_record *expected = NULL;
+            if (atomic_compare_exchange_strong_explicit(&chunks[c], &expected, mem,
+                                                        memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                chunk = mem;
+                atomic_fetch_add_explicit(&tg_records_mapped, TG_CHUNK_RECORDS,
+                                          memory_order_relaxed);
+            } else {
+                munmap(mem, TG_CHUNK_RECORDS * sizeof(struct start_record));
+                chunk = expected; /* another thread mapped this chunk first */
+            }
+        }
+        r = claim_in(chunk, TG_CHUNK_RECORDS);
+    }
+    return r;
+}
+
 static void release_record(struct start_record *r) {
     atomic_store_explicit(&r->busy, 0, memory_order_release);
+}
+
+static void release_all_records(void) {
+    for (unsigned i = 0; i < TG_START_RECORDS; i++)
+        atomic_store_explicit(&records[i].busy, 0, memory_order_relaxed);
+    for (int c = 0; c < TG_MAX_CHUNKS; c++) {
+        struct start_record *chunk = atomic_load_explicit(&chunks[c], memory_order_relaxed);
+        for (unsigned i = 0; chunk != NULL && i < TG_CHUNK_RECORDS; i++)
+            atomic_store_explicit(&chunk[i].busy, 0, memory_order_relaxed);
+    }
 }
 
 /* ---- counting --------------------------------------------------------- */
@@ -161,8 +199,7 @@ static void after_fork_in_child(void) {
     atomic_store_explicit(&forked_child, 1, memory_order_relaxed);
     tg_registry_reset_counters();
     /* Creations in flight in other parent threads never finish here. */
-    for (unsigned i = 0; i < TG_START_RECORDS; i++)
-        atomic_store_explicit(&records[i].busy, 0, memory_order_relaxed);
+    release_all_records();
     tasks_at_start = 0;
     tg_failures_reset();
     tg_got_after_fork_in_child();
@@ -279,8 +316,9 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     struct tg_counters *lib = &tg_libs[slot].c;
     struct start_record *record = claim_record();
     if (record == NULL) {
-        /* Pool exhausted: start the thread uncounted rather than fail it;
-         * /proc/self/task reconciliation still sees it. */
+        /* No record and no memory to map more: start the thread uncounted
+         * rather than fail it, and say so in the report. */
+        atomic_fetch_add_explicit(&tg_started_uncounted, 1, memory_order_relaxed);
         return call_real(real, thread, attr, routine, arg);
     }
     record->routine = routine;

@@ -23,6 +23,7 @@
 
 struct tg_lib tg_libs[TG_MAX_LIBS];
 struct tg_counters tg_total;
+_Atomic long long tg_registry_overflow;
 
 static char exe_path[512];
 /* Load address of the object that defines the Python C API (libpython, or
@@ -115,10 +116,20 @@ static void fill_slot(struct tg_lib *lib, uintptr_t base, const char *path) {
     atomic_store_explicit(&lib->ready, 1, memory_order_release);
 }
 
+/* A slot's object is known by its load address and its path: after
+ * dlclose another object may be loaded at the same address, and it gets a
+ * row of its own (its own name, kind and pool decision), not the old one's.
+ * A slot being filled by another thread is taken as a match. */
+static int same_object(const struct tg_lib *lib, const char *path) {
+    if (!atomic_load_explicit(&lib->ready, memory_order_acquire)) return 1;
+    const char *full = is_main_program(path) ? exe_path : path;
+    return strncmp(lib->path, full, sizeof lib->path - 1) == 0;
+}
+
 static unsigned slot_for(uintptr_t base, const char *path) {
     for (unsigned i = 1; i < TG_MAX_LIBS; i++) {
         uintptr_t current = atomic_load_explicit(&tg_libs[i].base, memory_order_acquire);
-        if (current == base) return i;
+        if (current == base && same_object(&tg_libs[i], path)) return i;
         if (current != 0) continue;
         uintptr_t expected = 0;
         if (atomic_compare_exchange_strong_explicit(&tg_libs[i].base, &expected, base,
@@ -127,8 +138,11 @@ static unsigned slot_for(uintptr_t base, const char *path) {
             fill_slot(&tg_libs[i], base, path);
             return i;
         }
-        if (expected == base) return i; /* another thread claimed it for us */
+        /* another thread claimed it for us */
+        if (expected == base && same_object(&tg_libs[i], path)) return i;
     }
+    /* Full: counted under (unknown), and the report says how many. */
+    atomic_fetch_add_explicit(&tg_registry_overflow, 1, memory_order_relaxed);
     return TG_UNKNOWN_SLOT;
 }
 

@@ -190,9 +190,43 @@ static void put_json_pools(struct out *o) {
         put_json_number(o, "free", d->free, ", ");
         put(o, "\"limit\": ");
         put_json_string(o, d->limit);
-        put(o, ", \"cpus\": %lld}", d->cpus);
+        put(o, ", \"cpus\": %lld, \"count\": %lld}", d->cpus,
+            atomic_load_explicit(&d->count, memory_order_relaxed));
     }
     put(o, "%s],\n", first ? "" : "\n  ");
+}
+
+/* What did not fit in a fixed table, or was started without being counted:
+ * never silent. */
+static void put_json_overflow(struct out *o) {
+    put(o, "  \"overflow\": {\"pools_dropped\": %lld, \"library_lookups_unknown\": %lld, "
+           "\"start_records_mapped\": %lld, \"threads_uncounted\": %lld, "
+           "\"threads_during_init\": %lld},\n",
+        atomic_load_explicit(&tg_decisions_dropped, memory_order_relaxed),
+        atomic_load_explicit(&tg_registry_overflow, memory_order_relaxed),
+        atomic_load_explicit(&tg_records_mapped, memory_order_relaxed),
+        atomic_load_explicit(&tg_started_uncounted, memory_order_relaxed),
+        atomic_load_explicit(&tg_started_during_init, memory_order_relaxed));
+}
+
+static void put_table_overflow(struct out *o) {
+    long long dropped = atomic_load_explicit(&tg_decisions_dropped, memory_order_relaxed);
+    long long unknown = atomic_load_explicit(&tg_registry_overflow, memory_order_relaxed);
+    long long mapped = atomic_load_explicit(&tg_records_mapped, memory_order_relaxed);
+    long long uncounted = atomic_load_explicit(&tg_started_uncounted, memory_order_relaxed);
+    long long early = atomic_load_explicit(&tg_started_during_init, memory_order_relaxed);
+    if (dropped)
+        put(o, "  pool decisions: the table was full; %lld more not listed\n", dropped);
+    if (unknown)
+        put(o, "  libraries: the table was full; %lld lookups of later libraries counted "
+               "under (unknown)\n",
+            unknown);
+    if (mapped)
+        put(o, "  start records: %lld more mapped for threads started at once\n", mapped);
+    if (uncounted)
+        put(o, "  %lld threads started uncounted (no memory for a start record)\n", uncounted);
+    if (early)
+        put(o, "  %lld threads started while threadguard initialised, uncounted\n", early);
 }
 
 static const char *error_name(int error) {
@@ -300,6 +334,7 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     put(o, "},\n");
     put_json_settings(o);
     put_json_pools(o);
+    put_json_overflow(o);
     put_json_failures(o);
     struct tg_headroom now;
     tg_headroom_measure(&now, TG_KIND_UNKNOWN);
@@ -331,9 +366,12 @@ static void write_table_budget(struct out *o) {
                 tg_source_name(d->source));
             if (d->lowered) put(o, ", lowered from %lld", d->requested);
             if (d->free >= 0) put(o, " (%lld free under %s)", d->free, d->limit);
+            long long count = atomic_load_explicit(&d->count, memory_order_relaxed);
+            if (count > 1) put(o, " x%lld", count);
             put(o, "\n");
         }
     }
+    put_table_overflow(o);
     put(o, "  settings:");
     int any = 0;
     for (int i = 0; i < TG_SETTING_COUNT; i++) {

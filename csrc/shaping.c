@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -88,10 +89,35 @@ static const char *library_name(unsigned slot) {
     return slot == TG_UNKNOWN_SLOT ? "numexpr" : tg_libs[slot].name;
 }
 
-static void record(unsigned slot, const char *variable, long long value, long long requested,
-                   int source, int lowered, const struct tg_headroom *h) {
+_Atomic long long tg_decisions_dropped;
+
+static int same_decision(const struct tg_decision *d, unsigned slot, const char *variable,
+                         long long value, long long requested, int source, int lowered) {
+    return d->slot == slot && d->value == value && d->requested == requested &&
+           d->source == source && d->lowered == lowered &&
+           strncmp(d->variable, variable, sizeof d->variable - 1) == 0;
+}
+
+/* One row per distinct decision, with a count: a program that calls
+ * omp_set_num_threads(2) in a loop fills nothing.  Returns the row, or -1
+ * when the table is full (counted in tg_decisions_dropped). */
+static int record(unsigned slot, const char *variable, long long value, long long requested,
+                  int source, int lowered, const struct tg_headroom *h) {
+    int made = atomic_load_explicit(&tg_decision_count, memory_order_acquire);
+    if (made > TG_MAX_DECISIONS) made = TG_MAX_DECISIONS;
+    for (int i = 0; i < made; i++) {
+        struct tg_decision *d = &tg_decisions[i];
+        if (atomic_load_explicit(&d->ready, memory_order_acquire) &&
+            same_decision(d, slot, variable, value, requested, source, lowered)) {
+            atomic_fetch_add_explicit(&d->count, 1, memory_order_relaxed);
+            return i;
+        }
+    }
     int i = atomic_fetch_add_explicit(&tg_decision_count, 1, memory_order_relaxed);
-    if (i >= TG_MAX_DECISIONS) return;
+    if (i >= TG_MAX_DECISIONS) {
+        atomic_fetch_add_explicit(&tg_decisions_dropped, 1, memory_order_relaxed);
+        return -1;
+    }
     struct tg_decision *d = &tg_decisions[i];
     d->slot = slot;
     snprintf(d->library, sizeof d->library, "%s", library_name(slot));
@@ -103,7 +129,9 @@ static void record(unsigned slot, const char *variable, long long value, long lo
     d->free = h->free;
     d->limit = h->limit;
     d->cpus = h->cpus;
+    atomic_store_explicit(&d->count, 1, memory_order_relaxed);
     atomic_store_explicit(&d->ready, 1, memory_order_release);
+    return i;
 }
 
 static void describe(unsigned slot, const char *variable, long long value, long long requested,
@@ -241,6 +269,10 @@ THREADGUARD_API char *getenv(const char *name) {
 
 /* ---- pool-size setters -------------------------------------------------- */
 
+/* A program may call a setter in a loop, before every parallel region, so
+ * the setters keep O(1) caches: where each call site's definition is, and
+ * what the last identical request was granted. */
+
 /* The definition of `name` that `caller` reaches without threadguard: the
  * first one in the caller's own dependency scope, else the next one in the
  * global scope. */
@@ -250,7 +282,7 @@ static int in_threadguard(const void *fn) {
            a.dli_fbase == b.dli_fbase;
 }
 
-static void *definition_for(const char *name, void *caller) {
+static void *lookup_definition(const char *name, void *caller) {
     Dl_info info;
     struct link_map *map = NULL;
     if (dladdr1(caller, &info, (void **)&map, RTLD_DL_LINKMAP) != 0 && map != NULL &&
@@ -266,21 +298,130 @@ static void *definition_for(const char *name, void *caller) {
     return fn != NULL && !in_threadguard(fn) ? fn : NULL;
 }
 
+/* Bumped after every dlclose: a cached definition may belong to an object
+ * that is gone, and another object may now sit at a cached call site. */
+static _Atomic unsigned unload_generation;
+
+typedef int (*dlclose_fn)(void *);
+
+/* Interposed (preload mode) only to learn that objects may have been
+ * unloaded; the setters are interposed in that mode only, too. */
+THREADGUARD_API int dlclose(void *handle) {
+    static _Atomic(dlclose_fn) real;
+    dlclose_fn fn = atomic_load_explicit(&real, memory_order_acquire);
+    if (fn == NULL) {
+        fn = (dlclose_fn)dlsym(RTLD_NEXT, "dlclose");
+        if (fn == NULL) return -1;
+        atomic_store_explicit(&real, fn, memory_order_release);
+    }
+    int rc = fn(handle);
+    atomic_fetch_add_explicit(&unload_generation, 1, memory_order_acq_rel);
+    return rc;
+}
+
+/* Call site -> definition, per setter name, valid for one unload
+ * generation. */
+#define CALL_SITES 64
+struct call_site {
+    _Atomic(uintptr_t) caller; /* 0 while being written */
+    const char *_Atomic name;
+    _Atomic(uintptr_t) fn;
+    _Atomic unsigned generation;
+};
+static struct call_site call_sites[CALL_SITES];
+
+static void *definition_for(const char *name, void *caller) {
+    uintptr_t key = (uintptr_t)caller;
+    struct call_site *site = &call_sites[(key >> 4) % CALL_SITES];
+    unsigned generation = atomic_load_explicit(&unload_generation, memory_order_acquire);
+    if (atomic_load_explicit(&site->caller, memory_order_acquire) == key) {
+        uintptr_t fn = atomic_load_explicit(&site->fn, memory_order_acquire);
+        if (atomic_load_explicit(&site->name, memory_order_acquire) == name && fn != 0 &&
+            atomic_load_explicit(&site->generation, memory_order_acquire) == generation &&
+            atomic_load_explicit(&site->caller, memory_order_acquire) == key)
+            return (void *)fn;
+    }
+    void *found = lookup_definition(name, caller);
+    if (found != NULL) {
+        generation = atomic_load_explicit(&unload_generation, memory_order_acquire);
+        atomic_store_explicit(&site->caller, 0, memory_order_release);
+        atomic_store_explicit(&site->name, name, memory_order_release);
+        atomic_store_explicit(&site->fn, (uintptr_t)found, memory_order_release);
+        atomic_store_explicit(&site->generation, generation, memory_order_release);
+        atomic_store_explicit(&site->caller, key, memory_order_release);
+    }
+    return found;
+}
+
+/* Target -> the last request and what it was granted.  A repeat within
+ * REUSE_MS is granted the same without measuring the headroom again (the
+ * pool it sizes is the one sized a moment ago). */
+#define REUSE_MS 100
+#define GRANTS 16
+struct grant {
+    _Atomic(uintptr_t) target;
+    _Atomic unsigned long long asked_granted; /* n << 32 | granted */
+    _Atomic long long at_ms;
+    _Atomic int decision;
+    _Atomic unsigned generation;
+};
+static struct grant grants[GRANTS];
+
+static long long coarse_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int repeat_grant(void *target, int n, int *granted) {
+    struct grant *g = &grants[((uintptr_t)target >> 4) % GRANTS];
+    if (atomic_load_explicit(&g->target, memory_order_acquire) != (uintptr_t)target) return 0;
+    unsigned long long ng = atomic_load_explicit(&g->asked_granted, memory_order_acquire);
+    long long at = atomic_load_explicit(&g->at_ms, memory_order_relaxed);
+    int decision = atomic_load_explicit(&g->decision, memory_order_relaxed);
+    unsigned generation = atomic_load_explicit(&g->generation, memory_order_relaxed);
+    if (atomic_load_explicit(&g->target, memory_order_acquire) != (uintptr_t)target ||
+        (int)(ng >> 32) != n || coarse_ms() - at > REUSE_MS ||
+        generation != atomic_load_explicit(&unload_generation, memory_order_acquire))
+        return 0;
+    *granted = (int)(ng & 0xffffffffu);
+    if (decision >= 0 && decision < TG_MAX_DECISIONS)
+        atomic_fetch_add_explicit(&tg_decisions[decision].count, 1, memory_order_relaxed);
+    return 1;
+}
+
+static void remember_grant(void *target, int n, int granted, int decision) {
+    struct grant *g = &grants[((uintptr_t)target >> 4) % GRANTS];
+    atomic_store_explicit(&g->target, 0, memory_order_release);
+    atomic_store_explicit(&g->asked_granted,
+                          (unsigned long long)(unsigned)n << 32 | (unsigned)granted,
+                          memory_order_release);
+    atomic_store_explicit(&g->at_ms, coarse_ms(), memory_order_relaxed);
+    atomic_store_explicit(&g->decision, decision, memory_order_relaxed);
+    atomic_store_explicit(&g->generation,
+                          atomic_load_explicit(&unload_generation, memory_order_acquire),
+                          memory_order_relaxed);
+    atomic_store_explicit(&g->target, (uintptr_t)target, memory_order_release);
+}
+
 /* n lowered to what fits for the library that defines `target`; each pool
  * member past the first costs `cost` new threads. */
 static int clamp_setter(const char *function, void *target, int kind, int cost, int n) {
     if (n <= 1) return n;
     if (!tg_init() || tg_config.observe) return n;
+    int granted;
+    if (repeat_grant(target, n, &granted)) return granted;
     unsigned slot = tg_creator_slot(target);
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
     long long fit = pool_fit(slot, kind, &h);
     if (fit > 0) fit = 1 + (fit - 1) / cost;
-    int granted = fit > 0 && fit < n ? (int)fit : n;
+    granted = fit > 0 && fit < n ? (int)fit : n;
     if (creates_threads(tg_libs[slot].kind))
         atomic_store_explicit(&tg_libs[slot].promised, granted - 1, memory_order_relaxed);
-    record(slot, function, granted, n, TG_SOURCE_USER, granted < n, &h);
+    int decision = record(slot, function, granted, n, TG_SOURCE_USER, granted < n, &h);
     describe(slot, function, granted, n, granted < n, &h);
+    remember_grant(target, n, granted, decision);
     return granted;
 }
 

@@ -79,6 +79,7 @@ class PoolSize:
     free: Optional[int]
     limit: str
     cpus: int
+    count: int = 1  # how many times the same decision was made (a setter in a loop)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class Stats:
     # arch, glibc, fallbacks (newer glibc facilities replaced) and limitations
     # (features that cannot work on this glibc, one sentence each)
     platform: Mapping[str, Any] = field(default_factory=dict)
+    # what did not fit in the native tables, or started uncounted (all 0 normally)
+    overflow: Mapping[str, int] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
@@ -150,6 +153,7 @@ class Stats:
             "interposing": self.interposing,
             "mode": self.mode,
             "platform": dict(self.platform),
+            "overflow": dict(self.overflow),
             "tasks": -1 if self.tasks is None else self.tasks,
             "tasks_at_start": -1 if self.tasks_at_start is None else self.tasks_at_start,
             "untracked": -1 if self.untracked is None else self.untracked,
@@ -185,13 +189,15 @@ class Stats:
                                    variable=str(r["variable"]), value=int(r["value"]),
                                    requested=_optional(r["requested"]), source=str(r["source"]),
                                    lowered=bool(r["lowered"]), free=_optional(r["free"]),
-                                   limit=str(r["limit"]), cpus=int(r["cpus"]))
+                                   limit=str(r["limit"]), cpus=int(r["cpus"]),
+                                   count=int(r.get("count", 1)))
                           for r in data.get("pools", ()))
             headroom = data.get("headroom", {})
             failures = tuple(Failure.from_json(r) for r in data.get("failures", ()))
             return cls(
                 failures=failures, failures_total=int(data.get("failures_total", len(failures))),
                 platform=dict(data.get("platform", {})),
+                overflow={str(k): int(v) for k, v in data.get("overflow", {}).items()},
                 settings=settings, pools=pools, applied=dict(data.get("applied", {})),
                 headroom_at_start=dict(headroom.get("at_start", {})),
                 headroom_now=dict(headroom.get("now", {})),
@@ -205,7 +211,7 @@ class Stats:
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"not a threadguard report: missing or bad field {exc}") from exc
 
-    def format_table(self) -> str:
+    def format_table(self) -> str:  # noqa: C901 - one line per part of the report
         """A human-readable table, one row per library."""
         head = f"threadguard: pid {self.pid} ({os.path.basename(self.program) or '?'})"
         if not self.interposing:
@@ -234,7 +240,10 @@ class Stats:
                     line += f", lowered from {pool.requested}"
                 if pool.free is not None:
                     line += f" ({pool.free} free under {pool.limit})"
+                if pool.count > 1:
+                    line += f" x{pool.count}"
                 lines.append(line)
+        lines.extend(_overflow_lines(self.overflow))
         given = [f"{s.name}={s.value}" + (" (ignored)" if s.rejected else "")
                  for s in self.settings if s.source == "user" or s.rejected]
         if self.settings:
@@ -284,3 +293,24 @@ def load_report(path: Union[str, Path]) -> Stats:
     if not isinstance(data, dict):
         raise ReportError(f"{path} is not a threadguard report (expected a JSON object)")
     return Stats.from_json(data)
+
+
+def _overflow_lines(overflow: Mapping[str, int]) -> Tuple[str, ...]:
+    """The exit table's lines for what did not fit (as csrc/report.c writes them)."""
+    lines = []
+    if overflow.get("pools_dropped"):
+        lines.append(f"  pool decisions: the table was full; {overflow['pools_dropped']} more "
+                     f"not listed")
+    if overflow.get("library_lookups_unknown"):
+        lines.append(f"  libraries: the table was full; {overflow['library_lookups_unknown']} "
+                     f"lookups of later libraries counted under (unknown)")
+    if overflow.get("start_records_mapped"):
+        lines.append(f"  start records: {overflow['start_records_mapped']} more mapped for "
+                     f"threads started at once")
+    if overflow.get("threads_uncounted"):
+        lines.append(f"  {overflow['threads_uncounted']} threads started uncounted (no memory "
+                     f"for a start record)")
+    if overflow.get("threads_during_init"):
+        lines.append(f"  {overflow['threads_during_init']} threads started while threadguard "
+                     f"initialised, uncounted")
+    return tuple(lines)
