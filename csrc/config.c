@@ -158,7 +158,7 @@ static const struct setting settings[TG_SETTING_COUNT] = {
                              "pools sized by CPU allocation and headroom", parse_pool_threads},
     [TG_SET_ON_LIMIT] = {"THREADGUARD_ON_LIMIT", "'warn' or 'deny'", "warn", parse_on_limit},
     [TG_SET_STACK] = {"THREADGUARD_STACK", "a size like 512k or 2M, at least 256k and at most 1G",
-                      "the system's thread stack, or 1M under an address-space limit", parse_stack},
+                      "the system's thread stack; under an address-space limit, 1M for the pools that need it", parse_stack},
     [TG_SET_ARENAS] = {"THREADGUARD_ARENAS", "a whole number of malloc arenas from 1 to 1024",
                        "glibc's, or 2 under an address-space limit", parse_arenas},
     [TG_SET_NPROC] = {"THREADGUARD_NPROC", "'max' or a whole number of tasks",

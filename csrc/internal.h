@@ -77,6 +77,9 @@ struct tg_lib {
      * started yet are promised: later pools must leave room for them. */
     _Atomic long long promised;
     _Atomic int warned; /* over budget, warned once */
+    /* The stack threadguard gives this pool's workers (0: glibc's): set only
+     * when RLIMIT_AS leaves no room for the pool at the default stack. */
+    _Atomic long long pool_stack;
 };
 
 TG_HIDDEN extern struct tg_lib tg_libs[TG_MAX_LIBS];
@@ -214,6 +217,8 @@ struct tg_headroom {
 /* Measure every limit now.  kind selects the per-thread address-space cost
  * (an OpenBLAS thread also maps a buffer). */
 TG_HIDDEN void tg_headroom_measure(struct tg_headroom *h, int kind);
+/* The same, for threads with the given stack (bytes) rather than the default. */
+TG_HIDDEN void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack);
 /* The thread stack size new threads get by default, in bytes. */
 TG_HIDDEN long long tg_default_stack(void);
 /* True when malloc arenas are capped (by threadguard or the user). */
@@ -250,6 +255,8 @@ TG_HIDDEN extern _Atomic long long tg_decisions_dropped;
 struct tg_applied {
     long long stack;
     int stack_source;
+    /* Pool workers' stack where RLIMIT_AS required a smaller one (0: none). */
+    _Atomic long long pool_stack;
     long long arenas;
     int arenas_source;
     long long nproc_soft;

@@ -167,7 +167,24 @@ static void on_thread_exit(void *p) {
         count_exit(token->slot);
 }
 
-static void *trampoline(void *p) {
+/* Not instrumented by ASan: a cancelled thread comes back here by
+ * longjmp from glibc's unwinder (pthread_cleanup_push in C is setjmp), past
+ * frames whose stack ASan still has poisoned, and ASan's no-return hook
+ * then aborts in its own CHECK (asan_thread.cpp: "kCurrentStackFrameMagic")
+ * instead of letting the thread end.  Uninstrumented, the thread ends as in
+ * the plain build, and ASan clears the stack's shadow for the next thread. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TG_NO_ASAN __attribute__((no_sanitize_address))
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TG_NO_ASAN __attribute__((no_sanitize_address))
+#endif
+#endif
+#ifndef TG_NO_ASAN
+#define TG_NO_ASAN
+#endif
+
+TG_NO_ASAN static void *trampoline(void *p) {
     struct start_record *record = p;
     void *(*routine)(void *) = record->routine;
     void *arg = record->arg;
@@ -287,14 +304,38 @@ static int over_budget(unsigned slot, long long live_total) {
     return deny;
 }
 
-/* The real pthread_create, with the stack threadguard chose where glibc
- * (< 2.18) cannot make it the default and the caller gave no attributes. */
-static int call_real(create_fn real, pthread_t *thread, const pthread_attr_t *attr,
-                     void *(*routine)(void *), void *arg) {
+/* Whether attr leaves the stack to glibc: none, or a size equal to the
+ * default (pthread_attr_init's), and no stack of the caller's own. */
+static int default_stack_attr(const pthread_attr_t *attr) {
+    if (attr == NULL) return 1;
+    void *low = NULL;
+    size_t size = 0;
+    if (pthread_attr_getstack(attr, &low, &size) == 0 && (uintptr_t)low + size != 0) return 0;
+    return pthread_attr_getstacksize(attr, &size) == 0 && (long long)size == tg_default_stack();
+}
+
+/* The real pthread_create, with the stack threadguard chose: the smaller
+ * stack of a pool it sized under RLIMIT_AS (only for threads whose creator
+ * left the stack to glibc), or, where glibc (< 2.18) cannot change the
+ * default, THREADGUARD_STACK for threads created without attributes.
+ * Nothing is allocated: attribute objects live on this stack, and a copy
+ * of the caller's is never destroyed (it shares the caller's extension). */
+static int call_real(create_fn real, unsigned slot, pthread_t *thread,
+                     const pthread_attr_t *attr, void *(*routine)(void *), void *arg) {
     pthread_attr_t scratch;
     const pthread_attr_t *given = tg_glibc_attr_for(attr, &scratch);
+    long long pool_stack = atomic_load_explicit(&tg_libs[slot].pool_stack, memory_order_relaxed);
+    int destroy = given == &scratch;
+    if (pool_stack > 0 && default_stack_attr(attr)) {
+        if (attr == NULL && !destroy) destroy = pthread_attr_init(&scratch) == 0;
+        else if (attr != NULL) memcpy(&scratch, attr, sizeof scratch);
+        if (attr != NULL || destroy) {
+            pthread_attr_setstacksize(&scratch, (size_t)pool_stack);
+            given = &scratch;
+        }
+    }
     int rc = real(thread, given, routine, arg);
-    if (given == &scratch) pthread_attr_destroy(&scratch);
+    if (destroy) pthread_attr_destroy(&scratch);
     return rc;
 }
 
@@ -319,7 +360,7 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         /* No record and no memory to map more: start the thread uncounted
          * rather than fail it, and say so in the report. */
         atomic_fetch_add_explicit(&tg_started_uncounted, 1, memory_order_relaxed);
-        return call_real(real, thread, attr, routine, arg);
+        return call_real(real, slot, thread, attr, routine, arg);
     }
     record->routine = routine;
     record->arg = arg;
@@ -333,7 +374,7 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         release_record(record);
         return EAGAIN;
     }
-    int rc = call_real(real, thread, attr, trampoline, record);
+    int rc = call_real(real, slot, thread, attr, trampoline, record);
     if (rc != 0) {
         count_exit(slot);
         release_record(record);

@@ -251,12 +251,12 @@ static long long vmsize_bytes(void) {
     return pages < 0 ? -1 : pages * sysconf(_SC_PAGESIZE);
 }
 
-static void measure_address_space(struct tg_headroom *h, int kind) {
+static void measure_address_space(struct tg_headroom *h, int kind, long long stack) {
     struct rlimit as;
     if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY) return;
     h->as_limit = (long long)as.rlim_cur;
     h->vmsize = vmsize_bytes();
-    long long cost = tg_default_stack() + sysconf(_SC_PAGESIZE);
+    long long cost = stack + sysconf(_SC_PAGESIZE);
     long long reserved = 0;
     if (tg_arenas_capped()) reserved = (tg_applied.arenas > 0 ? tg_applied.arenas : 2) * ARENA_COST;
     else cost += ARENA_COST;
@@ -293,6 +293,10 @@ static void consider_cpus(struct tg_headroom *h, long long cpus, const char *fro
 }
 
 void tg_headroom_measure(struct tg_headroom *h, int kind) {
+    tg_headroom_measure_stack(h, kind, tg_default_stack());
+}
+
+void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack) {
     memset(h, 0xff, sizeof *h); /* every figure -1 */
     h->limit = "none";
     h->cpus_from = "unknown";
@@ -325,7 +329,7 @@ void tg_headroom_measure(struct tg_headroom *h, int kind) {
         h->threads_free = h->threads_max > h->threads_total ? h->threads_max - h->threads_total : 0;
     consider(h, h->threads_free, "kernel threads-max");
 
-    measure_address_space(h, kind);
+    measure_address_space(h, kind, stack);
     consider(h, h->as_free_threads, "RLIMIT_AS");
 
     long long tasks = tg_count_tasks();

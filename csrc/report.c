@@ -161,6 +161,9 @@ static void put_json_settings(struct out *o) {
     }
     put(o, "\n  ],\n  \"applied\": {");
     put_applied(o, "stack", tg_applied.stack, tg_applied.stack_source, ", ");
+    long long pool_stack = atomic_load_explicit(&tg_applied.pool_stack, memory_order_relaxed);
+    put_applied(o, "pool_stack", pool_stack > 0 ? pool_stack : -1,
+                pool_stack > 0 ? TG_SOURCE_THREADGUARD : TG_SOURCE_DEFAULT, ", ");
     /* arenas 0: not capped */
     put_applied(o, "arenas", tg_applied.arenas > 0 ? tg_applied.arenas : -1,
                 tg_applied.arenas_source, ", ");
@@ -382,7 +385,14 @@ static void write_table_budget(struct out *o) {
     }
     put(o, "%s\n  stack ", any ? "" : " none");
     put_size(o, tg_applied.stack);
-    put(o, " (%s), arenas ", tg_source_name(tg_applied.stack_source));
+    put(o, " (%s)", tg_source_name(tg_applied.stack_source));
+    long long pool_stack = atomic_load_explicit(&tg_applied.pool_stack, memory_order_relaxed);
+    if (pool_stack > 0) {
+        put(o, ", pool workers ");
+        put_size(o, pool_stack);
+        put(o, " (threadguard, RLIMIT_AS)");
+    }
+    put(o, ", arenas ");
     if (tg_applied.arenas > 0) put(o, "%lld", tg_applied.arenas);
     else put(o, "unlimited");
     put(o, " (%s)\n", tg_source_name(tg_applied.arenas_source));

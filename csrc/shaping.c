@@ -191,6 +191,30 @@ static int managed_name(const char *name) {
 /* The pool size for `variable` read by library `slot`: the user's value
  * when it fits, otherwise the CPU allocation, never more than fits.  NULL
  * keeps the library's own default (which is at most the CPUs it sees). */
+/* Under RLIMIT_AS a pool that does not fit at the default thread stack may
+ * fit at POOL_STACK: its workers (and only they) get it, never less than
+ * what their creator asked for (call_real leaves chosen stacks alone). */
+#define POOL_STACK (1 * TG_MIB)
+
+static void shrink_pool_stack(unsigned slot, int kind, long long want, struct tg_headroom *h,
+                              long long *fit) {
+    if (!creates_threads(kind) || h->as_limit < 0 || *fit < 0 || *fit >= want ||
+        tg_config.stack > 0 || POOL_STACK >= tg_default_stack())
+        return;
+    struct tg_headroom small;
+    tg_headroom_measure_stack(&small, kind, POOL_STACK);
+    long long small_fit = pool_fit(slot, kind, &small);
+    if (small_fit <= *fit) return;
+    long long before = *fit;
+    *h = small;
+    *fit = small_fit;
+    atomic_store_explicit(&tg_libs[slot].pool_stack, POOL_STACK, memory_order_relaxed);
+    atomic_store_explicit(&tg_applied.pool_stack, POOL_STACK, memory_order_relaxed);
+    tg_warn("%s workers get 1M stacks instead of %lldk: RLIMIT_AS leaves room for %lld of them "
+            "at the default, %lld at 1M (other threads keep theirs)",
+            library_name(slot), tg_default_stack() / TG_KIB, before, small_fit);
+}
+
 static char *size_pool(unsigned slot, int kind, const char *variable, const char *user_text,
                        const char *fallback) {
     struct tg_headroom h;
@@ -210,6 +234,7 @@ static char *size_pool(unsigned slot, int kind, const char *variable, const char
         source = TG_SOURCE_THREADGUARD;
         want = h.cpus;
     }
+    if (!tg_config.observe) shrink_pool_stack(slot, kind, want, &h, &fit);
     long long value = fit > 0 && fit < want ? fit : want;
     int lowered = source == TG_SOURCE_USER && value < want;
     char *result;
@@ -495,11 +520,10 @@ static void apply_stack(void) {
     } else if (tg_config.stack > 0) {
         set_default_stack(tg_config.stack);
         tg_applied.stack_source = TG_SOURCE_USER;
-    } else if (address_space_limited() && tg_default_stack() > 1 * TG_MIB) {
-        /* Under RLIMIT_AS every 8 MiB stack counts in full. */
-        set_default_stack(1 * TG_MIB);
-        tg_applied.stack_source = TG_SOURCE_THREADGUARD;
     }
+    /* Under RLIMIT_AS the default stays: a program's own threads may need
+     * all of it.  Pools that do not fit get smaller stacks when they are
+     * sized (shrink_pool_stack). */
     tg_applied.stack = tg_default_stack();
 }
 

@@ -228,7 +228,10 @@ def test_address_space_limit(runner):
     report = assert_guarded_pass(proc, runner)
     assert report.headroom_at_start["rlimit_as"] == limit
     assert any(p.limit == "RLIMIT_AS" for p in report.pools)
-    assert report.applied["stack"] == {"value": 1 << 20, "source": "threadguard"}
+    # The default stack is left alone; only the pools that did not fit got 1M.
+    assert report.applied["stack"]["source"] == "default"
+    assert report.applied["pool_stack"] == {"value": 1 << 20, "source": "threadguard"}
+    assert proc.stderr.count("workers get 1M stacks") >= 1, proc.stderr
 
     tuned = runner.run(VMSIZE, guarded=True, cpus=64, env=env, prefix=prefix,
                        options=["--stack", "256k", "--arenas", "1"])
@@ -340,7 +343,7 @@ def test_report_lists_values_sources_and_headroom(runner):
                      "THREADGUARD_ON_LIMIT", "THREADGUARD_STACK", "THREADGUARD_ARENAS",
                      "THREADGUARD_NPROC", "THREADGUARD_REPORT", "THREADGUARD_DEBUG",
                      "THREADGUARD_IMPORT", "THREADGUARD_OBSERVE"]
-    assert set(data["applied"]) == {"stack", "arenas", "rlimit_nproc"}
+    assert set(data["applied"]) == {"stack", "pool_stack", "arenas", "rlimit_nproc"}
     table = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env=env,
                        options=["--max-threads", "20", "--report", "stderr"])
     assert table.returncode == 0

@@ -34,8 +34,8 @@ OPTIONS: Tuple[Option, ...] = (
            "over --max-threads: 'warn' lets the thread start and warns once per library "
            "(default); 'deny' makes pthread_create return EAGAIN, naming the library"),
     Option("THREADGUARD_STACK", "stack", "SIZE",
-           "default thread stack, like 512k or 2M (at least 256k); default: the system's, "
-           "or 1M under an address-space limit (RLIMIT_AS)"),
+           "default thread stack, like 512k or 2M (at least 256k); default: the system's; "
+           "under an address-space limit (RLIMIT_AS) only the pools that need it get 1M"),
     Option("THREADGUARD_ARENAS", "arenas", "N",
            "cap malloc arenas at N (each reserves 64 MiB of address space); default: glibc's, "
            "or 2 under an address-space limit"),
