@@ -202,6 +202,7 @@ TG_HIDDEN const char *tg_environ_get(const char *name);
 /* Figures are -1 where unknown or unlimited. */
 struct tg_headroom {
     long long nproc_soft, nproc_hard, uid_tasks, nproc_free;
+    long long reserved_others; /* workers other guarded processes promised (the ledger) */
     long long pids_max, pids_current, pids_free;
     long long threads_max, threads_total, threads_free;
     long long as_limit, vmsize, thread_cost, as_free_threads;
@@ -296,6 +297,24 @@ TG_HIDDEN const char *tg_failure_cause(int error, long long stack, const struct 
 TG_HIDDEN void tg_report_failures_now(void);
 /* In a forked child: the parent's failures are the parent's. */
 TG_HIDDEN void tg_failures_reset(void);
+
+/* ---- the per-user headroom ledger (ledger.c) ------------------------ */
+
+/* Take the ledger's lock before measuring the headroom for a pool; returns
+ * 1 when held (pass it to tg_ledger_unlock), 0 where there is no ledger or
+ * the wait ran out (the caller goes on alone).  Never waits long. */
+TG_HIDDEN int tg_ledger_lock(void);
+TG_HIDDEN void tg_ledger_unlock(int locked);
+/* Under the lock: reclaim the entries of processes that are gone. */
+TG_HIDDEN void tg_ledger_prepare(void);
+/* Pool workers other guarded processes of this user promised and have not
+ * started (0 without a ledger). */
+TG_HIDDEN long long tg_ledger_others(void);
+/* Publish this process's promised, unstarted workers. */
+TG_HIDDEN void tg_ledger_update(void);
+/* At exit: this process's promises end. */
+TG_HIDDEN void tg_ledger_release(void);
+TG_HIDDEN void tg_ledger_after_fork_in_child(void);
 
 /* ---- the running glibc (glibc.c) ------------------------------------ */
 

@@ -220,6 +220,7 @@ static void after_fork_in_child(void) {
     tasks_at_start = 0;
     tg_failures_reset();
     tg_got_after_fork_in_child();
+    tg_ledger_after_fork_in_child();
 }
 
 static void initialise(void) {
@@ -270,7 +271,10 @@ int tg_init(void) {
 
 __attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
 
-__attribute__((destructor)) static void threadguard_destructor(void) { tg_report_at_exit(); }
+__attribute__((destructor)) static void threadguard_destructor(void) {
+    tg_ledger_release();
+    tg_report_at_exit();
+}
 
 /* ---- the wrapper ------------------------------------------------------ */
 
@@ -388,6 +392,10 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     }
     atomic_fetch_add_explicit(&lib->created, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&tg_total.created, 1, memory_order_relaxed);
+    /* A promised pool worker started: it now counts as a task, not as a
+     * promise in the per-user ledger. */
+    if (atomic_load_explicit(&tg_libs[slot].promised, memory_order_relaxed) > 0)
+        tg_ledger_update();
     tg_raise_peak(&lib->peak, live_lib);
     tg_raise_peak(&tg_total.peak, live_total);
     return 0;

@@ -111,27 +111,14 @@ static long long other_processes_tasks(uid_t uid) {
     return count;
 }
 
-static long long monotonic_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* RLIMIT_NPROC counts every task (thread) of the real uid: this process's,
- * read fresh, plus the other processes', read at most every 100 ms
- * (libraries ask for several variables in a row while they load). */
+/* RLIMIT_NPROC counts every task (thread) of the real uid: this process's
+ * and the other processes', read fresh each time a pool is sized (a cached
+ * figure was stale exactly when processes start together). */
 static long long uid_tasks(uid_t uid) {
-    static _Atomic long long others = -1, others_at_ms;
-    long long now = monotonic_ms();
-    long long cached = atomic_load_explicit(&others, memory_order_relaxed);
-    if (cached < 0 || now - atomic_load_explicit(&others_at_ms, memory_order_relaxed) > 100) {
-        cached = other_processes_tasks(uid);
-        atomic_store_explicit(&others, cached, memory_order_relaxed);
-        atomic_store_explicit(&others_at_ms, now, memory_order_relaxed);
-    }
+    long long others = other_processes_tasks(uid);
     long long own = tg_count_tasks();
-    if (cached < 0 || own < 0) return -1;
-    return cached + own;
+    if (others < 0 || own < 0) return -1;
+    return others + own;
 }
 
 /* ---- cgroups (v1 and v2) ---------------------------------------------- */
@@ -313,10 +300,17 @@ void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack)
                 h->nproc_free = h->nproc_soft > h->uid_tasks ? h->nproc_soft - h->uid_tasks : 0;
         }
     }
+    /* Workers other guarded processes of this user promised and have not
+     * started yet are taken, though no task shows them yet. */
+    h->reserved_others = tg_ledger_others();
+    if (h->nproc_free > 0)
+        h->nproc_free = h->nproc_free > h->reserved_others ? h->nproc_free - h->reserved_others : 0;
     consider(h, h->nproc_free, "RLIMIT_NPROC");
 
     static const char *const pids_mounts[] = {"/sys/fs/cgroup/pids", NULL};
     for_each_cgroup("pids", pids_mounts, visit_pids, h);
+    if (h->pids_free > 0)
+        h->pids_free = h->pids_free > h->reserved_others ? h->pids_free - h->reserved_others : 0;
     consider(h, h->pids_free, "cgroup pids.max");
 
     char buf[128];

@@ -111,7 +111,8 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
     put_json_number(o, "rlimit_nproc_soft", h->nproc_soft, ", ");
     put_json_number(o, "rlimit_nproc_hard", h->nproc_hard, ", ");
     put_json_number(o, "uid_tasks", h->uid_tasks, ", ");
-    put_json_number(o, "nproc_free", h->nproc_free, ",\n      ");
+    put_json_number(o, "nproc_free", h->nproc_free, ", ");
+    put_json_number(o, "reserved_by_others", h->reserved_others, ",\n      ");
     put_json_number(o, "pids_max", h->pids_max, ", ");
     put_json_number(o, "pids_current", h->pids_current, ", ");
     put_json_number(o, "pids_free", h->pids_free, ",\n      ");

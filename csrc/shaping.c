@@ -22,6 +22,7 @@
  * threadguard, so two OpenMP runtimes in one process stay apart. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <link.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -30,6 +31,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -215,8 +217,39 @@ static void shrink_pool_stack(unsigned slot, int kind, long long want, struct tg
             library_name(slot), tg_default_stack() / TG_KIB, before, small_fit);
 }
 
+/* Pools are sized holding the per-user ledger's lock (where there is a
+ * shared limit): measure, decide, promise, publish - so that processes
+ * sizing at the same moment see each other's promises. */
+static int shared_limit(void) {
+    if (getuid() == 0) return 0; /* RLIMIT_NPROC never applies to root */
+    struct rlimit r;
+    return getrlimit(RLIMIT_NPROC, &r) == 0 && r.rlim_cur != RLIM_INFINITY;
+}
+
+static int sizing_begins(void) {
+    int locked = shared_limit() ? tg_ledger_lock() : 0;
+    if (locked) tg_ledger_prepare();
+    return locked;
+}
+
+static void sizing_ends(int locked) {
+    tg_ledger_update();
+    tg_ledger_unlock(locked);
+}
+
+static char *size_pool_locked(unsigned slot, int kind, const char *variable,
+                              const char *user_text, const char *fallback);
+
 static char *size_pool(unsigned slot, int kind, const char *variable, const char *user_text,
                        const char *fallback) {
+    int locked = sizing_begins();
+    char *result = size_pool_locked(slot, kind, variable, user_text, fallback);
+    sizing_ends(locked);
+    return result;
+}
+
+static char *size_pool_locked(unsigned slot, int kind, const char *variable,
+                              const char *user_text, const char *fallback) {
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
     long long fit = pool_fit(slot, kind, &h);
@@ -272,9 +305,21 @@ static char *limit_openmp(unsigned slot, const char *user_text) {
     return answer(fit);
 }
 
+static char *answer_getenv(const char *name, const char *value);
+
+/* glibc's getenv never touches errno; ours reads /proc, so it keeps errno
+ * as it found it (a signal handler's getenv must not change the errno of
+ * the code it interrupted). */
 THREADGUARD_API char *getenv(const char *name) {
     const char *value = tg_environ_get(name);
     if (!managed_name(name)) return (char *)value;
+    int saved = errno;
+    char *result = answer_getenv(name, value);
+    errno = saved;
+    return result;
+}
+
+static char *answer_getenv(const char *name, const char *value) {
     /* Re-entered while initialising (a signal handler): the real answer. */
     if (!tg_init() || tg_config.observe) return (char *)value;
     /* The direct caller only: unwinding from here could dlopen, and a
@@ -438,12 +483,14 @@ static int clamp_setter(const char *function, void *target, int kind, int cost, 
     if (repeat_grant(target, n, &granted)) return granted;
     unsigned slot = tg_creator_slot(target);
     struct tg_headroom h;
+    int locked = sizing_begins();
     tg_headroom_measure(&h, kind);
     long long fit = pool_fit(slot, kind, &h);
     if (fit > 0) fit = 1 + (fit - 1) / cost;
     granted = fit > 0 && fit < n ? (int)fit : n;
     if (creates_threads(tg_libs[slot].kind))
         atomic_store_explicit(&tg_libs[slot].promised, granted - 1, memory_order_relaxed);
+    sizing_ends(locked);
     int decision = record(slot, function, granted, n, TG_SOURCE_USER, granted < n, &h);
     describe(slot, function, granted, n, granted < n, &h);
     remember_grant(target, n, granted, decision);

@@ -1,8 +1,10 @@
 """Helpers that put a child process under a real limit: an unprivileged uid
 with a low RLIMIT_NPROC, a cgroup v1 `pids` group, RLIMIT_AS.
 
-Root ignores RLIMIT_NPROC, so task-limit children run as uid 65534 through
-setpriv.  They keep CAP_DAC_READ_SEARCH (as an ambient capability) only so
+Root ignores RLIMIT_NPROC, so task-limit children run as an unprivileged
+uid through setpriv: a fresh uid number, chosen once per test session, that
+no process on the machine runs as (it needs no passwd entry), so the limit
+counts only the test's own tasks and no other user shares its headroom.  They keep CAP_DAC_READ_SEARCH (as an ambient capability) only so
 they can read this interpreter and the installed packages wherever they
 live (root's home here); the kernel exempts only CAP_SYS_RESOURCE and
 CAP_SYS_ADMIN from RLIMIT_NPROC, so the limit applies in full.
@@ -10,7 +12,9 @@ CAP_SYS_ADMIN from RLIMIT_NPROC, so the limit applies in full.
 
 from __future__ import annotations
 
+import atexit
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -23,8 +27,32 @@ import pytest
 
 import threadguard
 
-NOBODY = 65534
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def fresh_uid() -> int:
+    """A uid no process runs as now."""
+    used = set()
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None:
+            used.update(uids)
+    while True:
+        uid = random.randint(3_000_000, 2_000_000_000)
+        if uid not in used:
+            return uid
+
+
+NOBODY = fresh_uid()
+
+
+@atexit.register
+def _remove_ledger() -> None:
+    """The per-user headroom ledger the guarded children of NOBODY shared."""
+    try:
+        os.unlink(f"/dev/shm/threadguard-{NOBODY}.ledger")
+    except OSError:
+        pass
 
 
 def uid_tasks(uid: int) -> int:
@@ -38,16 +66,16 @@ def uid_tasks(uid: int) -> int:
 
 
 def nobody_prefix(nproc: int) -> List[str]:
-    """Command prefix running the rest as uid 65534 with RLIMIT_NPROC=nproc."""
+    """Command prefix running the rest as the test uid with RLIMIT_NPROC=nproc."""
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
             "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
             "prlimit", f"--nproc={nproc}", "--"]
 
 
 def skip_unless_nobody_works() -> None:
-    """Skip (with the reason) where a child cannot run as uid 65534 under a task limit."""
+    """Skip (with the reason) where a child cannot run as the test uid under a task limit."""
     if os.geteuid() != 0:
-        pytest.skip("task-limit tests drop to uid 65534 with setpriv, which needs root")
+        pytest.skip("task-limit tests drop to an unprivileged uid with setpriv, which needs root")
     for tool in ("setpriv", "prlimit"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} (util-linux) is not installed")

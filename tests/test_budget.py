@@ -32,7 +32,7 @@ FREE = 6
 
 @pytest.fixture
 def nobody(runner: Runner):
-    """A prefix that runs a command as uid 65534 with FREE tasks left."""
+    """A prefix that runs a command as the test uid with FREE tasks left."""
     skip_unless_nobody_works()
     return lambda free=FREE: nobody_prefix(uid_tasks(NOBODY) + 1 + free)
 

@@ -53,7 +53,7 @@ def numpy_cmd() -> List[str]:
 
 @pytest.fixture
 def few_tasks(runner: Runner) -> List[str]:
-    """uid 65534 with room for about 16 more tasks: far fewer than 64 BLAS threads."""
+    """The test uid with room for about 16 more tasks: far fewer than 64 BLAS threads."""
     skip_unless_nobody_works()
     return nobody_prefix(uid_tasks(NOBODY) + 18)
 

@@ -22,17 +22,19 @@
  * Each of the first four runs 30 times. */
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <sys/time.h>
 
 #include "check.h"
 #include "host.h"
 
-static volatile sig_atomic_t handled;
+/* Any thread may take the signal. */
+static _Atomic long handled;
 
 static void reading_handler(int sig) {
     (void)sig;
-    if (getenv("OMP_NUM_THREADS") != NULL) handled = handled + 1;
-    else handled = handled + 1;
+    const char *value = getenv("OMP_NUM_THREADS");
+    atomic_fetch_add_explicit(&handled, value != NULL ? 1 : 1, memory_order_relaxed);
 }
 
 /* A handler whose call to getenv is a tail call: it returns straight into
@@ -109,10 +111,10 @@ static int child_stderr_swap(void) {
 
 /* Frames with arrays: ASan puts redzones around them, which the
  * cancellation's longjmp skips. */
-static __attribute__((noinline)) int spin_once(volatile unsigned long *spins) {
+static __attribute__((noinline)) int spin_once(_Atomic unsigned long *spins) {
     char buf[128];
-    memset(buf, (int)*spins, sizeof buf);
-    (*spins)++;
+    memset(buf, (int)atomic_load_explicit(spins, memory_order_relaxed), sizeof buf);
+    atomic_fetch_add_explicit(spins, 1, memory_order_relaxed);
     return buf[5];
 }
 
@@ -120,16 +122,18 @@ static void *spins_async(void *arg) {
     pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, NULL);
     char local[64];
     memset(local, 0, sizeof local);
-    for (;;) local[*(volatile unsigned long *)arg % 64] += (char)spin_once(arg);
+    for (;;) local[atomic_load_explicit((_Atomic unsigned long *)arg, memory_order_relaxed) % 64] +=
+        (char)spin_once(arg);
     return NULL;
 }
 
 static int child_async_cancel(void) {
     for (int i = 0; i < 5; i++) {
-        volatile unsigned long spins = 0;
+        static _Atomic unsigned long spins;
+        atomic_store(&spins, 0);
         pthread_t t;
         if (pthread_create(&t, NULL, spins_async, (void *)&spins) != 0) return 5;
-        while (spins < 1000) sched_yield();
+        while (atomic_load(&spins) < 1000) sched_yield();
         pthread_cancel(t);
         void *result = NULL;
         pthread_join(t, &result);
@@ -206,8 +210,18 @@ int main(void) {
     static const char *const none[] = {NULL};
     static const char *const noisy[] = {"THREADGUARD_STACK=abc", "THREADGUARD_REPORT=stderr",
                                         "THREADGUARD_DEBUG=1", NULL};
+#if defined(__SANITIZE_THREAD__)
+    /* ThreadSanitizer defers asynchronous signals to its own interception
+     * points, so the handler runs where TSan chooses, not during our
+     * initialisation as natively (and it then initialises threadguard inside
+     * the handler, which TSan reports as signal-unsafe).  The plain and
+     * ASan builds run these. */
+    fprintf(stderr, "reentry, reentry_tail: skipped under ThreadSanitizer (it defers "
+                    "signals)\n");
+#else
     repeat("reentry", none, 30, -1);
     repeat("reentry_tail", none, 30, -1);
+#endif
     repeat("sigpipe", noisy, 30, 0);
     repeat("own_sigpipe", noisy, 5, SIGPIPE);
     check_stderr_swap();

@@ -1,0 +1,134 @@
+"""Guarded processes of one user share the headroom (the per-user ledger).
+
+Each process used to measure the tasks left alone: six numpy processes
+started at once under a 40-task limit on a 64-CPU node each sized OpenBLAS
+to 33 and most died (`pthread_create failed`).  Now a process promises its
+pool workers in /dev/shm/threadguard-UID.ledger while it holds the ledger's
+lock, and the others count those promises as taken.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from limits import NOBODY, Runner, nobody_prefix, skip_unless_nobody_works, uid_tasks
+
+pytestmark = pytest.mark.slow
+
+NPROC = 40
+PROCESSES = 6
+
+# Every process waits for the go file, so they all size their pools together.
+WAITS_THEN_MULTIPLIES = (
+    "import os, time\n"
+    "while not os.path.exists('go'): time.sleep(0.005)\n"
+    "import numpy as np\n"
+    "a = np.ones((300, 300)); assert (a @ a)[0, 0] == 300\n"
+    "print('matmul ok')\n")
+
+
+@pytest.fixture(autouse=True)
+def _nobody() -> None:
+    skip_unless_nobody_works()
+
+
+def start_together(runner: Runner, guarded: bool, nproc: int) -> List[subprocess.CompletedProcess]:
+    go = runner.dir / "go"
+    if go.exists():
+        go.unlink()
+    cmd = [sys.executable, "-c", WAITS_THEN_MULTIPLIES]
+    procs = []
+    for i in range(PROCESSES):
+        full = cmd
+        if guarded:
+            full = [sys.executable, "-m", "threadguard", "run", "--report",
+                    str(runner.dir / f"report-{i}.json"), "--", *cmd]
+        procs.append(subprocess.Popen([*nobody_prefix(nproc), *full], cwd=runner.dir,
+                                      env=runner.env(cpus=64), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    # All six are running (each is one task) before any sizes a pool.
+    deadline = time.monotonic() + 60
+    while uid_tasks(NOBODY) < PROCESSES and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    done = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def test_six_processes_share_a_task_limit(runner: Runner) -> None:
+    """Under RLIMIT_NPROC=40 (64 CPUs simulated) six guarded numpy processes
+    started together all complete; bare, OpenBLAS's 64 threads each do not fit."""
+    nproc = uid_tasks(NOBODY) + NPROC
+    bare = start_together(runner, guarded=False, nproc=nproc)
+    assert any(p.returncode != 0 and "pthread_create failed" in p.stderr for p in bare), \
+        [p.stderr[-300:] for p in bare]
+
+    guarded = start_together(runner, guarded=True, nproc=nproc)
+    for p in guarded:
+        assert p.returncode == 0, f"exit {p.returncode}\n{p.stderr[-2000:]}"
+        assert "matmul ok" in p.stdout
+        assert "pthread_create failed" not in p.stderr, p.stderr[-2000:]
+    import threadguard
+    reports = [threadguard.load_report(runner.dir / f"report-{i}.json") for i in range(PROCESSES)]
+    sizes = [next(p.value for p in r.pools if p.variable == "OPENBLAS_NUM_THREADS")
+             for r in reports]
+    # Together they fit: six main threads and the workers (each pool less its caller).
+    assert PROCESSES + sum(s - 1 for s in sizes) <= NPROC, sizes
+    # Later processes saw the first ones' promises, before any task showed them.
+    assert any(r.headroom_at_start.get("reserved_by_others") is not None for r in reports)
+    assert any(p.free is not None and p.free < NPROC - PROCESSES - 2
+               for r in reports for p in r.pools), sizes
+    print(f"OpenBLAS pools of the six guarded processes: {sizes}")
+
+
+POOL_SCRIPT = """\
+import multiprocessing as mp
+
+def work(i):
+    import numpy as np
+    a = np.ones((300, 300))
+    return float((a @ a)[0, 0])
+
+if __name__ == "__main__":
+    with mp.get_context("spawn").Pool(4) as pool:
+        print("pool ok", sum(pool.map(work, range(8))))
+"""
+
+
+def test_spawn_pool_under_a_task_limit(runner: Runner) -> None:
+    """A spawn Pool(4) whose workers import numpy, under RLIMIT_NPROC=60 on a
+    simulated 64-CPU node: bare it loses workers and hangs; guarded it completes."""
+    script = runner.dir / "pool_script.py"
+    script.write_text(POOL_SCRIPT)
+    script.chmod(0o644)
+    nproc = uid_tasks(NOBODY) + 60
+    cmd = [sys.executable, str(script)]
+    try:
+        bare = subprocess.run([*nobody_prefix(nproc), *cmd], cwd=runner.dir,
+                              env=runner.env(cpus=64), capture_output=True, text=True,
+                              timeout=60)
+        assert bare.returncode != 0 or "pool ok" not in bare.stdout, bare.stdout
+    except subprocess.TimeoutExpired:
+        pass  # the pool hung: what the issue saw bare
+    finally:
+        subprocess.run(["pkill", "-9", "-U", str(NOBODY)], check=False)
+
+    guarded = subprocess.run(
+        [*nobody_prefix(nproc), sys.executable, "-m", "threadguard", "run", "--", *cmd],
+        cwd=runner.dir, env=runner.env(cpus=64), capture_output=True, text=True, timeout=300)
+    assert guarded.returncode == 0, guarded.stderr[-3000:]
+    assert "pool ok 2400.0" in guarded.stdout
+    assert "pthread_create failed" not in guarded.stderr
