@@ -1,12 +1,17 @@
-"""What the preload costs: create+join of many threads, and Python start-up.
+"""What the preload costs: create+join of many threads, omp_set_num_threads in a
+loop, and Python start-up.
 
 Both are measured with and without LD_PRELOAD=libthreadguard.so in one run,
 alternating the order each round, because timings on shared machines drift by
 tens of percent between runs.  Prints medians, spreads and the guarded/bare
-ratios (targets: create+join at most 1.05; start-up within noise) and writes
-the figures as JSON.
+ratios (targets: create+join at most 1.05; omp_set_num_threads(2) before each
+parallel region at most 1.1; start-up within noise) and writes the figures as
+JSON.  The setter's own cost per call (a few nanoseconds bare, a few tens
+guarded: threadguard looks up its caller's runtime and the last grant) is
+reported beside it, without a target: no interposer can match a bare store.
 
-    python benchmarks/bench_overhead.py [--rounds 15] [--threads 20000] [--out FILE]
+    python benchmarks/bench_overhead.py [--rounds 15] [--threads 20000] [--calls 100000]
+                                        [--out FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from benchstats import alternate, compare, machine, write_json
 
 HERE = Path(__file__).resolve().parent
 CREATE_JOIN_TARGET = 1.05
+SETTER_TARGET = 1.1
 
 
 def build_create_join(workdir: Path) -> Path:
@@ -37,6 +43,17 @@ def build_create_join(workdir: Path) -> Path:
     return exe
 
 
+def build_omp_setter(workdir: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    exe = workdir / "omp_setter"
+    built = subprocess.run([str(compiler), "-O2", "-fopenmp", "-o", str(exe),
+                            str(HERE / "omp_setter.c"), "-ldl"], capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.exit(f"bench_overhead: cannot build omp_setter.c with -fopenmp (libgomp and its "
+                 f"header are needed):\n{built.stderr}")
+    return exe
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,9 +62,12 @@ def main() -> int:
                         help="threads created and joined per create+join run (default 20000)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json",
                         help="JSON output (default benchmarks/results/overhead.json)")
+    parser.add_argument("--calls", type=int, default=100000,
+                        help="omp_set_num_threads calls (and parallel regions) per run "
+                             "(default 100000)")
     args = parser.parse_args()
-    if args.rounds < 2 or args.threads < 2:
-        parser.error("--rounds and --threads must be at least 2")
+    if args.rounds < 2 or args.threads < 2 or args.calls < 2:
+        parser.error("--rounds, --threads and --calls must be at least 2")
 
     library = threadguard.libpath()
     bare_env = {k: v for k, v in os.environ.items()
@@ -73,8 +93,27 @@ def main() -> int:
                            env=guarded_env if guarded else bare_env)
             return (time.perf_counter() - start) * 1e3
 
+        setter = build_omp_setter(Path(tmp))
+
+        def omp_loop(mode: str):
+            def run(name: str) -> float:
+                guarded = name == "guarded"
+                out = subprocess.run([str(setter), mode, str(args.calls)], check=True,
+                                     capture_output=True, text=True,
+                                     env=guarded_env if guarded else bare_env).stdout
+                ns, interposing = out.split()
+                if int(interposing) != int(guarded):
+                    sys.exit(f"bench_overhead: interposing={interposing} in a "
+                             f"guarded={guarded} run")
+                return float(ns)
+            return run
+
         configurations = ("bare", "guarded")
         create = alternate(args.rounds, configurations, create_join, "create+join")
+        region = alternate(args.rounds, configurations, omp_loop("region"),
+                           "omp_set_num_threads + parallel region")
+        call = alternate(args.rounds, configurations, omp_loop("call"),
+                         "omp_set_num_threads alone")
         startup = alternate(args.rounds, configurations, python_start, "python -c pass")
 
     figures = {
@@ -82,22 +121,35 @@ def main() -> int:
         "library": library, "rounds": args.rounds, "threads": args.threads,
         "create_join": compare(create, "guarded", "bare", "ns per create+join"),
         "python_startup": compare(startup, "guarded", "bare", "ms per python -c pass"),
+        "omp_set_num_threads_loop": compare(region, "guarded", "bare",
+                                            "ns per omp_set_num_threads(2) + parallel region"),
+        "omp_set_num_threads_call": compare(call, "guarded", "bare",
+                                            "ns per omp_set_num_threads(2) call alone"),
         "create_join_target": CREATE_JOIN_TARGET,
+        "omp_set_num_threads_target": SETTER_TARGET,
+        "calls": args.calls,
     }
     cj, st = figures["create_join"], figures["python_startup"]
-    print(f"{'measure':24} {'bare median':>12} {'guarded median':>15} {'ratio':>7} "
+    loop = figures["omp_set_num_threads_loop"]
+    print(f"{'measure':28} {'bare median':>12} {'guarded median':>15} {'ratio':>7} "
           f"{'paired ratio [min..max]':>26}")
-    for name, row in (("create+join (ns)", cj), ("python -c pass (ms)", st)):
+    for name, row in (("create+join (ns)", cj), ("setter + region (ns)", loop),
+                      ("setter alone (ns)", figures["omp_set_num_threads_call"]),
+                      ("python -c pass (ms)", st)):
         pr = row["paired_ratio"]
-        print(f"{name:24} {row['bare']['median']:12.1f} {row['guarded']['median']:15.1f} "
+        print(f"{name:28} {row['bare']['median']:12.1f} {row['guarded']['median']:15.1f} "
               f"{row['ratio_of_medians']:7.3f} {pr['median']:10.3f} "
               f"[{pr['min']:.3f}..{pr['max']:.3f}]")
+    setter_verdict = "meets" if loop["ratio_of_medians"] <= SETTER_TARGET else "MISSES"
+    figures["omp_set_num_threads_loop"]["meets_target"] = setter_verdict == "meets"
     verdict = "meets" if cj["ratio_of_medians"] <= CREATE_JOIN_TARGET else "MISSES"
     noise = st["bare"]["q1"] <= st["guarded"]["median"] <= st["bare"]["q3"]
     figures["python_startup"]["within_noise"] = noise
     figures["create_join"]["meets_target"] = verdict == "meets"
     print(f"create+join ratio {cj['ratio_of_medians']:.3f} {verdict} the target "
           f"<= {CREATE_JOIN_TARGET}")
+    print(f"omp_set_num_threads loop ratio {loop['ratio_of_medians']:.3f} {setter_verdict} the "
+          f"target <= {SETTER_TARGET}")
     print(f"python start-up: guarded median {st['guarded']['median']:.1f} ms is "
           f"{'within' if noise else 'OUTSIDE'} the bare runs' interquartile range "
           f"{st['bare']['q1']:.1f}..{st['bare']['q3']:.1f} ms")

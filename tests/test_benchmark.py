@@ -15,15 +15,18 @@ from conftest import REPO
 def test_overhead_benchmark_produces_ratios(tmp_path):
     out = tmp_path / "overhead.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_overhead.py"),
-                           "--rounds", "2", "--threads", "200", "--out", str(out)],
+                           "--rounds", "2", "--threads", "200", "--calls", "200",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
-    for measure in ("create_join", "python_startup"):
+    for measure in ("create_join", "python_startup", "omp_set_num_threads_loop",
+                    "omp_set_num_threads_call"):
         row = figures[measure]
         assert row["bare"]["n"] == row["guarded"]["n"] == 2
         assert row["ratio_of_medians"] > 0
     assert "create+join ratio" in proc.stdout
+    assert "omp_set_num_threads loop ratio" in proc.stdout
 
 
 def test_oversubscription_benchmark_compares_auto_with_default_ones_and_sweep_best(tmp_path):

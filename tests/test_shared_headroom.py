@@ -17,6 +17,7 @@ from typing import List
 
 import pytest
 
+from conftest import _build_shared_library
 from limits import NOBODY, Runner, nobody_prefix, skip_unless_nobody_works, uid_tasks
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,47 @@ WAITS_THEN_MULTIPLIES = (
 @pytest.fixture(autouse=True)
 def _nobody() -> None:
     skip_unless_nobody_works()
+
+
+@pytest.fixture(scope="module")
+def stand_in_openblas(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A library named like OpenBLAS whose tables_ask() reads OPENBLAS_NUM_THREADS
+    (so threadguard sizes its pool) and that starts no thread of its own."""
+    return _build_shared_library(tmp_path_factory, ("cc", "gcc"), "tests/native/tables_lib.c",
+                                 "libtg_openblas_b.so", "-pthread")
+
+
+HOLDS_A_PROMISE = (
+    "import ctypes, sys, threadguard\n"
+    "ctypes.CDLL(sys.argv[1]).tables_ask()\n"
+    "[pool] = [p for p in threadguard.stats().pools if p.variable == 'OPENBLAS_NUM_THREADS']\n"
+    "print(pool.value, pool.free, flush=True)\n"
+    "sys.stdin.readline()\n")
+
+
+def test_a_promise_is_seen_before_its_threads_start(runner: Runner, stand_in_openblas: str
+                                                    ) -> None:
+    """Process A sizes a pool and has not started its workers; process B, sized
+    meanwhile, must count A's promise as taken though no task shows it yet.
+    (Without the ledger B got the same room as A: both fit alone, not together.)"""
+    nproc = uid_tasks(NOBODY) + NPROC
+    cmd = [*nobody_prefix(nproc), sys.executable, "-m", "threadguard", "run", "--",
+           sys.executable, "-c", HOLDS_A_PROMISE, stand_in_openblas]
+    first = subprocess.Popen(cmd, cwd=runner.dir, env=runner.env(cpus=64), text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        value_a, free_a = map(int, first.stdout.readline().split())
+        second = subprocess.run(cmd, cwd=runner.dir, env=runner.env(cpus=64), input="\n",
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        value_b, free_b = map(int, second.stdout.split())
+    finally:
+        first.communicate("\n", timeout=120)
+    # A took the room (less the reserve); B saw it taken.
+    assert value_a > 16 and free_a >= value_a, (value_a, free_a)
+    assert free_b <= free_a - (value_a - 1), (free_a, value_a, free_b)
+    assert value_b <= 4, (value_a, value_b)
 
 
 def start_together(runner: Runner, guarded: bool, nproc: int) -> List[subprocess.CompletedProcess]:
