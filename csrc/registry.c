@@ -166,11 +166,9 @@ static _Atomic(get_ip_fn) unwind_get_ip;
  * the pointers stay valid. */
 static int resolve_unwinder(void) {
     if (atomic_load_explicit(&unwind_backtrace, memory_order_acquire) != NULL) return 1;
-    /* Not loaded: look again only every 1024th time, so that a caller in
-     * libc that keeps asking (a signal handler) does not dlopen each time. */
-    static _Atomic unsigned misses;
-    unsigned miss = atomic_fetch_add_explicit(&misses, 1, memory_order_relaxed);
-    if (miss % 1024 != 0) return 0;
+    /* Only thread creation unwinds (getenv never does: a signal handler's
+     * tail call into getenv would otherwise dlopen here each time), and
+     * libgcc_s may arrive later (with libstdc++), so look again each time. */
     void *gcc_s = dlopen("libgcc_s.so.1", RTLD_LAZY | RTLD_NOLOAD);
     if (gcc_s == NULL) return 0;
     get_ip_fn ip = (get_ip_fn)dlsym(gcc_s, "_Unwind_GetIP");

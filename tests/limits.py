@@ -4,8 +4,9 @@ with a low RLIMIT_NPROC, a cgroup v1 `pids` group, RLIMIT_AS.
 Root ignores RLIMIT_NPROC, so task-limit children run as an unprivileged
 uid through setpriv: a fresh uid number, chosen once per test session, that
 no process on the machine runs as (it needs no passwd entry), so the limit
-counts only the test's own tasks and no other user shares its headroom.  They keep CAP_DAC_READ_SEARCH (as an ambient capability) only so
-they can read this interpreter and the installed packages wherever they
+counts only the test's own tasks and no other user shares its headroom.
+They keep CAP_DAC_READ_SEARCH (as an ambient capability) only so they can
+read this interpreter and the installed packages wherever they
 live (root's home here); the kernel exempts only CAP_SYS_RESOURCE and
 CAP_SYS_ADMIN from RLIMIT_NPROC, so the limit applies in full.
 """

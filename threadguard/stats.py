@@ -167,6 +167,7 @@ class Stats:
             "applied": {k: dict(v) for k, v in self.applied.items()},
             "pools": [asdict(pool) for pool in self.pools],
             "failures_total": self.failures_total,
+            "failures_recorded": len(self.failures),  # listed; the native table keeps 64
             "failures": [{**asdict(f), "limits": dict(f.limits)} for f in self.failures],
             "headroom": {"at_start": dict(self.headroom_at_start),
                          "now": dict(self.headroom_now)},
