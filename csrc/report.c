@@ -420,6 +420,20 @@ static void write_table_budget(struct out *o) {
     for (int i = 0; i < count; i++) put(o, "  glibc %s: %s\n", tg_glibc.version, lines[i]);
 }
 
+/* Whether threadguard changed anything: a pool decision, a setting given,
+ * something applied at start. */
+static int guard_acted(void) {
+    if (decisions_made() > 0 || atomic_load_explicit(&tg_applied.pool_stack, memory_order_relaxed))
+        return 1;
+    if (tg_applied.stack_source != TG_SOURCE_DEFAULT ||
+        tg_applied.arenas_source != TG_SOURCE_DEFAULT ||
+        tg_applied.nproc_source != TG_SOURCE_DEFAULT)
+        return 1;
+    for (int i = 0; i < TG_SETTING_COUNT; i++)
+        if (tg_config.source[i] == TG_SOURCE_USER || tg_config.rejected[i]) return 1;
+    return 0;
+}
+
 static void write_table(struct out *o, const threadguard_stats *s, const char *program) {
     const char *base = strrchr(program, '/');
     base = base ? base + 1 : program;
@@ -432,6 +446,9 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
     }
     if (rows == 0 && tasks <= 1) {
         put(o, "threadguard: pid %d (%s): no threads created\n", (int)getpid(), base);
+        /* What the guard did still matters (a pool sized to 1 under a full
+         * task limit is why no thread was created): say it. */
+        if (guard_acted()) write_table_budget(o);
         return;
     }
     put(o, "threadguard: pid %d (%s): threads by creating library, at exit\n", (int)getpid(),

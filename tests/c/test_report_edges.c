@@ -13,7 +13,10 @@
  *  fifo/symlink: what the user put at the report path is written into,
  *               not replaced by a regular file.
  *  main_exit:   main calls pthread_exit; the report still names the
- *               program and sees no thread it did not see created. */
+ *               program and sees no thread it did not see created.
+ *  no_threads:  a pool was sized but no thread was created; the stderr
+ *               table still shows the decision and the headroom (it said
+ *               only "no threads created"). */
 #include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
@@ -91,6 +94,15 @@ static int child_main_exit(void) {
     if (pthread_create(&t, NULL, naps, NULL) != 0) return 5;
     pthread_detach(t);
     pthread_exit(NULL);
+}
+
+static int child_no_threads(void) {
+    void *lib = dlopen(getenv("TG_HOST_LIB"), RTLD_NOW);
+    if (lib == NULL) return 5;
+    int (*ask)(void) = (int (*)(void))dlsym(lib, "tables_ask");
+    if (ask == NULL) return 6;
+    ask(); /* OPENBLAS_NUM_THREADS read: a pool decision, no thread */
+    return 0;
 }
 
 /* ---- the parent's checks ------------------------------------------------- */
@@ -254,6 +266,21 @@ static void check_main_exit(void) {
           strstr(text, "\"tasks\"") ? strstr(text, "\"tasks\"") : text);
 }
 
+static void check_no_threads(void) {
+    char errpath[PATH_MAX + 32], env_lib[PATH_MAX + 64], text[65536];
+    path_in(errpath, sizeof errpath, "no_threads.err");
+    snprintf(env_lib, sizeof env_lib, "TG_HOST_LIB=%s", OPENBLAS_LIB);
+    int err = open(errpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    struct host_run run = {"no_threads", {"THREADGUARD_REPORT=stderr", env_lib, NULL}, err, 60};
+    run_ok(&run);
+    close(err);
+    read_text(errpath, text, sizeof text);
+    CHECK(strstr(text, "no threads created") != NULL, "the table: %.400s", text);
+    CHECK(strstr(text, "OPENBLAS_NUM_THREADS") && strstr(text, "headroom at start"),
+          "the pool decision and headroom are missing when no thread was created:\n%.600s",
+          text);
+}
+
 int main(void) {
     const char *which = getenv("TG_HOST_CASE");
     if (which != NULL) {
@@ -262,6 +289,7 @@ int main(void) {
         if (strcmp(which, "failures") == 0) return child_failures();
         if (strcmp(which, "chdir") == 0) return child_chdir();
         if (strcmp(which, "main_exit") == 0) return child_main_exit();
+        if (strcmp(which, "no_threads") == 0) return child_no_threads();
         return 99;
     }
     snprintf(scratch, sizeof scratch, "/tmp/threadguard-report-edges-XXXXXX");
@@ -273,6 +301,7 @@ int main(void) {
     check_fifo();
     check_symlink();
     check_main_exit();
+    check_no_threads();
     char cmd[PATH_MAX + 16];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
     if (check_failures == 0) (void)!system(cmd);
