@@ -242,6 +242,16 @@ THREADGUARD_API int threadguard_check_setting(const char *name, const char *valu
     char message[512];
     if (parse_one(which, value, &parsed, message, sizeof message) != 0)
         return tg_set_error(THREADGUARD_EINVAL, "%s", message);
+    /* The variable alone is raised to the floor at start (with a warning);
+     * asked beforehand (the command line), a stack under it is refused. */
+    if (which == TG_SET_STACK && parsed.number < TG_MIN_STACK) {
+        char shown[96];
+        printable(value, shown, sizeof shown);
+        return tg_set_error(THREADGUARD_EINVAL,
+                            "THREADGUARD_STACK='%s' is under the 256k that Python and the BLAS "
+                            "libraries need; expected %s",
+                            shown, settings[TG_SET_STACK].expected);
+    }
     tg_clear_error();
     return THREADGUARD_OK;
 }

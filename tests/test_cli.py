@@ -47,6 +47,37 @@ def test_run_without_a_command_explains(tmp_path):
     assert "give the command after --" in proc.stderr
 
 
+def test_stats_into_a_closed_pipe_prints_no_traceback(tmp_path):
+    """`threadguard stats r.json | head -1` ended in BrokenPipeError: here the
+    pipe's reader is gone before anything is written, so every write fails."""
+    report = tmp_path / "r.json"
+    code = "import threading; t = threading.Thread(target=sum, args=([1],)); t.start(); t.join()"
+    assert tg("run", "--report", str(report), "--", sys.executable, "-c", code,
+              cwd=tmp_path).returncode == 0
+    for extra in ((), ("--json",)):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "threadguard", "stats", str(report),
+                                   *extra], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                  cwd=tmp_path, timeout=120)
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, \
+            proc.stderr
+        assert proc.returncode == 141
+
+
+def test_run_refuses_a_stack_under_the_floor(tmp_path):
+    """--stack 100k was accepted, then raised to 256k at run time with a warning,
+    though bad values are refused before anything starts."""
+    proc = tg("run", "--stack", "100k", "--", sys.executable, "-c", "print('ran')",
+              cwd=tmp_path)
+    assert proc.returncode == 2 and "ran" not in proc.stdout
+    assert "--stack" in proc.stderr and "under the 256k" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_run_of_a_missing_command(tmp_path):
     proc = tg("run", "--", "no-such-command-xyz", cwd=tmp_path)
     assert proc.returncode == 127

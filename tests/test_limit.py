@@ -221,6 +221,9 @@ def test_decorator_applies_around_each_call_and_interop_warns(tmp_path, fakecpus
     ((True,), {}, "whole number"),
     ((2,), {"workers": 0}, "workers must be"),
     ((2,), {"workers": 1.5}, "workers must be"),
+    # Accepted once, it exported THREADGUARD_POOL_THREADS=1000000000, which every
+    # guarded child then rejected.
+    ((10**9,), {}, "at most 4096"),
 ])
 def test_bad_arguments_raise_valueerror_saying_what_is_accepted(args, kwargs, accepted):
     with pytest.raises(ValueError) as error:

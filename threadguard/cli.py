@@ -295,7 +295,33 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the threadguard console script and python -m threadguard."""
+    """Entry point of the threadguard console script and python -m threadguard.
+
+    A failure of the environment (a closed pipe, no task or memory left, a
+    refused system call) ends the command with one line, never a traceback.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return status
+    except BrokenPipeError:
+        # The reader went away (`threadguard stats r.json | head -1`): nothing
+        # more to say.  Point stdout at /dev/null so the interpreter's own
+        # flush at exit does not raise again; 141 is what a shell reports for
+        # a command ended by a closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except (OSError, MemoryError) as exc:
+        what = f"[Errno {exc.errno}] {exc.strerror}" if isinstance(exc, OSError) and exc.errno \
+            else type(exc).__name__
+        print(f"threadguard: the system refused what this command needs: {what}; "
+              f"it ran out of tasks, memory or permissions (see `threadguard doctor`)",
+              file=sys.stderr)
+        return 2
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)  # option values are checked by the native library

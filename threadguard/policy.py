@@ -44,6 +44,10 @@ def allocation(figures: Optional[Dict[str, Any]] = None) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+# The largest pool size the native side (THREADGUARD_POOL_THREADS) accepts.
+MAX_POOL_THREADS = 4096
+
+
 def _check_threads(threads: object) -> None:
     if isinstance(threads, bool) or not (isinstance(threads, int) or threads == "auto"):
         raise ValueError(
@@ -52,6 +56,11 @@ def _check_threads(threads: object) -> None:
     if isinstance(threads, int) and threads < 1:
         raise ValueError(
             f"threads must be 1 or more (or \"auto\" for the CPU allocation); got {threads}")
+    if isinstance(threads, int) and threads > MAX_POOL_THREADS:
+        raise ValueError(
+            f"threads must be at most {MAX_POOL_THREADS} (the largest pool threadguard sizes, "
+            f"as THREADGUARD_POOL_THREADS); got {threads}. Use \"auto\" for the CPU "
+            f"allocation")
 
 
 def _check_workers(workers: object) -> None:

@@ -61,7 +61,8 @@ int main(void) {
     CHECK(accepted > 0 && rejected > 0, "accepted %ld rejected %ld", accepted, rejected);
 
     static const char *const bad_stack[] = {"abc", "-1", "99999999G", "", "\xc3\xa9", "512q",
-                                            "1.5M", "2M extra", "12345678901234567890"};
+                                            "1.5M", "2M extra", "12345678901234567890",
+                                            "100k", "0"};
     for (size_t i = 0; i < sizeof bad_stack / sizeof bad_stack[0]; i++) {
         CHECK(threadguard_check_setting("THREADGUARD_STACK", bad_stack[i]) == THREADGUARD_EINVAL,
               "THREADGUARD_STACK='%s' accepted", bad_stack[i]);
