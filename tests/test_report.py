@@ -114,3 +114,19 @@ def test_malformed_report_file_is_a_clear_error(tmp_path):
         threadguard.load_report(bad)
     with pytest.raises(threadguard.ReportError, match="no report at"):
         threadguard.load_report(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("text, names", [
+    # This said "missing or bad field string indices must be integers, not 'str'".
+    ('{"libraries": "x", "total": 5}', "'libraries' is a JSON string, expected an array"),
+    ('{"libraries": [], "total": 5}', "'total' is a JSON number, expected an object"),
+    ('{"libraries": [1], "total": {}}', "'libraries' holds something other than objects"),
+    ('[1, 2]', "is not a threadguard report (expected a JSON object)"),
+])
+def test_a_report_of_the_wrong_shape_names_the_field(tmp_path, text, names):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    with pytest.raises(threadguard.ReportError) as error:
+        threadguard.load_report(bad)
+    assert names in str(error.value)
+    assert "string indices" not in str(error.value)

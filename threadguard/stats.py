@@ -176,6 +176,7 @@ class Stats:
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "Stats":
         """Read the JSON object of a report; ReportError if it is not one."""
+        _check_shape(data)
         try:
             libraries = tuple(
                 LibraryStats(name=str(row["name"]), path=str(row["path"]), kind=str(row["kind"]),
@@ -315,3 +316,36 @@ def _overflow_lines(overflow: Mapping[str, int]) -> Tuple[str, ...]:
         lines.append(f"  {overflow['threads_during_init']} threads started while threadguard "
                      f"initialised, uncounted")
     return tuple(lines)
+
+
+# The containers a report holds, checked before any field is read, so that a
+# file of the wrong shape gets a message naming the field, not a TypeError's.
+_SHAPE = {"libraries": (list, dict), "total": (dict, None), "settings": (list, dict),
+          "pools": (list, dict), "failures": (list, dict), "headroom": (dict, None),
+          "platform": (dict, None), "overflow": (dict, None), "applied": (dict, None)}
+_REQUIRED = ("libraries", "total")
+
+
+def _check_shape(data: Any) -> None:
+    """ReportError naming the first field whose type is wrong."""
+    if not isinstance(data, dict):
+        raise ReportError(f"not a threadguard report: the file holds a JSON "
+                          f"{type(data).__name__}, expected an object")
+    for key, (kind, item) in _SHAPE.items():
+        if key not in data:
+            if key in _REQUIRED:
+                raise ReportError(f"not a threadguard report: no {key!r} field")
+            continue
+        value = data[key]
+        if not isinstance(value, kind):
+            raise ReportError(f"not a threadguard report: {key!r} is a JSON "
+                              f"{_json_type(value)}, expected an {_json_type(kind())}")
+        if item is not None and any(not isinstance(row, item) for row in value):
+            raise ReportError(f"not a threadguard report: {key!r} holds something other than "
+                              f"objects")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
