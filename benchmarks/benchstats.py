@@ -25,14 +25,20 @@ def summary(values: List[float]) -> Dict[str, float]:
 def alternate(rounds: int, names: Sequence[str], measure: Callable[[str], float],
               label: str) -> Dict[str, List[float]]:
     """measure(name) for every configuration each round, rotating the order;
-    progress on stderr."""
+    progress on stderr: one line rewritten on a terminal, a line per round
+    otherwise (a log file or a pipe would get the rounds run together)."""
     results: Dict[str, List[float]] = {name: [] for name in names}
+    terminal = sys.stderr.isatty()
     for i in range(rounds):
         order = list(names[i % len(names):]) + list(names[:i % len(names)])
         for name in order:
             results[name].append(measure(name))
-        print(f"\r{label}: round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if terminal:
+            print(f"\r{label}: round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"{label}: round {i + 1}/{rounds}", file=sys.stderr, flush=True)
+    if terminal:
+        print(file=sys.stderr)
     return results
 
 

@@ -17,7 +17,9 @@ def test_overhead_benchmark_produces_ratios(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_overhead.py"),
                            "--rounds", "2", "--threads", "200", "--calls", "200",
                            "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, timeout=300, cwd=tmp_path)
+    # Bytes, decoded here: text mode would turn the carriage returns checked below into \n.
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
     for measure in ("create_join", "python_startup", "omp_set_num_threads_loop",
@@ -27,6 +29,9 @@ def test_overhead_benchmark_produces_ratios(tmp_path):
         assert row["ratio_of_medians"] > 0
     assert "create+join ratio" in proc.stdout
     assert "omp_set_num_threads loop ratio" in proc.stdout
+    # Not a terminal: a line per round, not rounds run together with carriage returns.
+    assert "create+join: round 1/2\ncreate+join: round 2/2\n" in proc.stderr, proc.stderr
+    assert "\r" not in proc.stderr
 
 
 def test_oversubscription_benchmark_compares_auto_with_default_ones_and_sweep_best(tmp_path):
