@@ -97,7 +97,10 @@ def test_libpath_prints_the_packaged_library(tmp_path):
 
 def test_stats_reads_a_report(tmp_path):
     report = tmp_path / "r.json"
-    code = "import threading; t = threading.Thread(target=sum, args=([1],)); t.start(); t.join()"
+    # After join, wait until the OS thread is gone too (see TWO_THREADS in test_report.py).
+    code = ("import os, threading, time; t = threading.Thread(target=sum, args=([1],)); "
+            "t.start(); t.join()\n"
+            "while len(os.listdir('/proc/self/task')) > 1: time.sleep(0.001)\n")
     assert tg("run", "--report", str(report), "--", sys.executable, "-c", code,
               cwd=tmp_path).returncode == 0
     as_json = tg("stats", str(report), "--json", cwd=tmp_path)
