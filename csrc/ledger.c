@@ -149,14 +149,19 @@ void tg_ledger_unlock(int locked) {
     if (l != NULL) atomic_store_explicit(&l->lock, 0, memory_order_release);
 }
 
-/* Reclaim the entries of processes that are gone (under the lock). */
-static void reclaim(struct ledger *l) {
+/* Reclaim the entries of processes that are gone (under the lock).  Only
+ * entries holding promises change anyone's figures, so only they are
+ * checked (a kill and a /proc read each) on every sizing; the others only
+ * when the table is full (every entry). */
+static void reclaim(struct ledger *l, int every_entry) {
     int self = (int)getpid();
     struct ledger_entry *own = atomic_load_explicit(&mine, memory_order_acquire);
     for (int i = 0; i < LEDGER_ENTRIES; i++) {
         struct ledger_entry *e = &l->entries[i];
         int pid = atomic_load_explicit(&e->pid, memory_order_acquire);
         if (pid == 0 || e == own) continue;
+        if (!every_entry && atomic_load_explicit(&e->promised, memory_order_relaxed) <= 0)
+            continue;
         /* Our own pid in another entry: left by this process before exec. */
         if (pid == self || !alive(e, pid)) {
             atomic_store_explicit(&e->promised, 0, memory_order_relaxed);
@@ -182,7 +187,7 @@ long long tg_ledger_others(void) {
 
 void tg_ledger_prepare(void) {
     struct ledger *l = atomic_load_explicit(&shared, memory_order_acquire);
-    if (l != NULL && holding) reclaim(l);
+    if (l != NULL && holding) reclaim(l, 0);
 }
 
 /* This process's promised workers: for each library, those it was promised
@@ -200,8 +205,9 @@ static long long outstanding(void) {
 
 static struct ledger_entry *claim_entry(struct ledger *l) {
     int self = (int)getpid();
-    for (int i = 0; i < LEDGER_ENTRIES; i++) {
-        struct ledger_entry *e = &l->entries[i];
+    for (int i = 0; i < 2 * LEDGER_ENTRIES; i++) {
+        if (i == LEDGER_ENTRIES) reclaim(l, 1); /* full: free what the dead left */
+        struct ledger_entry *e = &l->entries[i % LEDGER_ENTRIES];
         int expected = 0;
         if (atomic_compare_exchange_strong_explicit(&e->pid, &expected, self,
                                                     memory_order_acq_rel,

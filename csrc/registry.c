@@ -219,12 +219,8 @@ unsigned tg_creator_slot(void *return_address) {
 }
 
 unsigned tg_caller_slot(void *return_address) {
-    uintptr_t base;
-    const char *path;
-    if (return_address == NULL ||
-        find_object((char *)return_address - 1, &base, &path) != 0)
-        return TG_UNKNOWN_SLOT;
-    return slot_for(base, path);
+    /* - 1: a return address may be one past the end of the caller's object. */
+    return return_address ? tg_slot_for_address((char *)return_address - 1) : TG_UNKNOWN_SLOT;
 }
 
 const char *tg_program_path(void) { return exe_path; }

@@ -297,25 +297,21 @@ def load_report(path: Union[str, Path]) -> Stats:
     return Stats.from_json(data)
 
 
+# The exit table's line for each overflow counter, as csrc/report.c writes it.
+_OVERFLOW_LINES = (
+    ("pools_dropped", "  pool decisions: the table was full; {} more not listed"),
+    ("library_lookups_unknown",
+     "  libraries: the table was full; {} lookups of later libraries counted under (unknown)"),
+    ("start_records_mapped", "  start records: {} more mapped for threads started at once"),
+    ("threads_uncounted", "  {} threads started uncounted (no memory for a start record)"),
+    ("threads_during_init", "  {} threads started while threadguard initialised, uncounted"),
+)
+
+
 def _overflow_lines(overflow: Mapping[str, int]) -> Tuple[str, ...]:
-    """The exit table's lines for what did not fit (as csrc/report.c writes them)."""
-    lines = []
-    if overflow.get("pools_dropped"):
-        lines.append(f"  pool decisions: the table was full; {overflow['pools_dropped']} more "
-                     f"not listed")
-    if overflow.get("library_lookups_unknown"):
-        lines.append(f"  libraries: the table was full; {overflow['library_lookups_unknown']} "
-                     f"lookups of later libraries counted under (unknown)")
-    if overflow.get("start_records_mapped"):
-        lines.append(f"  start records: {overflow['start_records_mapped']} more mapped for "
-                     f"threads started at once")
-    if overflow.get("threads_uncounted"):
-        lines.append(f"  {overflow['threads_uncounted']} threads started uncounted (no memory "
-                     f"for a start record)")
-    if overflow.get("threads_during_init"):
-        lines.append(f"  {overflow['threads_during_init']} threads started while threadguard "
-                     f"initialised, uncounted")
-    return tuple(lines)
+    """The exit table's lines for what did not fit (none when nothing overflowed)."""
+    return tuple(text.format(overflow[key]) for key, text in _OVERFLOW_LINES
+                 if overflow.get(key))
 
 
 # The containers a report holds, checked before any field is read, so that a
