@@ -98,17 +98,22 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
             skipped[name] = reason
             progress.skip(name, reason, sum(c.workload == name for c in configs))
 
+    rows: List[Dict[str, Any]] = []
+
     def step(index: int, config: Any, row: Optional[Dict[str, Any]]) -> None:
-        if row is not None and "rates" in row:
-            row["rate"] = summarize(row["rates"], timing.min_windows, timing.target)
+        if row is not None:
+            if "rates" in row:
+                row["rate"] = summarize(row["rates"], timing.min_windows, timing.target)
+            # Kept before it is reported done: an interrupt right after the
+            # progress line (before sweep yields the row) must not lose it.
+            rows.append(row)
         progress(index, config, row)
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    rows: List[Dict[str, Any]] = []
     interrupted = False
     try:
-        for row in sweep(configs, timing, options.quick, skipped, step, progress.skip):
-            rows.append(row)
+        for _ in sweep(configs, timing, options.quick, skipped, step, progress.skip):
+            pass  # rows are kept by step
     except KeyboardInterrupt:
         # Keep what was measured; an incomplete sweep makes no profile.
         interrupted = True
