@@ -24,6 +24,9 @@ static inline const char *tg_base_name(const char *path) {
     return slash ? slash + 1 : path;
 }
 
+/* "s" after a count that is not 1: "1 thread", "2 threads". */
+static inline const char *tg_s(long long n) { return n == 1 ? "" : "s"; }
+
 static inline int tg_starts_with(const char *s, const char *prefix) {
     return strncmp(s, prefix, strlen(prefix)) == 0;
 }

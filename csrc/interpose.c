@@ -297,9 +297,10 @@ static int over_budget(unsigned slot, long long live_total) {
     }
     if (atomic_exchange_explicit(&lib->warned, 1, memory_order_relaxed) == 0) {
         if (deny)
-            tg_warn("denied thread %lld to %s: THREADGUARD_MAX_THREADS=%lld and %lld threads "
-                    "are live; pthread_create returns EAGAIN (THREADGUARD_ON_LIMIT=deny)",
-                    in_process, lib->name, budget, in_process - 1);
+            tg_warn("denied thread %lld to %s: THREADGUARD_MAX_THREADS=%lld and %lld thread%s "
+                    "live; pthread_create returns EAGAIN (THREADGUARD_ON_LIMIT=deny)",
+                    in_process, lib->name, budget, in_process - 1,
+                    in_process - 1 == 1 ? " is" : "s are");
         else
             tg_warn("%s started thread %lld, over THREADGUARD_MAX_THREADS=%lld; allowed "
                     "(THREADGUARD_ON_LIMIT=warn; set it to deny to refuse such threads)",

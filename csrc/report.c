@@ -228,9 +228,11 @@ static void put_table_overflow(struct out *o) {
     if (mapped)
         put(o, "  start records: %lld more mapped for threads started at once\n", mapped);
     if (uncounted)
-        put(o, "  %lld threads started uncounted (no memory for a start record)\n", uncounted);
+        put(o, "  %lld thread%s started uncounted (no memory for a start record)\n", uncounted,
+            tg_s(uncounted));
     if (early)
-        put(o, "  %lld threads started while threadguard initialised, uncounted\n", early);
+        put(o, "  %lld thread%s started while threadguard initialised, uncounted\n", early,
+            tg_s(early));
 }
 
 static const char *error_name(int error) {
@@ -398,8 +400,9 @@ static void write_table_budget(struct out *o) {
     else put(o, "unlimited");
     put(o, " (%s)\n", tg_source_name(tg_applied.arenas_source));
     const struct tg_headroom *h = &tg_headroom_at_start;
-    put(o, "  headroom at start: %lld CPUs (%s);", h->cpus, h->cpus_from);
-    if (h->free >= 0) put(o, " %lld threads free under %s;", h->free, h->limit);
+    put(o, "  headroom at start: %lld CPU%s (%s);", h->cpus, tg_s(h->cpus), h->cpus_from);
+    if (h->free >= 0)
+        put(o, " %lld thread%s free under %s;", h->free, tg_s(h->free), h->limit);
     put_figure(o, "RLIMIT_NPROC", h->nproc_soft);
     put_figure(o, "uid tasks", h->uid_tasks);
     put_figure(o, "pids.max", h->pids_max);
@@ -441,7 +444,7 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
     long long tasks = threadguard_stats_tasks(s);
     if (threadguard_mode() == THREADGUARD_MODE_OFF) {
         put(o, "threadguard: pid %d (%s): not preloaded, threads were not counted; "
-               "%lld tasks at exit\n", (int)getpid(), base, tasks);
+               "%lld task%s at exit\n", (int)getpid(), base, tasks, tg_s(tasks));
         return;
     }
     if (rows == 0 && tasks <= 1) {

@@ -139,12 +139,14 @@ static int record(unsigned slot, const char *variable, long long value, long lon
 static void describe(unsigned slot, const char *variable, long long value, long long requested,
                      int lowered, const struct tg_headroom *h) {
     if (lowered) {
-        tg_warn("%s=%lld lowered to %lld for %s: %lld threads free under %s (keeping %d in "
+        tg_warn("%s=%lld lowered to %lld for %s: %lld thread%s free under %s (keeping %d in "
                 "reserve)",
-                variable, requested, value, library_name(slot), h->free, h->limit, TG_RESERVE);
+                variable, requested, value, library_name(slot), h->free, tg_s(h->free), h->limit,
+                TG_RESERVE);
     } else if (tg_config.debug) {
-        tg_warn("debug: %s=%lld for %s (%lld CPUs from %s; %lld threads free under %s)",
-                variable, value, library_name(slot), h->cpus, h->cpus_from, h->free, h->limit);
+        tg_warn("debug: %s=%lld for %s (%lld CPU%s from %s; %lld thread%s free under %s)",
+                variable, value, library_name(slot), h->cpus, tg_s(h->cpus), h->cpus_from,
+                h->free, tg_s(h->free), h->limit);
     }
 }
 

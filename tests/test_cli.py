@@ -45,6 +45,9 @@ def test_run_without_a_command_explains(tmp_path):
     proc = tg("run", cwd=tmp_path)
     assert proc.returncode == 2
     assert "give the command after --" in proc.stderr
+    # run's own usage, not the top level's list of commands
+    assert proc.stderr.startswith("usage: threadguard run "), proc.stderr
+    assert "{run,libpath" not in proc.stderr
 
 
 def test_stats_into_a_closed_pipe_prints_no_traceback(tmp_path):

@@ -82,6 +82,54 @@ def test_command_names_openblas_thread_eagain_and_rlimit_nproc(
     run_printed(runner, verdict["commands"], prefix=few_tasks)
 
 
+@pytest.fixture
+def no_task_left(runner: Runner) -> List[str]:
+    """The test uid with room for exactly one task: the command's own."""
+    skip_unless_nobody_works()
+    return nobody_prefix(uid_tasks(NOBODY) + 1)
+
+
+def test_node_verdict_with_no_task_left_names_rlimit_nproc(
+        runner: Runner, no_task_left: List[str]) -> None:
+    """The doctor crashed with BlockingIOError from its probe's fork, printing
+    no verdict, exactly where it is needed: the limits read say enough."""
+    result = doctor(runner, [], prefix=no_task_left)
+    verdict = result["verdict"]
+    assert verdict["status"] == "fails" and verdict["limit"] == "RLIMIT_NPROC", verdict
+    assert "EAGAIN" in verdict["explanation"] and "no task is free" in verdict["explanation"]
+    assert all(w["baseline"].get("started") is False for w in result["workloads"])
+    # Once the doctor has exited, its task is free for what it suggests; the
+    # shell the user types into holds a task of its own (here, sh -c).
+    run_printed(runner, verdict["commands"], prefix=nobody_prefix(uid_tasks(NOBODY) + 2))
+
+
+def test_command_with_no_task_left_names_rlimit_nproc(
+        runner: Runner, no_task_left: List[str]) -> None:
+    result = doctor(runner, numpy_cmd(), prefix=no_task_left)
+    assert result["run"]["exit"] is None and "EAGAIN" in result["run"]["error"]
+    verdict = result["verdict"]
+    assert verdict["status"] == "fails" and verdict["limit"] == "RLIMIT_NPROC", verdict
+
+
+@pytest.mark.parametrize("args", [["doctor"], ["doctor", "--json"], numpy_cmd.__name__,
+                                  ["bench", "--quick", "--workloads", "matmul", "--no-profile"]],
+                         ids=["doctor", "doctor-json", "doctor-cmd", "bench"])
+def test_no_traceback_with_no_task_left(runner: Runner, no_task_left: List[str],
+                                        args: Any) -> None:
+    if args == numpy_cmd.__name__:
+        args = ["doctor", *numpy_cmd()]
+    proc = subprocess.run([*no_task_left, sys.executable, "-m", "threadguard", *args,
+                           *(["--out", str(runner.dir / "bench")] if args[0] == "bench"
+                             else [])],
+                          env=runner.env(), cwd=runner.dir, capture_output=True, text=True,
+                          timeout=600)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode in (1, 2), proc.stderr[-3000:]
+    said = proc.stderr + proc.stdout
+    assert "EAGAIN" in said or "Resource temporarily unavailable" in said, said[-3000:]
+    assert "None" not in proc.stderr, proc.stderr[-3000:]  # "cannot write None: ..." was said
+
+
 # ---- RLIMIT_AS ---------------------------------------------------------------
 
 def _numpy_vmsize(runner: Runner) -> int:

@@ -349,3 +349,13 @@ def test_native_pool_size_sizes_libraries_loaded_later(guarded, fakecpus):
     proc, report = guarded.run(code, env={"THREADGUARD_TEST_CPUS": "8"}, preload_extra=fakecpus)
     assert proc.stdout.split() == ["-1", "3", "-2"]
     assert report.of_kind("openblas").created == 2  # a pool of 3: 2 workers + the caller
+
+
+def test_docstrings_say_what_the_arguments_are():
+    """pool_initializer's docstring did not say its first argument is the
+    number of workers; stats()'s said rows are empty without a preload,
+    though import mode fills them."""
+    assert "workers: the number of worker processes" in threadguard.pool_initializer.__doc__
+    assert "workers: the DataLoader's num_workers" in threadguard.dataloader_worker_init.__doc__
+    assert "import mode" in threadguard.stats.__doc__
+    assert "otherwise every row is empty" not in threadguard.stats.__doc__

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,3 +136,21 @@ def test_a_report_of_the_wrong_shape_names_the_field(tmp_path, text, names):
         threadguard.load_report(bad)
     assert names in str(error.value)
     assert "string indices" not in str(error.value)
+
+
+def test_a_count_of_one_is_singular(runner, pids_cgroup):
+    """"1 threads free", "1 new threads": a count of one takes the singular,
+    in the C table, the C warnings and the Python reader's table alike."""
+    pids_cgroup.write("pids.max", 2)  # the process and one more task
+    proc = runner.run("import numpy", guarded=True, prefix=pids_cgroup.prefix(), cpus=1,
+                      options=["--debug"])
+    assert proc.returncode == 0, proc.stderr
+    assert "(1 CPU from" in proc.stderr, proc.stderr
+    said = runner.report().format_table()
+    proc = runner.run("import numpy", guarded=True, prefix=pids_cgroup.prefix(), cpus=4,
+                      options=["--report", "stderr"])
+    assert proc.returncode == 0, proc.stderr
+    assert "1 thread free under cgroup pids.max" in proc.stderr, proc.stderr
+    assert "1 thread free under cgroup pids.max" in said, said
+    for text in (proc.stderr, said):
+        assert not re.search(r"\b1 (thread|task|CPU)s(?![-\w])", text), text

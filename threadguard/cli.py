@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"{option.help}; sets {option.variable}")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                      help="the command to run, after --")
+    run.set_defaults(subparser=run)  # a usage error shows run's usage, not the top level's
 
     commands.add_parser("libpath", help="print the path of libthreadguard.so, for LD_PRELOAD",
                         description="Print the path of the packaged libthreadguard.so.")
@@ -225,6 +226,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"threadguard bench: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
+        if exc.filename is None:
+            raise  # not a file: no process or memory for a measurement (main says so)
         print(f"threadguard bench: cannot write {exc.filename}: {exc.strerror}",
               file=sys.stderr)
         return 2
@@ -247,7 +250,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        parser.error("run: give the command after --, like: threadguard run -- python train.py")
+        parser.error("give the command after --, like: threadguard run -- python train.py")
     settings = {}
     for option in OPTIONS:
         value = getattr(args, option.flag.replace("-", "_"))
@@ -326,7 +329,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         args = parser.parse_args(argv)  # option values are checked by the native library
         if args.command == "run":
-            return _run(args, parser)
+            return _run(args, args.subparser)
         if args.command == "doctor":
             return _doctor(args)
         if args.command == "bench":

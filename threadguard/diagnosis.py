@@ -15,8 +15,9 @@ from .facts import MIB, thread_cost
 from .messages import MEMORY, POLICY, TASKS, Match
 from .policy import RESERVE
 from .stats import Failure
+from .wording import count
 
-__all__ = ["Workload", "WORKLOADS", "predict", "explain_run", "env_command"]
+__all__ = ["Workload", "WORKLOADS", "predict", "explain_run", "env_command", "no_room_verdict"]
 
 # Of the address space left after the threads, a quarter stays for data.
 DATA_SHARE = 0.25
@@ -119,13 +120,15 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
         thread, limit = min(hits)
         result.update(status="fails", limit=limit, thread=thread)
         result["explanation"] = (
-            f"{workload.name} starts {started} threads ({_pool_text(result['pools'])}); "
+            f"{workload.name} starts {count(started, 'thread')} "
+            f"({_pool_text(result['pools'])}); "
             f"new thread {thread} would fail against {limit}: "
             f"{_limit_text(facts, limit, own_tasks)}")
         if limit == "RLIMIT_AS":
             need = (base_vmsize or 0) + sum(costs[k] * n for k, n in workers)
             result["explanation"] = (
-                f"{workload.name} starts {started} threads ({_pool_text(result['pools'])}) and "
+                f"{workload.name} starts {count(started, 'thread')} "
+                f"({_pool_text(result['pools'])}) and "
                 f"would need about {_mib(need)} of address space: {_mib(base_vmsize)} for the "
                 f"program itself and {_cost_text(costs, stack)} per thread; "
                 f"{_limit_text(facts, limit)}, so thread creation fails partway (at about "
@@ -140,8 +143,8 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
         fixes.append(env_command(min(fit, allocation), argv))
     else:
         result.update(status="ok", limit=None, thread=None,
-                      explanation=f"{workload.name} fits: {started} new threads, within "
-                                  "every limit")
+                      explanation=f"{workload.name} fits: {count(started, 'new thread')}, "
+                                  "within every limit")
         fixes = []
     result["commands"] = fixes
     return result
@@ -168,10 +171,14 @@ def _cost_text(costs: Dict[str, int], stack: int) -> str:
 def _limit_text(facts: Dict[str, Any], limit: str, own_tasks: int = 0) -> str:
     t, a = facts["tasks"], facts["address_space"]
     if limit == "RLIMIT_NPROC":
+        besides = " besides this doctor" if own_tasks else ""
         return (f"RLIMIT_NPROC is {t['rlimit_nproc_soft']} (hard {t['rlimit_nproc_hard']}) and "
-                f"user {facts['user']['name']} runs {t['uid_tasks'] - own_tasks} tasks")
+                f"user {facts['user']['name']} runs "
+                f"{count(t['uid_tasks'] - own_tasks, 'task')}{besides}")
     if limit == "cgroup pids.max":
-        return f"the cgroup allows {t['pids_max']} tasks and holds {t['pids_current'] - own_tasks}"
+        besides = " besides this doctor" if own_tasks else ""
+        return (f"the cgroup allows {t['pids_max']} tasks and holds "
+                f"{count(t['pids_current'] - own_tasks, 'task')}{besides}")
     if limit == "kernel threads-max":
         return f"the kernel allows {t['threads_max']} threads and runs {t['threads_total']}"
     if limit == "RLIMIT_AS":
@@ -182,9 +189,11 @@ def _limit_text(facts: Dict[str, Any], limit: str, own_tasks: int = 0) -> str:
 def _failure_text(f: Failure) -> str:
     lim = f.limits
     figures = {
-        "RLIMIT_NPROC": f"the user had {lim.get('uid_tasks')} tasks of RLIMIT_NPROC "
+        "RLIMIT_NPROC": f"the user had {count(_int(lim.get('uid_tasks')), 'task')} of "
+                        f"RLIMIT_NPROC "
                         f"{lim.get('rlimit_nproc_soft')}",
-        "cgroup pids.max": f"the cgroup held {lim.get('pids_current')} tasks of pids.max "
+        "cgroup pids.max": f"the cgroup held {count(_int(lim.get('pids_current')), 'task')} "
+                           f"of pids.max "
                            f"{lim.get('pids_max')}",
         "RLIMIT_AS": f"VmSize was {_mib(_int(lim.get('vmsize')))} of RLIMIT_AS "
                      f"{_mib(_int(lim.get('rlimit_as')))}, and the thread needed a "
@@ -225,9 +234,9 @@ def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str]
                      f"({_mib(f.stack)} stack + {extra})")
             if openblas_guess is not None:
                 text += ("; OpenBLAS's own message blames RLIMIT_NPROC, wrongly: the task "
-                         f"limit had {_nproc_free(f)} tasks free")
+                         f"limit had {_nproc_free(f)} free")
         if len(failures) > 1:
-            text += f" ({len(failures)} creations failed in all)"
+            text += f" ({count(len(failures), 'creation')} failed in all)"
         verdict["explanation"] = text
         pool = max(1, min(facts["cpus"]["allocation"], f.thread - 1 - RESERVE))
         fixes = [shlex.join([*guard, "run", "--", *argv])]
@@ -256,9 +265,63 @@ def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str]
     return verdict
 
 
+def _full_task_limits(facts: Dict[str, Any]) -> List[str]:
+    """The task limits with no task free now, this process's own counted."""
+    t = facts["tasks"]
+    full = []
+    if t["nproc_applies"] and t["uid_tasks"] is not None \
+            and t["uid_tasks"] >= t["rlimit_nproc_soft"]:
+        full.append("RLIMIT_NPROC")
+    if t["pids_max"] is not None and t["pids_current"] is not None \
+            and t["pids_current"] >= t["pids_max"]:
+        full.append("cgroup pids.max")
+    if t["threads_max"] is not None and t["threads_total"] is not None \
+            and t["threads_total"] >= t["threads_max"]:
+        full.append("kernel threads-max")
+    return full
+
+
+def no_room_verdict(facts: Dict[str, Any], own_tasks: int, error: str, errno_name: str,
+                    worst: Optional[Dict[str, Any]], consequence: str) -> Dict[str, Any]:
+    """The verdict when the doctor could not start a process at all: the
+    limits read are the whole answer. worst: the workloads' worst prediction
+    made without a probe, if any; consequence: what the failure cost, in
+    words ("nothing could be measured")."""
+    full = _full_task_limits(facts)
+    limit = full[0] if full else (worst or {}).get("limit")
+    if limit is None and errno_name == "ENOMEM":
+        limit = "RLIMIT_AS" if facts["address_space"]["rlimit_as"] is not None else "memory"
+    text = f"{error}, so {consequence}"
+    if full:
+        t = facts["tasks"]
+        figures = {
+            "RLIMIT_NPROC": f"RLIMIT_NPROC is {t['rlimit_nproc_soft']} (hard "
+                            f"{t['rlimit_nproc_hard']}) and user {facts['user']['name']} runs "
+                            f"{count(t['uid_tasks'], 'task')} already, this "
+                            f"doctor's {own_tasks} included",
+            "cgroup pids.max": f"the cgroup allows {t['pids_max']} tasks and holds "
+                               f"{t['pids_current']}, this doctor's {own_tasks} included",
+            "kernel threads-max": f"the kernel allows {t['threads_max']} threads and runs "
+                                  f"{t['threads_total']}"}
+        text += f": {figures[full[0]]}, so no task is free"
+    elif limit is not None:
+        text += f"; the limit most likely in the way is {limit}"
+    else:
+        text += "; no task limit read here is full, so the cause is outside them"
+    verdict: Dict[str, Any] = {"status": "fails", "limit": limit, "workload": None,
+                               "thread": None, "commands": [], "thread_cost": None,
+                               "explanation": text}
+    if worst is not None and worst["status"] == "fails":
+        verdict.update(workload=worst["workload"], thread=worst["thread"],
+                       commands=worst["commands"], thread_cost=worst["thread_cost"])
+        verdict["explanation"] = (f"{text}. Once this doctor has exited: "
+                                  f"{worst['explanation']}")
+    return verdict
+
+
 def _nproc_free(f: Failure) -> str:
     free = f.limits.get("nproc_free")
-    return "all its" if free is None else str(free)
+    return "all its tasks" if not isinstance(free, int) else count(free, "task")
 
 
 def _limit_for_message(facts: Dict[str, Any], causes: str) -> Optional[str]:

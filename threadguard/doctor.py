@@ -11,6 +11,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -27,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import psutil
 
 from . import _native
-from .diagnosis import WORKLOADS, explain_run, predict
+from .diagnosis import WORKLOADS, explain_run, no_room_verdict, predict
 from .facts import gather, installed
 from .messages import find_messages
 from .preload import preload_environment
@@ -63,12 +64,19 @@ def _guard() -> List[str]:
 
 
 def _probe(code: str, timeout: float) -> Dict[str, Any]:
+    """The workload's size with one thread per pool, measured in a child;
+    "started" is False when no child could be made at all (no task or
+    memory left), which is itself the answer the doctor is asked for."""
     env = {**os.environ, **_ONE_THREAD}
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE, code], env=env, text=True,
                               capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"vmsize": None, "tasks": None, "error": f"did not finish in {timeout:.0f} s"}
+    except OSError as exc:
+        return {"vmsize": None, "tasks": None, "started": False,
+                "error": f"could not start a process: {_errno_text(exc)}",
+                "errno": errno.errorcode.get(exc.errno or 0, "unknown")}
     for line in proc.stdout.splitlines():
         if line.startswith("THREADGUARD-PROBE "):
             _, vmsize, tasks = line.split()
@@ -78,22 +86,38 @@ def _probe(code: str, timeout: float) -> Dict[str, Any]:
             "error": f"failed even with one thread per pool (exit {proc.returncode}): {tail}"}
 
 
+def _errno_text(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{name} ({exc.strerror})" if name else str(exc)
+
+
 def check_node(timeout: float, progress: TextIO) -> Dict[str, Any]:
     """The node's figures, a prediction per installed workload and the verdict."""
     facts = gather()
     own = psutil.Process().num_threads()
     predictions = []
+    unstarted: Optional[Dict[str, Any]] = None  # the probe no process could be made for
     for workload in WORKLOADS:
         if not all(installed(p) for p in workload.needs):
             continue
-        print(f"threadguard doctor: measuring {workload.name} with one thread per pool...",
-              file=progress, flush=True)
-        baseline = _probe(workload.code, timeout)
+        if unstarted is None:
+            print(f"threadguard doctor: measuring {workload.name} with one thread per pool...",
+                  file=progress, flush=True)
+            baseline = _probe(workload.code, timeout)
+            if baseline.get("started") is False:
+                unstarted = baseline
+                print(f"threadguard doctor: {baseline['error']}; the verdict comes from the "
+                      "limits alone", file=progress, flush=True)
+        else:
+            baseline = unstarted  # no second try: it would fail the same way
         predictions.append(predict(facts, workload, baseline, own, _python(), _guard()))
     worst = next((p for p in predictions if p["status"] == "fails"),
                  next((p for p in predictions if p["status"] == "slow"), None))
     verdict: Dict[str, Any]
-    if worst is None:
+    if unstarted is not None:
+        verdict = no_room_verdict(facts, own, unstarted["error"], unstarted["errno"], worst,
+                                  "nothing could be measured")
+    elif worst is None:
         verdict = {"status": "ok", "limit": None, "workload": None, "commands": [],
                    "explanation": "no limit is in the way of the typical workloads"
                    if predictions else "numpy and torch are not installed: nothing to predict"}
@@ -168,8 +192,21 @@ def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
             proc = subprocess.Popen(list(argv), env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        except OSError as exc:
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) \
+                as exc:
             raise FileNotFoundError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        except OSError as exc:
+            # No process could be made (EAGAIN, ENOMEM): that is the failure to explain.
+            own = psutil.Process().num_threads()
+            return {"facts": facts,
+                    "run": {"command": list(argv), "exit": None, "timed_out": False,
+                            "signal": None, "failures": [], "messages": [],
+                            "threads_created": {}, "guarded_processes": 0,
+                            "error": f"could not start: {_errno_text(exc)}"},
+                    "verdict": no_room_verdict(
+                        facts, own, f"could not start {argv[0]}: {_errno_text(exc)}",
+                        errno.errorcode.get(exc.errno or 0, "unknown"), None,
+                        "it never ran")}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             output, timed_out = _pump(proc, echo, deadline)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, List, Optional
 
+from .wording import count
+
 __all__ = ["render"]
 
 _COLOURS = {"ok": "32", "slow": "33", "fails": "31", "hang": "31", "error": "33"}
@@ -27,7 +29,7 @@ def _n(v: Any) -> str:
 def _facts_lines(f: Dict[str, Any]) -> List[str]:
     t, a, m, c = f["tasks"], f["address_space"], f["memory"], f["cpus"]
     nproc = (f"{_n(t['rlimit_nproc_soft'])} soft / {_n(t['rlimit_nproc_hard'])} hard, "
-             f"user {f['user']['name']} runs {_n(t['uid_tasks'])} tasks"
+             f"user {f['user']['name']} runs {count(t['uid_tasks'], 'task')}"
              + ("" if t["nproc_applies"] else " (does not apply: root or unlimited)"))
     lines = [
         "tasks",
@@ -80,7 +82,9 @@ def render(result: Dict[str, Any], colour: bool) -> str:
     for w in result.get("workloads", ()):
         lines.append(f"{w['workload']}: {w['status']} - {w['explanation']}")
     run = result.get("run")
-    if run is not None:
+    if run is not None and run.get("error"):
+        lines.append(f"{shlex.join(run['command'])}: {run['error']}")
+    elif run is not None:
         lines.append(f"ran {shlex.join(run['command'])}: exit {run['exit']}"
                      + (f" ({run['signal']})" if run["signal"] else "")
                      + (", stopped after the timeout" if run["timed_out"] else ""))

@@ -94,7 +94,12 @@ def pool_initializer(workers: int, threads: Threads = "auto") -> Callable[[], No
         Pool(4, initializer=threadguard.pool_initializer(4))
         ProcessPoolExecutor(4, initializer=threadguard.pool_initializer(4))
 
-    The share is computed here, in the parent, from its allocation."""
+    workers: the number of worker processes the pool runs (the same number
+    given to Pool or ProcessPoolExecutor); threads: the threads all of them
+    share, or "auto": this process's CPU allocation, or the node profile's
+    figure for that many workers, kept within the task headroom. Each worker
+    gets threads // workers, at least 1. The share is computed here, in the
+    parent, from its allocation."""
     return functools.partial(_apply_in_worker, per_process_threads(threads, workers))
 
 
@@ -103,5 +108,7 @@ def dataloader_worker_init(workers: int, threads: Threads = "auto") -> Callable[
     worker's pools to its share (DataLoader itself sets 1 intra-op thread)::
 
         DataLoader(data, num_workers=4,
-                   worker_init_fn=threadguard.dataloader_worker_init(4))"""
+                   worker_init_fn=threadguard.dataloader_worker_init(4))
+
+    workers: the DataLoader's num_workers; threads: as for pool_initializer."""
     return functools.partial(_apply_in_worker, per_process_threads(threads, workers))

@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from . import _native
 from .errors import ReportError
+from .wording import count
 
 __all__ = ["Counters", "Failure", "LibraryStats", "PoolSize", "Setting", "Stats", "stats",
            "load_report"]
@@ -252,9 +253,9 @@ class Stats:
             lines.append(f"  settings: {' '.join(given) if given else 'none'}")
         start = self.headroom_at_start
         if start:
-            free = (f"; {start.get('free')} threads free under {start.get('limit')}"
+            free = (f"; {count(start.get('free'), 'thread')} free under {start.get('limit')}"
                     if start.get("free") is not None else "")
-            lines.append(f"  headroom at start: {start.get('cpus')} CPUs "
+            lines.append(f"  headroom at start: {count(start.get('cpus'), 'CPU')} "
                          f"({start.get('cpus_from')}){free}")
         for limitation in self.platform.get("limitations", ()):
             lines.append(f"  glibc {self.platform.get('glibc')}: {limitation}")
@@ -276,9 +277,13 @@ def stats() -> Stats:
     """Counters of this process's threads, by the library that created them,
     with the settings, the pool sizes decided so far and the headroom now.
 
-    Threads are counted only when libthreadguard.so was preloaded (run the
-    program with 'threadguard run -- CMD'); otherwise every row is empty,
-    interposing is False and untracked holds the threads alive."""
+    Threads are counted in both modes: preloaded ('threadguard run -- CMD'),
+    every thread from the start; in import mode (``import threadguard``
+    without a preload), those created after the import, and those a library
+    started while it was loaded. Threads already running at the import show
+    as "not seen created" (``untracked``). Only with import mode turned off
+    (THREADGUARD_IMPORT=off) and no preload are the rows empty and
+    ``interposing`` False; ``mode`` says which is active."""
     return Stats.from_json(_native.report_json())
 
 
