@@ -179,6 +179,7 @@ const char *tg_source_name(int source) {
     switch (source) {
     case TG_SOURCE_USER: return "user";
     case TG_SOURCE_THREADGUARD: return "threadguard";
+    case TG_SOURCE_LIBRARY: return "library";
     default: return "default";
     }
 }

@@ -148,7 +148,9 @@ TG_HIDDEN void tg_exe_path(char *buf, size_t size);
 enum tg_report_mode { TG_REPORT_OFF = 0, TG_REPORT_STDERR, TG_REPORT_JSON };
 enum tg_on_limit { TG_ON_LIMIT_WARN = 0, TG_ON_LIMIT_DENY };
 /* Where a value came from, as the report says it. */
-enum tg_source { TG_SOURCE_DEFAULT = 0, TG_SOURCE_USER, TG_SOURCE_THREADGUARD };
+/* LIBRARY: a setter a threaded library called on its own (libtorch_cpu's
+ * omp_set_num_threads), not the program. */
+enum tg_source { TG_SOURCE_DEFAULT = 0, TG_SOURCE_USER, TG_SOURCE_THREADGUARD, TG_SOURCE_LIBRARY };
 
 enum tg_setting_id {
     TG_SET_MAX_THREADS = 0,
@@ -244,7 +246,9 @@ struct tg_decision {
     long long value;     /* what it got; -1 = passed through unchanged */
     long long requested; /* the user's value, -1 = none */
     int source;          /* enum tg_source */
-    int lowered;         /* the user's value did not fit */
+    int lowered;         /* the value asked for was lowered */
+    const char *lowered_by; /* THREADGUARD_POOL_THREADS or the headroom's limit; NULL */
+    char caller[64];     /* the library that made the call (a setter's call site) */
     long long free;      /* headroom used */
     const char *limit;
     long long cpus;

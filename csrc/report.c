@@ -189,8 +189,13 @@ static void put_json_pools(struct out *o) {
         put_json_string(o, d->variable);
         put(o, ", \"value\": %lld, ", d->value);
         put_json_number(o, "requested", d->requested, ", ");
-        put(o, "\"source\": \"%s\", \"lowered\": %s, ", tg_source_name(d->source),
-            d->lowered ? "true" : "false");
+        put(o, "\"source\": \"%s\", \"lowered\": %s, \"lowered_by\": ",
+            tg_source_name(d->source), d->lowered ? "true" : "false");
+        if (d->lowered_by) put_json_string(o, d->lowered_by);
+        else put(o, "null");
+        put(o, ", \"caller\": ");
+        put_json_string(o, d->caller);
+        put(o, ", ");
         put_json_number(o, "free", d->free, ", ");
         put(o, "\"limit\": ");
         put_json_string(o, d->limit);
@@ -370,7 +375,11 @@ static void write_table_budget(struct out *o) {
             if (!atomic_load_explicit(&d->ready, memory_order_acquire)) continue;
             put(o, "    %-32.32s %-28.28s %4lld  %s", d->library, d->variable, d->value,
                 tg_source_name(d->source));
+            if (d->source == TG_SOURCE_LIBRARY) put(o, " %s", d->caller);
             if (d->lowered) put(o, ", lowered from %lld", d->requested);
+            /* The headroom's limit is named next; a ceiling is named here. */
+            if (d->lowered && d->lowered_by && d->lowered_by != d->limit)
+                put(o, " by %s", d->lowered_by);
             if (d->free >= 0) put(o, " (%lld free under %s)", d->free, d->limit);
             long long count = atomic_load_explicit(&d->count, memory_order_relaxed);
             if (count > 1) put(o, " x%lld", count);

@@ -93,24 +93,51 @@ static const char *library_name(unsigned slot) {
 
 _Atomic long long tg_decisions_dropped;
 
+/* One pool-size decision before it is recorded. */
+struct sizing {
+    long long value;      /* what the library gets */
+    long long requested;  /* what was asked (the program's value, a setter's n); -1 none */
+    int source;           /* enum tg_source */
+    const char *lowered_by; /* NULL when value is what was asked */
+    unsigned caller;      /* the slot of the library that made the call */
+};
+
+/* The operator's ceiling, THREADGUARD_POOL_THREADS (or limit()), then the
+ * headroom: *s is lowered to the first that is below it. */
+static const char CEILING[] = "THREADGUARD_POOL_THREADS";
+
+static void lower_to_fit(struct sizing *s, long long fit, const struct tg_headroom *h) {
+    long long ceiling = tg_pool_threads();
+    if (ceiling > 0 && s->value > ceiling) {
+        s->value = ceiling;
+        s->lowered_by = CEILING;
+    }
+    if (fit > 0 && fit < s->value) {
+        s->value = fit;
+        s->lowered_by = h->limit;
+    }
+}
+
 static int same_decision(const struct tg_decision *d, unsigned slot, const char *variable,
-                         long long value, long long requested, int source, int lowered) {
-    return d->slot == slot && d->value == value && d->requested == requested &&
-           d->source == source && d->lowered == lowered &&
+                         const struct sizing *s) {
+    return d->slot == slot && d->value == s->value && d->requested == s->requested &&
+           d->source == s->source && d->lowered == (s->lowered_by != NULL) &&
+           d->lowered_by == s->lowered_by &&
+           strncmp(d->caller, library_name(s->caller), sizeof d->caller - 1) == 0 &&
            strncmp(d->variable, variable, sizeof d->variable - 1) == 0;
 }
 
 /* One row per distinct decision, with a count: a program that calls
  * omp_set_num_threads(2) in a loop fills nothing.  Returns the row, or -1
  * when the table is full (counted in tg_decisions_dropped). */
-static int record(unsigned slot, const char *variable, long long value, long long requested,
-                  int source, int lowered, const struct tg_headroom *h) {
+static int record(unsigned slot, const char *variable, const struct sizing *s,
+                  const struct tg_headroom *h) {
     int made = atomic_load_explicit(&tg_decision_count, memory_order_acquire);
     if (made > TG_MAX_DECISIONS) made = TG_MAX_DECISIONS;
     for (int i = 0; i < made; i++) {
         struct tg_decision *d = &tg_decisions[i];
         if (atomic_load_explicit(&d->ready, memory_order_acquire) &&
-            same_decision(d, slot, variable, value, requested, source, lowered)) {
+            same_decision(d, slot, variable, s)) {
             atomic_fetch_add_explicit(&d->count, 1, memory_order_relaxed);
             return i;
         }
@@ -124,10 +151,12 @@ static int record(unsigned slot, const char *variable, long long value, long lon
     d->slot = slot;
     snprintf(d->library, sizeof d->library, "%s", library_name(slot));
     snprintf(d->variable, sizeof d->variable, "%s", variable);
-    d->value = value;
-    d->requested = requested;
-    d->source = source;
-    d->lowered = lowered;
+    snprintf(d->caller, sizeof d->caller, "%s", library_name(s->caller));
+    d->value = s->value;
+    d->requested = s->requested;
+    d->source = s->source;
+    d->lowered = s->lowered_by != NULL;
+    d->lowered_by = s->lowered_by;
     d->free = h->free;
     d->limit = h->limit;
     d->cpus = h->cpus;
@@ -136,16 +165,20 @@ static int record(unsigned slot, const char *variable, long long value, long lon
     return i;
 }
 
-static void describe(unsigned slot, const char *variable, long long value, long long requested,
-                     int lowered, const struct tg_headroom *h) {
-    if (lowered) {
+static void describe(unsigned slot, const char *variable, const struct sizing *s,
+                     const struct tg_headroom *h) {
+    if (s->lowered_by == CEILING) {
+        tg_warn("%s=%lld lowered to %lld for %s: THREADGUARD_POOL_THREADS=%lld is the ceiling "
+                "of every pool",
+                variable, s->requested, s->value, library_name(slot), s->value);
+    } else if (s->lowered_by != NULL) {
         tg_warn("%s=%lld lowered to %lld for %s: %lld thread%s free under %s (keeping %d in "
                 "reserve)",
-                variable, requested, value, library_name(slot), h->free, tg_s(h->free), h->limit,
-                TG_RESERVE);
+                variable, s->requested, s->value, library_name(slot), h->free, tg_s(h->free),
+                h->limit, TG_RESERVE);
     } else if (tg_config.debug) {
         tg_warn("debug: %s=%lld for %s (%lld CPU%s from %s; %lld thread%s free under %s)",
-                variable, value, library_name(slot), h->cpus, tg_s(h->cpus), h->cpus_from,
+                variable, s->value, library_name(slot), h->cpus, tg_s(h->cpus), h->cpus_from,
                 h->free, tg_s(h->free), h->limit);
     }
 }
@@ -255,39 +288,39 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
     long long fit = pool_fit(slot, kind, &h);
-    long long want = -1;
-    int source = TG_SOURCE_USER;
+    /* The program's own value, then THREADGUARD_POOL_THREADS (the size of
+     * every pool the program leaves unsized, and the ceiling of those it
+     * sizes), then the CPU allocation; lowered to fit the headroom. */
+    long long ceiling = tg_pool_threads();
     const char *given = user_text;
-    long long pool_threads = tg_pool_threads();
-    if (pool_threads > 0) {
-        want = pool_threads;
+    struct sizing s = {user_pool_size(user_text), -1, TG_SOURCE_USER, NULL, slot};
+    if (s.value < 0 && fallback) s.value = user_pool_size(given = tg_environ_get(fallback));
+    if (s.value < 0) {
+        s.source = TG_SOURCE_THREADGUARD;
+        s.value = ceiling > 0 ? ceiling : h.cpus;
     } else {
-        want = user_pool_size(user_text);
-        if (want < 0 && fallback) want = user_pool_size(given = tg_environ_get(fallback));
+        s.requested = s.value;
     }
-    if (want < 0) {
-        source = TG_SOURCE_THREADGUARD;
-        want = h.cpus;
-    }
-    if (!tg_config.observe) shrink_pool_stack(slot, kind, want, &h, &fit);
-    long long value = fit > 0 && fit < want ? fit : want;
-    int lowered = source == TG_SOURCE_USER && value < want;
+    if (!tg_config.observe) shrink_pool_stack(slot, kind, s.value, &h, &fit);
+    lower_to_fit(&s, fit, &h);
     char *result;
-    if (source == TG_SOURCE_THREADGUARD && value >= h.cpus_affinity && h.cpus_affinity > 0) {
+    if (s.source == TG_SOURCE_THREADGUARD && ceiling < 0 && s.value >= h.cpus_affinity &&
+        h.cpus_affinity > 0) {
         /* The library's own default (at most the CPUs it sees) fits. */
-        source = TG_SOURCE_DEFAULT;
-        value = h.cpus_affinity;
+        s.source = TG_SOURCE_DEFAULT;
+        s.value = h.cpus_affinity;
+        s.lowered_by = NULL;
         result = (char *)user_text;
-    } else if (source == TG_SOURCE_USER && !lowered && pool_threads < 0 &&
-               given == user_text) {
+    } else if (s.source == TG_SOURCE_USER && s.lowered_by == NULL && given == user_text) {
         result = (char *)user_text; /* unchanged, nested lists kept */
     } else {
-        result = answer(value);
+        result = answer(s.value);
     }
+    if (s.source != TG_SOURCE_USER) s.lowered_by = NULL; /* nothing the program asked was cut */
     if (creates_threads(kind))
-        atomic_store_explicit(&tg_libs[slot].promised, value - 1, memory_order_relaxed);
-    record(slot, variable, value, source == TG_SOURCE_USER ? want : -1, source, lowered, &h);
-    describe(slot, variable, value, want, lowered, &h);
+        atomic_store_explicit(&tg_libs[slot].promised, s.value - 1, memory_order_relaxed);
+    record(slot, variable, &s, &h);
+    describe(slot, variable, &s, &h);
     return result;
 }
 
@@ -301,9 +334,10 @@ static char *limit_openmp(unsigned slot, const char *user_text) {
     long long user = user_pool_size(user_text);
     /* Only a limit within reach is worth a cap (threads-max alone is not). */
     if (fit < 0 || fit > 4096 || (user > 0 && user <= fit)) return (char *)user_text;
-    record(slot, "OMP_THREAD_LIMIT", fit, user, user > 0 ? TG_SOURCE_USER : TG_SOURCE_THREADGUARD,
-           user > 0, &h);
-    describe(slot, "OMP_THREAD_LIMIT", fit, user, user > 0, &h);
+    struct sizing s = {fit, user, user > 0 ? TG_SOURCE_USER : TG_SOURCE_THREADGUARD,
+                       user > 0 ? h.limit : NULL, slot};
+    record(slot, "OMP_THREAD_LIMIT", &s, &h);
+    describe(slot, "OMP_THREAD_LIMIT", &s, &h);
     return answer(fit);
 }
 
@@ -433,6 +467,8 @@ static void *definition_for(const char *name, void *caller) {
 struct grant {
     _Atomic(uintptr_t) target;
     _Atomic unsigned long long asked_granted; /* n << 32 | granted */
+    _Atomic long long ceiling; /* THREADGUARD_POOL_THREADS then (limit() may change it) */
+    _Atomic(uintptr_t) call_site;
     _Atomic long long at_ms;
     _Atomic int decision;
     _Atomic unsigned generation;
@@ -445,15 +481,18 @@ static long long coarse_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int repeat_grant(void *target, int n, int *granted) {
+static int repeat_grant(void *target, void *call_site, int n, int *granted) {
     struct grant *g = &grants[((uintptr_t)target >> 4) % GRANTS];
     if (atomic_load_explicit(&g->target, memory_order_acquire) != (uintptr_t)target) return 0;
     unsigned long long ng = atomic_load_explicit(&g->asked_granted, memory_order_acquire);
+    long long ceiling = atomic_load_explicit(&g->ceiling, memory_order_relaxed);
+    uintptr_t site = atomic_load_explicit(&g->call_site, memory_order_relaxed);
     long long at = atomic_load_explicit(&g->at_ms, memory_order_relaxed);
     int decision = atomic_load_explicit(&g->decision, memory_order_relaxed);
     unsigned generation = atomic_load_explicit(&g->generation, memory_order_relaxed);
     if (atomic_load_explicit(&g->target, memory_order_acquire) != (uintptr_t)target ||
-        (int)(ng >> 32) != n || coarse_ms() - at > REUSE_MS ||
+        (int)(ng >> 32) != n || ceiling != tg_pool_threads() || site != (uintptr_t)call_site ||
+        coarse_ms() - at > REUSE_MS ||
         generation != atomic_load_explicit(&unload_generation, memory_order_acquire))
         return 0;
     *granted = (int)(ng & 0xffffffffu);
@@ -462,12 +501,15 @@ static int repeat_grant(void *target, int n, int *granted) {
     return 1;
 }
 
-static void remember_grant(void *target, int n, int granted, int decision) {
+static void remember_grant(void *target, void *call_site, int n, int granted,
+                           long long ceiling, int decision) {
     struct grant *g = &grants[((uintptr_t)target >> 4) % GRANTS];
     atomic_store_explicit(&g->target, 0, memory_order_release);
     atomic_store_explicit(&g->asked_granted,
                           (unsigned long long)(unsigned)n << 32 | (unsigned)granted,
                           memory_order_release);
+    atomic_store_explicit(&g->ceiling, ceiling, memory_order_relaxed);
+    atomic_store_explicit(&g->call_site, (uintptr_t)call_site, memory_order_relaxed);
     atomic_store_explicit(&g->at_ms, coarse_ms(), memory_order_relaxed);
     atomic_store_explicit(&g->decision, decision, memory_order_relaxed);
     atomic_store_explicit(&g->generation,
@@ -476,26 +518,46 @@ static void remember_grant(void *target, int n, int granted, int decision) {
     atomic_store_explicit(&g->target, (uintptr_t)target, memory_order_release);
 }
 
-/* n lowered to what fits for the library that defines `target`; each pool
- * member past the first costs `cost` new threads. */
-static int clamp_setter(const char *function, void *target, int kind, int cost, int n) {
+/* A setter call a threaded runtime made on its own (libtorch_cpu calling
+ * omp_set_num_threads inside at::set_num_threads or at its first parallel
+ * region; libtorch_python calling it at import), as opposed to the
+ * program's.  The one exception is torch's Python binding, libtorch_python,
+ * calling a torch setter: that is the program's torch.set_num_threads. */
+static int made_by_library(unsigned caller, int setter_kind) {
+    int kind = tg_libs[caller].kind;
+    if (caller == TG_UNKNOWN_SLOT || !(creates_threads(kind) || kind == TG_KIND_TORCH))
+        return 0;
+    return !(setter_kind == TG_KIND_TORCH &&
+             tg_starts_with(tg_libs[caller].name, "libtorch_python"));
+}
+
+/* n lowered to the ceiling and to what fits for the library that defines
+ * `target`; each pool member past the first costs `cost` new threads.
+ * call_site: the setter's return address, which names who called it. */
+static int clamp_setter(const char *function, void *target, void *call_site, int kind, int cost,
+                        int n) {
     if (n <= 1) return n;
     if (!tg_init() || tg_config.observe) return n;
     int granted;
-    if (repeat_grant(target, n, &granted)) return granted;
+    if (repeat_grant(target, call_site, n, &granted)) return granted;
     unsigned slot = tg_creator_slot(target);
+    unsigned caller = tg_caller_slot(call_site);
+    struct sizing s = {n, n, made_by_library(caller, kind) ? TG_SOURCE_LIBRARY : TG_SOURCE_USER, NULL,
+                       caller};
     struct tg_headroom h;
     int locked = sizing_begins();
     tg_headroom_measure(&h, kind);
     long long fit = pool_fit(slot, kind, &h);
     if (fit > 0) fit = 1 + (fit - 1) / cost;
-    granted = fit > 0 && fit < n ? (int)fit : n;
+    long long ceiling = tg_pool_threads();
+    lower_to_fit(&s, fit, &h);
+    granted = (int)s.value;
     if (creates_threads(tg_libs[slot].kind))
         atomic_store_explicit(&tg_libs[slot].promised, granted - 1, memory_order_relaxed);
     sizing_ends(locked);
-    int decision = record(slot, function, granted, n, TG_SOURCE_USER, granted < n, &h);
-    describe(slot, function, granted, n, granted < n, &h);
-    remember_grant(target, n, granted, decision);
+    int decision = record(slot, function, &s, &h);
+    describe(slot, function, &s, &h);
+    remember_grant(target, call_site, n, granted, ceiling, decision);
     return granted;
 }
 
@@ -509,7 +571,7 @@ typedef void (*set_threads_fn)(int);
         set_threads_fn real =                                                             \
             (set_threads_fn)definition_for(TG_STR(fname), __builtin_return_address(0));   \
         if (real == NULL) return; /* no such library within the caller's reach */         \
-        real(clamp_setter(label, (void *)real, kind, cost, n));                           \
+        real(clamp_setter(label, (void *)real, __builtin_return_address(0), kind, cost, n)); \
     }
 
 CLAMPED_SETTER(omp_set_num_threads, "omp_set_num_threads()", TG_KIND_OPENMP, 1)
@@ -599,24 +661,24 @@ static void size_numexpr(void) {
     const char *user = tg_environ_get("NUMEXPR_MAX_THREADS");
     struct tg_headroom *h = &tg_headroom_at_start;
     long long fit = pool_fit(TG_UNKNOWN_SLOT, TG_KIND_OTHER, h);
-    long long want = user_pool_size(user);
-    int source = TG_SOURCE_USER;
-    long long pool_threads = tg_pool_threads();
-    if (pool_threads > 0) want = pool_threads;
-    if (want < 0) {
-        want = h->cpus;
-        source = TG_SOURCE_THREADGUARD;
+    long long ceiling = tg_pool_threads();
+    struct sizing s = {user_pool_size(user), -1, TG_SOURCE_USER, NULL, TG_UNKNOWN_SLOT};
+    if (s.value < 0) {
+        s.value = ceiling > 0 ? ceiling : h->cpus;
+        s.source = TG_SOURCE_THREADGUARD;
+    } else {
+        s.requested = s.value;
     }
-    long long value = fit > 0 && fit < want ? fit : want;
-    int lowered = source == TG_SOURCE_USER && value < want;
-    if (source == TG_SOURCE_USER && !lowered && pool_threads < 0) return;
-    if (source == TG_SOURCE_THREADGUARD && value >= h->cpus_affinity) return; /* numexpr's own */
+    lower_to_fit(&s, fit, h);
+    if (s.source == TG_SOURCE_USER && s.lowered_by == NULL) return; /* the program's, kept */
+    if (s.source == TG_SOURCE_THREADGUARD && ceiling < 0 && s.value >= h->cpus_affinity)
+        return; /* numexpr's own default fits */
+    if (s.source != TG_SOURCE_USER) s.lowered_by = NULL;
     char text[24];
-    snprintf(text, sizeof text, "%lld", value);
+    snprintf(text, sizeof text, "%lld", s.value);
     if (setenv("NUMEXPR_MAX_THREADS", text, 1) != 0) return;
-    record(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", value, source == TG_SOURCE_USER ? want : -1,
-           source, lowered, h);
-    describe(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", value, want, lowered, h);
+    record(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", &s, h);
+    describe(TG_UNKNOWN_SLOT, "NUMEXPR_MAX_THREADS", &s, h);
 }
 
 /* Under THREADGUARD_OBSERVE each of these only reads what is there: the

@@ -325,6 +325,59 @@ def test_pool_threads_sizes_every_pool(runner):
     assert (setting.value, setting.source) == ("2", "user")
 
 
+TORCH_OWN_SIZES = ("import os, torch, threadpoolctl\n"
+                   "torch.set_num_threads(64)\n"
+                   + TORCH_MATMUL.split("\n", 1)[1] +
+                   "print('torch', torch.get_num_threads())\n"
+                   "print('openblas', [i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+                   "                   if i['internal_api'] == 'openblas'])\n"
+                   "print('tasks', len(os.listdir('/proc/self/task')))\n")
+
+
+def test_pool_threads_is_a_ceiling_for_setters_and_the_programs_variables(runner):
+    """--pool-threads 1 was not a ceiling: a program's torch.set_num_threads(64)
+    kept 64 (127 tasks on 2 CPUs). Every pool is bounded, setters and the
+    program's own variables included, and the report says which were
+    lowered and by what."""
+    env = {"OPENBLAS_NUM_THREADS": "8", "MKL_DYNAMIC": "FALSE"}
+    bare = runner.run("import numpy\n" + TORCH_OWN_SIZES, guarded=False, cpus=64, env=env)
+    assert "torch 64" in bare.stdout, bare.stderr[-2000:]
+    proc = runner.run("import numpy\n" + TORCH_OWN_SIZES, guarded=True, cpus=64, env=env,
+                      options=["--pool-threads", "1"])
+    report = assert_guarded_pass(proc, runner)
+    assert "torch 1" in proc.stdout and "openblas [1]" in proc.stdout, proc.stdout
+    assert "tasks 1" in proc.stdout, proc.stdout
+    rows = {(p.variable, p.requested): p for p in report.pools}
+    for key in (("OPENBLAS_NUM_THREADS", 8), ("torch.set_num_threads()", 64)):
+        row = rows[key]
+        assert (row.value, row.lowered) == (1, True), row
+        assert row.lowered_by == "THREADGUARD_POOL_THREADS", row
+        assert row.source == "user", row
+    assert "lowered from 64 by THREADGUARD_POOL_THREADS" in report.format_table()
+
+
+def test_pool_threads_keeps_a_smaller_program_value(runner):
+    proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env={"OPENBLAS_NUM_THREADS": "2"},
+                      options=["--pool-threads", "4"])
+    report = assert_guarded_pass(proc, runner)
+    [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
+    assert (pool.value, pool.source, pool.lowered) == (2, "user", False)
+
+
+def test_setter_calls_are_labelled_by_the_library_that_made_them(runner):
+    """torch.set_num_threads(3) makes libtorch_cpu call omp_set_num_threads(3)
+    itself: that row was labelled "user"."""
+    code = ("import torch\ntorch.set_num_threads(3)\n" + TORCH_MATMUL.split("\n", 1)[1])
+    proc = runner.run(code, guarded=True, cpus=64)
+    report = assert_guarded_pass(proc, runner)
+    [own] = [p for p in report.pools if p.variable == "torch.set_num_threads()"
+             and p.source == "user"]
+    assert own.caller == "libtorch_python.so" and own.value == 3
+    made = [p for p in report.pools if p.variable == "omp_set_num_threads()" and p.value == 3]
+    assert made and all(p.source == "library" and p.caller == "libtorch_cpu.so" for p in made)
+    assert "library libtorch_cpu.so" in report.format_table()
+
+
 def test_report_lists_values_sources_and_headroom(runner):
     env = {"OPENBLAS_NUM_THREADS": "3"}
     proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env=env,

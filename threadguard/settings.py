@@ -28,8 +28,10 @@ OPTIONS: Tuple[Option, ...] = (
            "budget of live threads in the process (besides the main one); pools are sized "
            "to fit it, and a thread over it is allowed with a warning or refused (--on-limit)"),
     Option("THREADGUARD_POOL_THREADS", "pool-threads", "N",
-           "size of every pool (OpenBLAS, OpenMP, MKL, BLIS, numexpr, torch), instead of the "
-           "CPU allocation and the *_NUM_THREADS variables; still lowered to what fits"),
+           "size of every pool (OpenBLAS, OpenMP, MKL, BLIS, numexpr, torch) the program "
+           "leaves unsized, instead of the CPU allocation, and the ceiling of the program's own "
+           "*_NUM_THREADS variables and torch.set_num_threads-style calls (smaller values are "
+           "kept); still lowered to what fits"),
     Option("THREADGUARD_ON_LIMIT", "on-limit", "warn|deny",
            "over --max-threads: 'warn' lets the thread start and warns once per library "
            "(default); 'deny' makes pthread_create return EAGAIN, naming the library"),

@@ -64,11 +64,16 @@ class Setting:
 
 @dataclass(frozen=True)
 class PoolSize:
-    """One pool-size decision: the variable a library read (or the setter it
+    """One pool-size decision: the variable a library read (or the setter
     called, like "omp_set_num_threads()"), the value it got, where that came
-    from ("user", "threadguard", "default"), the user's value if any, whether
-    it was lowered to fit, and the headroom used (free threads and the limit
-    that set them, None/"none" when nothing limits)."""
+    from ("user": the program's variable or call; "library": a setter call a
+    threaded library made on its own, named in caller; "threadguard": sized
+    by threadguard; "default": the library's own), the value asked for if
+    any, whether it was lowered and by what (lowered_by:
+    "THREADGUARD_POOL_THREADS", the operator's ceiling, or the limit that left
+    too few threads), and the headroom used (free threads and the limit that
+    set them, None/"none" when nothing limits). caller: the library that made
+    the call (a setter's call site; the library itself for a variable)."""
 
     library: str
     kind: str
@@ -81,6 +86,8 @@ class PoolSize:
     limit: str
     cpus: int
     count: int = 1  # how many times the same decision was made (a setter in a loop)
+    lowered_by: Optional[str] = None
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,9 @@ class Stats:
                                    requested=_optional(r["requested"]), source=str(r["source"]),
                                    lowered=bool(r["lowered"]), free=_optional(r["free"]),
                                    limit=str(r["limit"]), cpus=int(r["cpus"]),
-                                   count=int(r.get("count", 1)))
+                                   count=int(r.get("count", 1)),
+                                   lowered_by=_optional_str(r.get("lowered_by")),
+                                   caller=str(r.get("caller") or ""))
                           for r in data.get("pools", ()))
             headroom = data.get("headroom", {})
             failures = tuple(Failure.from_json(r) for r in data.get("failures", ()))
@@ -239,8 +248,12 @@ class Stats:
             for pool in self.pools:
                 line = (f"    {pool.library[:32]:32} {pool.variable[:28]:28} {pool.value:4}  "
                         f"{pool.source}")
+                if pool.source == "library":
+                    line += f" {pool.caller}"
                 if pool.lowered:
                     line += f", lowered from {pool.requested}"
+                    if pool.lowered_by and pool.lowered_by != pool.limit:
+                        line += f" by {pool.lowered_by}"  # a ceiling; the limit is named next
                 if pool.free is not None:
                     line += f" ({pool.free} free under {pool.limit})"
                 if pool.count > 1:
