@@ -98,6 +98,28 @@ def test_limit_one_after_numpy_and_torch_runs_one_worker_and_restores(tmp_path, 
     assert out["after"] == defaults
 
 
+SAME_SIZE = """
+import os, threadguard, torch, numpy
+from threadpoolctl import threadpool_limits
+torch.ones(300, 300) @ torch.ones(300, 300)
+tasks = lambda: len(os.listdir("/proc/self/task"))
+before = (tasks(), torch.get_num_threads())
+for _ in range(3):
+    with threadpool_limits(1, user_api="blas"):
+        pass
+print(json.dumps(dict(before=before, after=(tasks(), torch.get_num_threads()))))
+"""
+
+
+def test_a_blas_limit_block_does_not_touch_torch(tmp_path, fakecpus):
+    """threadpoolctl 3.8 restores every controller at the end of a
+    threadpool_limits() block, whatever user_api was asked: after `import
+    threadguard`, each block called torch.set_num_threads(2) on a torch at 2,
+    and torch started one more thread each time (3 -> 4 tasks)."""
+    out = run_child(tmp_path, fakecpus, SAME_SIZE, cpus=2)
+    assert out["after"] == out["before"], out
+
+
 SET_AFTER_IMPORT = """
 import os, torch
 os.environ["OMP_NUM_THREADS"] = "1"          # too late: torch has read it

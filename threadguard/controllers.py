@@ -42,6 +42,12 @@ class TorchController(LibController):  # type: ignore[misc]
         return int(get()) if get is not None else None
 
     def set_num_threads(self, num_threads: int) -> None:
+        # threadpoolctl 3.8 restores every controller when a
+        # threadpool_limits() block ends, whatever user_api it limited; torch
+        # starts a thread on every set_num_threads, even to the size it has.
+        # Setting a pool to its own size must change nothing.
+        if self.get_num_threads() == int(num_threads):
+            return
         # Through the torch module when it is imported: under a preload that
         # call reaches threadguard's clamped at::set_num_threads.
         torch = _torch()
