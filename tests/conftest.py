@@ -43,7 +43,7 @@ class Guarded:
         self.tmp_path = tmp_path
 
     def run(self, code: str, env: Optional[Dict[str, str]] = None,
-            preload_extra: Optional[str] = None, timeout: float = 120):
+            preload_extra: Optional[str] = None, timeout: float = 600):
         report = self.tmp_path / "report.json"
         if report.exists():
             report.unlink()

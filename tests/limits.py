@@ -82,7 +82,7 @@ def skip_unless_nobody_works() -> None:
             pytest.skip(f"{tool} (util-linux) is not installed")
     probe = subprocess.run([*nobody_prefix(64), sys.executable, "-c",
                             "import os, threadguard; print(os.getuid())"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=300)
     if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
         pytest.skip(f"cannot run this interpreter as uid {NOBODY} with setpriv: "
                     f"{probe.stderr.strip()[-300:]}")
@@ -114,7 +114,7 @@ class Runner:
 
     def run(self, code: str, *, guarded: bool, prefix: Sequence[str] = (),
             env: Optional[Dict[str, str]] = None, cpus: Optional[int] = None,
-            options: Sequence[str] = (), timeout: float = 180) -> subprocess.CompletedProcess:
+            options: Sequence[str] = (), timeout: float = 600) -> subprocess.CompletedProcess:
         if self.report_path.exists():
             self.report_path.unlink()
         cmd = [sys.executable, "-c", code]

@@ -19,19 +19,29 @@ from typing import Dict, List
 import pytest
 
 import threadguard
-from threadguard.bench import default_threads
+from threadguard.bench import default_threads, default_workers
 from threadguard.bench_child import measure_windows, relative_spread
-from threadguard.bench_results import grid_choices, profile_figures, recommend, summarize
+from threadguard.bench_results import (grid_choices, profile_doubts, profile_figures, recommend,
+                                       summarize)
+from threadguard.bench_runner import QUICK, plan
 from threadguard.bench_workloads import WORKLOADS
 
 
+def hang_guard(configurations: int) -> float:
+    """Seconds after which a bench run is stuck, not slow: the bench ends each
+    configuration at its own timeout, so a loaded machine can only come near
+    this (a fixed 300 s failed a --quick run under load; no test asserts on
+    wall time)."""
+    return 120 + configurations * QUICK.timeout
+
+
 def run_bench(tmp_path: Path, *args: str, env: Dict[str, str] = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
+              configurations: int = 4) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, THREADGUARD_PROFILE_DIR=str(tmp_path / "profiles"))
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "threadguard", "bench", "--out",
                            str(tmp_path / "out"), *args], env=full_env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=hang_guard(configurations))
 
 
 def written(tmp_path: Path) -> dict:
@@ -72,17 +82,24 @@ def test_tiny_sweep_runs_guarded_configs_and_writes_json_png_and_profile(tmp_pat
 
     assert (tmp_path / "out" / f"bench-{result['machine']['host']}-"
             f"{result['machine']['allocation']}cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    profile = Path(result["profile"]["path"])
-    assert profile.parent == tmp_path / "profiles"
-    saved = json.loads(profile.read_text())
-    assert saved["threads"] == recommendation["threads"]
-    assert saved["per_worker"] == {"2": result["grid"]["2"]["threads"]}
-    # limit("auto") finds that very file, in another process.
-    found = subprocess.run(
-        [sys.executable, "-c", "import threadguard; print(threadguard.profile_path("
-         "threadguard.allocation()))"], env=dict(os.environ, THREADGUARD_PROFILE_DIR=str(
-             tmp_path / "profiles")), capture_output=True, text=True, check=True).stdout.strip()
-    assert found == str(profile)
+    if result["profile_doubts"]:
+        # A busy machine: the measurements did not agree, so no profile (the
+        # rule itself is tested with fixed figures below).
+        assert result["profile"] is None and not (tmp_path / "profiles").exists()
+        assert "no node profile: the measurements do not agree" in proc.stdout
+    else:
+        profile = Path(result["profile"]["path"])
+        assert profile.parent == tmp_path / "profiles"
+        saved = json.loads(profile.read_text())
+        assert saved["threads"] == recommendation["threads"]
+        assert saved["per_worker"] == {"2": result["grid"]["2"]["threads"]}
+        # limit("auto") finds that very file, in another process.
+        found = subprocess.run(
+            [sys.executable, "-c", "import threadguard; print(threadguard.profile_path("
+             "threadguard.allocation()))"], env=dict(os.environ, THREADGUARD_PROFILE_DIR=str(
+                 tmp_path / "profiles")), capture_output=True, text=True,
+            check=True).stdout.strip()
+        assert found == str(profile)
     assert "[1/4] matmul threads=1 workers=1:" in proc.stderr
     assert "recommended: the fewest threads within 5% of the best" in proc.stdout
 
@@ -90,7 +107,9 @@ def test_tiny_sweep_runs_guarded_configs_and_writes_json_png_and_profile(tmp_pat
 @pytest.mark.slow
 def test_quick_runs_every_workload_and_skips_cuda_with_one_line(tmp_path):
     started = time.monotonic()
-    proc = run_bench(tmp_path, "--quick")
+    configurations = len(plan(list(WORKLOADS), default_threads(threadguard.allocation(), True),
+                              default_workers(True)))
+    proc = run_bench(tmp_path, "--quick", configurations=configurations)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     result = written(tmp_path)
@@ -104,7 +123,9 @@ def test_quick_runs_every_workload_and_skips_cuda_with_one_line(tmp_path):
         assert measured == threads, name
         assert name in result["recommendations"]
     assert sorted(result["grid"]) == ["1", "4"]
-    assert Path(result["profile"]["path"]).is_file()
+    assert (result["profile"] is None) == bool(result["profile_doubts"])
+    if result["profile"] is not None:
+        assert Path(result["profile"]["path"]).is_file()
     assert list((tmp_path / "out").glob("*.png"))
     print(f"threadguard bench --quick took {elapsed:.0f} s")
 
@@ -161,7 +182,7 @@ def test_interrupted_bench_keeps_what_it_measured_and_writes_no_profile(tmp_path
     first = proc.stderr.readline()
     assert first.startswith("[1/2] matmul threads=1"), first
     proc.send_signal(signal.SIGINT)  # during the second configuration
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=hang_guard(1))
     assert proc.returncode == 130, stderr
     assert "interrupted after 1 of 2 configurations" in stderr
     result = written(tmp_path)
@@ -177,7 +198,7 @@ def test_interrupted_bench_keeps_what_it_measured_and_writes_no_profile(tmp_path
     (["--device", "cpu", "--workloads", "gpu-train"], "gpu-train do not run with --device cpu"),
 ])
 def test_bad_options_are_refused_with_what_is_expected(tmp_path, args, message):
-    proc = run_bench(tmp_path, *args, timeout=60)
+    proc = run_bench(tmp_path, *args, configurations=0)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -242,6 +263,57 @@ def test_grid_and_profile_figures():
     figures = profile_figures(recommendations, grid)
     assert figures == {"threads": 2, "per_worker": {"4": 1}}
     assert profile_figures(recommend(_rows("gpu-train", {1: 1.0}, 0)), {}) is None
+
+
+def _noisy(rates: Dict[int, List[float]]) -> List[dict]:
+    rows = _rows("matmul", {t: 0.0 for t in rates})
+    for row in rows:
+        row["rate"] = summarize(rates[row["threads"]], 3, 0.05)
+    return rows
+
+
+def test_noisy_measurements_make_no_profile():
+    """Under load (spreads up to 265%, rows "budget spent") the bench wrote
+    "threads": 1 on a 2-CPU node, and limit("auto") silently gave 1."""
+    settled = _noisy({1: [50.0, 50.5, 50.2, 50.1], 2: [97.0, 96.5, 97.2, 97.0]})
+    assert profile_doubts(settled) == []
+    unsettled = _noisy({1: [50.0, 150.0, 20.0], 2: [30.0, 97.0, 300.0]})
+    [doubt] = [d for d in profile_doubts(unsettled) if "never settled" in d]
+    assert doubt.startswith("2 measurements of 2 never settled")
+    # Each row settled, but 1 and 2 threads overlap: the choice is noise.
+    moving = _noisy({1: [85.0, 88.0, 96.0, 96.0, 96.0], 2: [100.0] * 5})
+    assert all(r["rate"]["converged"] for r in moving)
+    assert any("moves within the measurements' quartiles" in d for d in profile_doubts(moving))
+
+
+def _fake_run_config(rates: Dict[int, List[float]]):
+    def run_config(config, timing, quick):
+        return {"rates": rates[config.threads], "peak_rss": 40 << 20, "vmsize": 150 << 20,
+                "threads_by_library": []}
+    return run_config
+
+
+@pytest.mark.parametrize("noisy", [True, False])
+def test_bench_writes_a_profile_only_from_measurements_that_agree(tmp_path, monkeypatch, capsys,
+                                                                 noisy):
+    from threadguard import bench_runner
+    from threadguard.bench import BenchOptions, bench
+    rates = ({1: [50.0, 150.0, 20.0], 2: [30.0, 97.0, 300.0]} if noisy else
+             {1: [50.0, 50.5, 50.2], 2: [97.0, 96.5, 97.2]})
+    monkeypatch.setattr(bench_runner, "run_config", _fake_run_config(rates))
+    monkeypatch.setenv("THREADGUARD_PROFILE_DIR", str(tmp_path / "profiles"))
+    status = bench(BenchOptions(quick=True, workloads=["matmul"], threads=[1, 2], workers=[1],
+                                out=tmp_path / "out"), stderr=open(os.devnull, "w"))
+    assert status == 0
+    result = written(tmp_path)
+    said = capsys.readouterr().out
+    if noisy:
+        assert result["profile"] is None and not (tmp_path / "profiles").exists()
+        assert result["profile_doubts"] and "never settled" in result["profile_doubts"][0]
+        assert "no node profile: the measurements do not agree" in said
+    else:
+        assert result["profile_doubts"] == []
+        assert json.loads(Path(result["profile"]["path"]).read_text())["threads"] == 2
 
 
 def test_summary_spread_and_convergence():

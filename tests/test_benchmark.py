@@ -17,7 +17,7 @@ def test_overhead_benchmark_produces_ratios(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_overhead.py"),
                            "--rounds", "2", "--threads", "200", "--calls", "200",
                            "--out", str(out)],
-                          capture_output=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, timeout=900, cwd=tmp_path)
     # Bytes, decoded here: text mode would turn the carriage returns checked below into \n.
     proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
     assert proc.returncode == 0, proc.stderr
@@ -39,7 +39,7 @@ def test_oversubscription_benchmark_compares_auto_with_default_ones_and_sweep_be
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_oversubscription.py"),
                            "--rounds", "2", "--sweep-rounds", "1", "--workers", "2",
                            "--tasks", "4", "--repeat", "2", "--size", "64", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
     for other in ("default", "ones", "best"):

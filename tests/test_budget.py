@@ -128,7 +128,7 @@ def test_tasks_of_the_uids_other_processes_count(runner, nobody):
         [pool] = [p for p in report.pools if p.variable == "OPENBLAS_NUM_THREADS"]
         assert pool.free == FREE and pool.value == FREE - 2 + 1
     finally:
-        helper.communicate(timeout=60)
+        helper.communicate(timeout=300)
 
 
 def test_nproc_setting_raises_the_soft_limit(runner):
@@ -180,7 +180,7 @@ def test_cgroup_v2_files_are_read(runner):
               f"echo 7 > {root}/pids.max && echo 1 > {root}/pids.current && "
               f"echo '150000 100000' > {root}/cpu.max && exec \"$@\"")
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
-    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=300)
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.strip()}")
     proc = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, prefix=prefix,

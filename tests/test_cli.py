@@ -15,7 +15,7 @@ PRINT_PRELOAD = "import os; print(os.environ.get('LD_PRELOAD', ''))"
 
 def tg(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "threadguard", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_run_prepends_to_an_existing_ld_preload(tmp_path, fakecpus):
@@ -63,7 +63,7 @@ def test_stats_into_a_closed_pipe_prints_no_traceback(tmp_path):
         try:
             proc = subprocess.run([sys.executable, "-m", "threadguard", "stats", str(report),
                                    *extra], stdout=write_end, stderr=subprocess.PIPE, text=True,
-                                  cwd=tmp_path, timeout=120)
+                                  cwd=tmp_path, timeout=600)
         finally:
             os.close(write_end)
         assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, \

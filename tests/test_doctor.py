@@ -40,7 +40,7 @@ def run_printed(runner: Runner, commands: List[str], prefix: Sequence[str] = (),
     assert commands, "the doctor printed no command"
     for command in commands:
         proc = subprocess.run([*prefix, "sh", "-c", command], env=runner.env(cpus=cpus),
-                              cwd=runner.dir, capture_output=True, text=True, timeout=300)
+                              cwd=runner.dir, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{proc.stderr[-2000:]}"
         assert "pthread_create failed" not in proc.stderr, command
 

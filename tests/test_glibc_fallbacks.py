@@ -43,7 +43,7 @@ def guarded_stderr_report(extra_env: dict) -> str:
     code = "import threading; t = threading.Thread(target=print); t.start(); t.join()"
     proc = subprocess.run([sys.executable, "-m", "threadguard", "run", "--report", "stderr",
                            "--stack", "512k", "--", sys.executable, "-c", code], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=NEUTRAL_DIR)
+                          capture_output=True, text=True, timeout=600, cwd=NEUTRAL_DIR)
     assert proc.returncode == 0, proc.stderr
     return proc.stderr
 
@@ -64,10 +64,10 @@ def test_stats_table_states_the_stack_limitation_too(tmp_path: Path) -> None:
     code = "import threading; t = threading.Thread(target=print); t.start(); t.join()"
     run = subprocess.run([sys.executable, "-m", "threadguard", "run", "--report", str(report),
                           "--", sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120, cwd=NEUTRAL_DIR)
+                         text=True, timeout=600, cwd=NEUTRAL_DIR)
     assert run.returncode == 0, run.stderr
     table = subprocess.run([sys.executable, "-m", "threadguard", "stats", str(report)],
-                           capture_output=True, text=True, timeout=120, cwd=NEUTRAL_DIR)
+                           capture_output=True, text=True, timeout=600, cwd=NEUTRAL_DIR)
     assert table.returncode == 0, table.stderr
     lines = [ln for ln in table.stdout.splitlines() if STACK_LIMITATION in ln]
     assert len(lines) == 1 and lines[0].startswith("  glibc 2.17 (test): "), table.stdout
@@ -99,7 +99,7 @@ def test_report_platform_names_the_fallbacks() -> None:
     for pretend, fallbacks in (("2.17", 3), ("2.33", 1), ("2.35", 0)):
         env = {**os.environ, "THREADGUARD_TEST_GLIBC": pretend}
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=120, cwd=NEUTRAL_DIR)
+                              text=True, timeout=600, cwd=NEUTRAL_DIR)
         assert proc.returncode == 0, proc.stderr
         platform = json.loads(proc.stdout)
         assert platform["glibc"] == f"{pretend} (test)"

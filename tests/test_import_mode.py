@@ -69,7 +69,7 @@ def test_import_mode_counts_every_creator_per_library(tmp_path, fakecpus, spawne
     runner = Runner(tmp_path, fakecpus)
     proc = subprocess.run([sys.executable, "-c", COUNT_EVERYTHING, spawners["noplt"],
                            spawners["deep"]], env=runner.env(cpus=4), capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+                          text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["mode"] == "import"
@@ -101,7 +101,7 @@ print(n, threadguard.stats().libraries and
       {l.name: l.created for l in threadguard.stats().libraries}.get("libtg_plugin.so"))
 """
     proc = subprocess.run([sys.executable, "-c", code, spawners["loader"]], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+                          text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["3", "3"]
 
@@ -122,7 +122,7 @@ s = threadguard.stats()
 print(s.total.created, s.untracked)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+                          timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "1"]
 
@@ -137,7 +137,7 @@ def test_threadguard_import_off_leaves_the_process_alone(tmp_path):
     for value in ("off", "on"):
         proc = subprocess.run([sys.executable, "-c", code],
                               env={**env, "THREADGUARD_IMPORT": value},
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         results[value] = proc.stdout.split()
     assert results["off"] == ["off", "0", "0"]

@@ -284,6 +284,12 @@ def test_auto_uses_the_node_profile_and_ignores_a_broken_one(tmp_path, monkeypat
     path.write_text(json.dumps({"threads": 1}))
     with threadguard.limit("auto") as limited:
         assert limited.threads == 1
+        # It says so: a profile decided, and which file (it was silent).
+        assert limited.decision.source == "profile" and limited.decision.profile == path
+        assert f"from the node profile {path}" in repr(limited)
+    found = threadguard.info()
+    assert found.auto is not None and found.auto.profile == path
+    assert f'limit("auto"): 1 thread, from the node profile {path}' in str(found)
     path.write_text("{not json")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

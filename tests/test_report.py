@@ -27,7 +27,7 @@ TWO_THREADS = ("import os, threading, time\n"
 def run_preloaded(tmp_path: Path, report: str, code: str = TWO_THREADS):
     env = dict(os.environ, LD_PRELOAD=threadguard.libpath(), THREADGUARD_REPORT=report)
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_json_report_matches_the_python_reader(tmp_path):

@@ -38,7 +38,7 @@ def run_with(name: str, value: bytes) -> subprocess.CompletedProcess:
     code = ("import threading; t = threading.Thread(target=print, args=('ran',)); "
             "t.start(); t.join()")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          timeout=60)
+                          timeout=300)
 
 
 @pytest.mark.parametrize("name,value", CASES, ids=[f"{n}={v!r}" for n, v in CASES])
@@ -85,7 +85,7 @@ def test_random_byte_strings_never_crash_the_parser():
                                           ("--on-limit", "block"), ("--arenas", "-1")])
 def test_run_refuses_bad_options(tmp_path, option, value):
     proc = subprocess.run([sys.executable, "-m", "threadguard", "run", option, value, "--",
-                           "true"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                           "true"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 2
     assert f"argument {option}" in proc.stderr and "expected" in proc.stderr
 
@@ -110,12 +110,12 @@ def test_secure_execution_ignores_path_settings(tmp_path):
     report = shared / "r.json"
     env = {"PATH": os.environ["PATH"], "THREADGUARD_REPORT": str(report)}
 
-    plain = subprocess.run([str(program)], env=env, capture_output=True, text=True, timeout=60)
+    plain = subprocess.run([str(program)], env=env, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0 and report.is_file()  # an ordinary run writes it
     report.unlink()
 
     secure = subprocess.run([*nobody_prefix(64), str(program)], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=300)
     assert secure.returncode == 0 and secure.stdout == "ran\n"
     assert secure.stderr.splitlines() == [
         "threadguard: THREADGUARD_REPORT: path settings are ignored in a setuid/setgid "

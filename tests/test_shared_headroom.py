@@ -68,11 +68,11 @@ def test_a_promise_is_seen_before_its_threads_start(runner: Runner, stand_in_ope
     try:
         value_a, free_a = map(int, first.stdout.readline().split())
         second = subprocess.run(cmd, cwd=runner.dir, env=runner.env(cpus=64), input="\n",
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=600)
         assert second.returncode == 0, second.stderr
         value_b, free_b = map(int, second.stdout.split())
     finally:
-        first.communicate("\n", timeout=120)
+        first.communicate("\n", timeout=600)
     # A took the room (less the reserve); B saw it taken.
     assert value_a > 16 and free_a >= value_a, (value_a, free_a)
     assert free_b <= free_a - (value_a - 1), (free_a, value_a, free_b)
@@ -94,14 +94,14 @@ def start_together(runner: Runner, guarded: bool, nproc: int) -> List[subprocess
                                       env=runner.env(cpus=64), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     # All six are running (each is one task) before any sizes a pool.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while uid_tasks(NOBODY) < PROCESSES and time.monotonic() < deadline:
         time.sleep(0.01)
     go.touch()
     done = []
     for p in procs:
         try:
-            out, err = p.communicate(timeout=120)
+            out, err = p.communicate(timeout=600)
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()
@@ -160,7 +160,7 @@ def test_spawn_pool_under_a_task_limit(runner: Runner) -> None:
     try:
         bare = subprocess.run([*nobody_prefix(nproc), *cmd], cwd=runner.dir,
                               env=runner.env(cpus=64), capture_output=True, text=True,
-                              timeout=60)
+                              timeout=300)
         assert bare.returncode != 0 or "pool ok" not in bare.stdout, bare.stdout
     except subprocess.TimeoutExpired:
         pass  # the pool hung: what the issue saw bare
@@ -169,7 +169,7 @@ def test_spawn_pool_under_a_task_limit(runner: Runner) -> None:
 
     guarded = subprocess.run(
         [*nobody_prefix(nproc), sys.executable, "-m", "threadguard", "run", "--", *cmd],
-        cwd=runner.dir, env=runner.env(cpus=64), capture_output=True, text=True, timeout=300)
+        cwd=runner.dir, env=runner.env(cpus=64), capture_output=True, text=True, timeout=900)
     assert guarded.returncode == 0, guarded.stderr[-3000:]
     assert "pool ok 2400.0" in guarded.stdout
     assert "pthread_create failed" not in guarded.stderr

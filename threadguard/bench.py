@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from .bench_results import grid_choices, profile_figures, recommend, summarize
+from .bench_results import grid_choices, profile_doubts, profile_figures, recommend, summarize
 from .bench_runner import FULL, QUICK, gpu_absent, missing_package, plan, sweep
 from .bench_view import Progress, plot, table
 from .bench_workloads import WORKLOADS
@@ -135,7 +135,10 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     if gpus:
         result["machine"]["gpu"] = ", ".join(gpus)
     figures = profile_figures(recommendations, grid)
-    if options.profile and figures and not interrupted:
+    # Noisy data makes no profile: limit("auto") would follow the noise.
+    doubts = profile_doubts(rows) if figures else []
+    result["profile_doubts"] = doubts
+    if options.profile and figures and not interrupted and not doubts:
         path = write_profile(cpus, {**figures, "host": result["machine"]["host"],
                                     "cpu_model": result["machine"]["cpu_model"],
                                     "allocation": cpus, "measured": result["started"],
@@ -153,6 +156,10 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     print(f"wrote {png_path}" if why_no_plot is None else f"no plot: {why_no_plot}")
     if options.profile and not figures:
         print("no node profile: no CPU workload was measured")
+    elif options.profile and doubts and not interrupted:
+        print(f"no node profile: the measurements do not agree: {'; '.join(doubts)}. "
+              f"Run the bench again when the node is quieter; meanwhile limit(\"auto\") uses "
+              f"the CPU allocation (or an earlier profile, which it names)")
     if interrupted:
         return 130
     errors = [row for row in rows if "error" in row]

@@ -13,9 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .bench_child import relative_spread
 from .bench_workloads import GRID_WORKLOAD, WORKLOADS
+from .wording import count
 
 __all__ = ["TOLERANCE", "summarize", "curves", "recommend", "grid_curves", "grid_choices",
-           "profile_figures"]
+           "profile_figures", "profile_doubts"]
 
 TOLERANCE = 0.05
 
@@ -103,3 +104,36 @@ def profile_figures(recommendations: Dict[str, Dict[str, Any]],
         return None
     return {"threads": max(cpu),
             "per_worker": {k: g["threads"] for k, g in grid.items() if int(k) > 1}}
+
+
+def _at(rows: List[Dict[str, Any]], statistic: str) -> List[Dict[str, Any]]:
+    """The rows with each median replaced by another statistic of its windows."""
+    return [{**r, "rate": {**r["rate"], "median": r["rate"].get(statistic, r["rate"]["median"])}}
+            for r in rows]
+
+
+def profile_doubts(rows: List[Dict[str, Any]]) -> List[str]:
+    """Why these measurements cannot make a node profile (empty when they
+    can): the CPU measurements it rests on must each have settled (their
+    last windows agreed within the target before the time budget was spent),
+    and the profile's figures must come out the same from every
+    configuration's lower quartile, median and upper quartile: when noise
+    can move the recommendation, the recommendation is noise."""
+    used = [r for r in rows if "rate" in r and WORKLOADS[r["workload"]].device == "cpu"]
+    doubts = []
+    unsettled = [r for r in used if r["rate"].get("converged") is False]
+    if unsettled:
+        worst = max(r["rate"].get("spread", 0.0) for r in unsettled)
+        doubts.append(f"{count(len(unsettled), 'measurement')} of {len(used)} never settled "
+                      f"(the time budget was spent before the windows agreed; spread up to "
+                      f"{worst:.0%})")
+    figures = {q: profile_figures(recommend(_at(used, q)), grid_choices(_at(used, q)))
+               for q in ("q1", "median", "q3")}
+    if figures["q1"] != figures["median"] or figures["q3"] != figures["median"]:
+        def threads(q: str) -> str:
+            f = figures[q]
+            return "none" if f is None else str(f["threads"])
+        doubts.append(f"the recommendation moves within the measurements' quartiles "
+                      f"(threads {threads('q1')} from the lower, {threads('median')} from "
+                      f"the medians, {threads('q3')} from the upper)")
+    return doubts

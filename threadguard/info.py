@@ -10,7 +10,9 @@ from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from . import _native
 from .controllers import register_controllers
+from .policy import Decision, decide_threads
 from .stats import Stats, stats
+from .wording import count
 
 __all__ = ["Info", "PoolInfo", "info", "mode"]
 
@@ -43,9 +45,14 @@ class Info:
     mode: str
     pools: Tuple[PoolInfo, ...]
     threads: Optional[Stats]  # None when the native library is missing
+    auto: Optional[Decision] = None  # what limit("auto") would give now, and why
 
     def __str__(self) -> str:
-        lines = [f"threadguard: mode {self.mode}", "  pools:"]
+        lines = [f"threadguard: mode {self.mode}"]
+        if self.auto is not None:
+            lines.append(f"  limit(\"auto\"): {count(self.auto.threads, 'thread')}, from "
+                         f"{self.auto.why}")
+        lines.append("  pools:")
         for pool in self.pools:
             lines.append(f"    {pool.library:9} {pool.api:8} size {pool.size!s:>4}  "
                          f"version {pool.version or '?':12} {pool.path}")
@@ -70,8 +77,9 @@ def _python_pools() -> Tuple[PoolInfo, ...]:
 
 
 def info() -> Info:
-    """Every pool loaded (library, version, size) and the live threads per
-    creating library from the native counters."""
+    """Every pool loaded (library, version, size), the live threads per
+    creating library from the native counters, and what limit("auto")
+    would give now and what decided it (a node profile names its file)."""
     register_controllers()
     pools = tuple(
         PoolInfo(library=str(entry.get("internal_api")), api=str(entry.get("user_api")),
@@ -79,4 +87,5 @@ def info() -> Info:
                  path=str(entry.get("filepath")))
         for entry in threadpool_info())
     threads = stats() if _native.load_if_available() is not None else None
-    return Info(mode=mode(), pools=pools + _python_pools(), threads=threads)
+    return Info(mode=mode(), pools=pools + _python_pools(), threads=threads,
+                auto=decide_threads("auto"))

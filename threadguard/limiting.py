@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from .policy import Threads, per_process_threads
+from .policy import Decision, Threads, decide_threads, per_process_threads
 from .pools import Applied, apply_threads, restore
+from .wording import count
 
 __all__ = ["Limit", "dataloader_worker_init", "limit", "pool_initializer"]
 
@@ -19,12 +20,14 @@ class Limit:
     Applied when created. As a context manager, the previous sizes come
     back on exit; as a decorator, the size is applied around each call
     instead (the application made when the object was created is undone).
+    `decision` says what decided the size (a node profile names its file).
     """
 
     def __init__(self, threads: Threads = "auto", *, workers: Optional[int] = None):
         self.requested = threads
         self.workers = workers
-        self.threads = per_process_threads(threads, workers)  # validates both
+        self.decision: Decision = decide_threads(threads, workers)  # validates both
+        self.threads = self.decision.threads
         self._applied: Optional[Applied] = apply_threads(self.threads)
 
     def restore(self) -> None:
@@ -52,8 +55,8 @@ class Limit:
 
     def __repr__(self) -> str:
         workers = f", workers={self.workers}" if self.workers else ""
-        plural = "" if self.threads == 1 else "s"
-        return f"threadguard.limit({self.requested!r}{workers}) -> {self.threads} thread{plural}"
+        return (f"threadguard.limit({self.requested!r}{workers}) -> "
+                f"{count(self.threads, 'thread')}, from {self.decision.why}")
 
 
 def limit(threads: Threads = "auto", *, workers: Optional[int] = None) -> Limit:

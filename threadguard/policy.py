@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from . import _native
 from .errors import LibraryNotFoundError
 from .profile import read_profile
+from .wording import count
 
-__all__ = ["Threads", "allocation", "headroom", "native_report", "per_process_threads"]
+__all__ = ["Decision", "Threads", "allocation", "decide_threads", "headroom", "native_report",
+           "per_process_threads"]
 
 Threads = Union[int, str]
 
@@ -72,6 +76,57 @@ def _check_workers(workers: object) -> None:
             f"{workers!r}")
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A pool size for one process and what decided it.
+
+    threads: the size; source: "requested" (a number was given), "cpus"
+    (the CPU allocation), "profile" (a node profile written by `threadguard
+    bench`), "headroom" (lowered to the task headroom); why: the same in
+    words, with the figures; profile: the profile file that was used, if
+    any (whatever decided in the end)."""
+
+    threads: int
+    source: str
+    why: str
+    profile: Optional[Path] = None
+
+
+def decide_threads(threads: Threads = "auto", workers: Optional[int] = None) -> Decision:
+    """per_process_threads(), with what decided it."""
+    _check_threads(threads)
+    _check_workers(workers)
+    share_of = workers or 1
+    split = f" split among {workers} workers" if workers else ""
+    if threads != "auto":
+        assert isinstance(threads, int)
+        return Decision(max(1, threads // share_of), "requested", f"{threads} requested{split}")
+    figures = headroom()
+    cpus = allocation(figures)
+    cpus_from = figures.get("cpus_from") or "affinity"
+    profile = read_profile(cpus)
+    decision = Decision(max(1, cpus // share_of), "cpus",
+                        f"the CPU allocation, {count(cpus, 'CPU')} ({cpus_from}){split}")
+    if profile is not None:
+        if workers is not None and workers in profile.per_worker:
+            share = min(cpus, profile.per_worker[workers])
+            why = f"the node profile {profile.path}, measured with {workers} workers"
+        else:
+            share = max(1, min(cpus, profile.threads) // share_of)
+            why = f"the node profile {profile.path} ({count(profile.threads, 'thread')}){split}"
+        decision = Decision(share, "profile", why, profile.path)
+    free = figures.get("free")
+    if isinstance(free, int) and free >= 0:
+        # Every worker starts its own pools: they share the task headroom.
+        fit = max(1, (free - RESERVE) // share_of)
+        if fit < decision.threads:
+            decision = Decision(fit, "headroom",
+                                f"the task headroom, {count(free, 'thread')} free under "
+                                f"{figures.get('limit')} (keeping {RESERVE}){split}",
+                                decision.profile)
+    return decision
+
+
 def per_process_threads(threads: Threads = "auto", workers: Optional[int] = None) -> int:
     """The pool size for one process.
 
@@ -80,23 +135,6 @@ def per_process_threads(threads: Threads = "auto", workers: Optional[int] = None
     kept within the task headroom. workers: split that among this many
     worker processes, at least 1 thread each; with "auto", a profile that
     measured this many workers gives its threads per worker instead. Raises
-    ValueError for anything else.
+    ValueError for anything else. decide_threads() says what decided.
     """
-    _check_threads(threads)
-    _check_workers(workers)
-    share_of = workers or 1
-    if threads != "auto":
-        assert isinstance(threads, int)
-        return max(1, threads // share_of)
-    figures = headroom()
-    cpus = allocation(figures)
-    profile = read_profile(cpus)
-    total = min(cpus, profile.threads) if profile else cpus
-    share = max(1, total // share_of)
-    if profile and workers is not None and workers in profile.per_worker:
-        share = min(cpus, profile.per_worker[workers])
-    free = figures.get("free")
-    if isinstance(free, int) and free >= 0:
-        # Every worker starts its own pools: they share the task headroom.
-        share = min(share, max(1, (free - RESERVE) // share_of))
-    return share
+    return decide_threads(threads, workers).threads
