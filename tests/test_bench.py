@@ -204,6 +204,26 @@ def test_bad_options_are_refused_with_what_is_expected(tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("unwritable", ["out", "profiles"])
+def test_unwritable_outputs_are_refused_before_measuring(tmp_path, unwritable):
+    """--out DIR was checked only after every measurement had run, so an
+    unwritable DIR lost the whole run."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "out" if unwritable == "out" else tmp_path / "out"
+    env = dict(os.environ, THREADGUARD_PROFILE_DIR=str(
+        blocker / "profiles" if unwritable == "profiles" else tmp_path / "profiles"))
+    proc = subprocess.run([sys.executable, "-m", "threadguard", "bench", "--quick",
+                           "--workloads", "matmul", "--threads", "1", "--workers", "1",
+                           "--out", str(out)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=hang_guard(1))
+    assert proc.returncode == 2, proc.stderr
+    assert "[1/1]" not in proc.stderr  # nothing was measured
+    assert f"cannot write to {'--out' if unwritable == 'out' else 'the node profile'}" \
+        in proc.stderr, proc.stderr
+    assert "Nothing was measured" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_help_lists_the_workloads_and_the_profile_directory():
     proc = subprocess.run([sys.executable, "-m", "threadguard", "bench", "--help"],
                           capture_output=True, text=True, check=True)

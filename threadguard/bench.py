@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +21,7 @@ from .bench_runner import FULL, QUICK, gpu_absent, missing_package, plan, sweep
 from .bench_view import Progress, plot, table
 from .bench_workloads import WORKLOADS
 from .policy import allocation
-from .profile import cpu_model, write_profile
+from .profile import cpu_model, profile_path, write_profile
 
 __all__ = ["BenchOptions", "default_threads", "default_workers", "bench"]
 
@@ -79,6 +80,18 @@ def _machine(cpus: int) -> Dict[str, Any]:
             "python": platform.python_version(), "versions": versions}
 
 
+def _check_writable(directory: Path, what: str, advice: str = "choose another") -> None:
+    """Make directory if needed and write a file in it, or raise ValueError
+    naming it and why."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".threadguard-bench-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write to {what} {directory}: {exc.strerror or exc}; {advice}. "
+                         "Nothing was measured") from None
+
+
 def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     """Run the benchmark, print the table on stdout and progress on stderr,
     write the files. Exit status: 0, or 1 when a configuration failed.
@@ -89,6 +102,11 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     workers = options.workers or default_workers(options.quick)
     timing = QUICK if options.quick else FULL
     configs = plan(names, threads, workers)
+    # Before any measuring: an output that cannot be written would lose the run.
+    _check_writable(options.out, "--out")
+    if options.profile:
+        _check_writable(profile_path(cpus).parent, "the node profile directory",
+                        "set THREADGUARD_PROFILE_DIR to one that is, or pass --no-profile")
     skipped: Dict[str, str] = {}
     progress = Progress(len(configs), stderr)
     for name in names:
