@@ -537,7 +537,17 @@ static int made_by_library(unsigned caller, int setter_kind) {
 static int clamp_setter(const char *function, void *target, void *call_site, int kind, int cost,
                         int n) {
     if (n <= 1) return n;
-    if (!tg_init() || tg_config.observe) return n;
+    if (!tg_init()) return n;
+    if (tg_config.observe) {
+        /* Changed nothing, but recorded: `threadguard doctor -- CMD` must
+         * know that the program sizes a pool itself, which no variable
+         * overrides. */
+        unsigned caller = tg_caller_slot(call_site);
+        struct sizing s = {n, n, made_by_library(caller, kind) ? TG_SOURCE_LIBRARY : TG_SOURCE_USER,
+                           NULL, caller};
+        record(tg_creator_slot(target), function, &s, &tg_headroom_at_start);
+        return n;
+    }
     int granted;
     if (repeat_grant(target, call_site, n, &granted)) return granted;
     unsigned slot = tg_creator_slot(target);

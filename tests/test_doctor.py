@@ -162,6 +162,36 @@ def test_command_under_rlimit_as_names_rlimit_as_not_nproc(runner: Runner) -> No
     run_printed(runner, verdict["commands"], prefix=prefix)
 
 
+SET_64 = ("import torch\ntorch.set_num_threads(64)\n"
+          "a = torch.ones(600, 600); assert (a @ a)[0, 0].item() == 600\n")
+
+
+def test_suggestions_under_rlimit_as_work_when_the_program_sets_its_own_size(
+        runner: Runner) -> None:
+    """Under RLIMIT_AS, for a program calling torch.set_num_threads(64)
+    itself, the suggested variables-only command still died: no variable
+    overrides that call. Every command printed must fix the run."""
+    code = ("import torch\ns = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+            "print(int(s['VmSize'].split()[0]) * 1024)")
+    proc = runner.run(code, guarded=False, cpus=64)
+    assert proc.returncode == 0, proc.stderr
+    base = int(proc.stdout.strip())
+    script = runner.dir / "set64.py"
+    script.write_text(SET_64)
+    for extra in (600, 800, 1000, 400):
+        prefix = ["prlimit", f"--as={(base + extra * MIB) // MIB * MIB}", "--"]
+        if runner.run(SET_64, guarded=False, prefix=prefix, cpus=64).returncode != 0:
+            break
+    else:
+        pytest.skip("no RLIMIT_AS made torch.set_num_threads(64) fail on this machine")
+    result = doctor(runner, ["--", sys.executable, str(script)], prefix=prefix)
+    verdict = result["verdict"]
+    assert verdict["limit"] == "RLIMIT_AS", verdict
+    assert "torch.set_num_threads(64)" in verdict["explanation"], verdict
+    assert not any("OMP_NUM_THREADS=" in c for c in verdict["commands"]), verdict
+    run_printed(runner, verdict["commands"], prefix=prefix)
+
+
 def test_node_verdict_names_rlimit_as(runner: Runner) -> None:
     prefix = ["prlimit", f"--as={int(_numpy_vmsize(runner) * 0.8) // MIB * MIB}", "--"]
     result = doctor(runner, [], prefix=prefix)

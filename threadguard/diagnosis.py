@@ -214,8 +214,11 @@ _LIBRARY_NAMES = {"openblas": "OpenBLAS", "openmp": "OpenMP (libgomp)", "mkl": "
 
 def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str],
                 returncode: Optional[int], timed_out: bool, failures: Sequence[Failure],
-                matches: Sequence[Match]) -> Dict[str, Any]:
-    """What happened in a run: the limit really hit, by whom, and the fix."""
+                matches: Sequence[Match], setters: Sequence[Tuple[str, int]] = ()
+                ) -> Dict[str, Any]:
+    """What happened in a run: the limit really hit, by whom, and the fix.
+    setters: the pool-size calls the program made itself (name, size), like
+    ("torch.set_num_threads()", 64): no variable overrides those."""
     verdict: Dict[str, Any] = {"status": "ok", "limit": None, "library": None, "thread": None,
                                "error": None, "commands": []}
     openblas_guess = next((m for m in matches if m.message.name == "openblas-nproc"), None)
@@ -244,7 +247,15 @@ def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str]
         raisable = (t["rlimit_nproc_hard"] or 0) > (t["rlimit_nproc_soft"] or 0)
         if f.cause == "RLIMIT_NPROC" and raisable:
             fixes.append(shlex.join([*guard, "run", "--nproc", "max", "--", *argv]))
-        fixes.append(env_command(pool, argv, f.cause == "RLIMIT_AS"))
+        overriding = [(name, n) for name, n in setters if n > pool]
+        if overriding:
+            calls = ", ".join(f"{name[:-2]}({n})" for name, n in overriding)
+            verdict["explanation"] += (
+                f". The thread variables alone cannot fix this run: the program itself calls "
+                f"{calls}, which overrides them; `threadguard run` lowers that call to what "
+                f"fits (or change it in the program)")
+        else:
+            fixes.append(env_command(pool, argv, f.cause == "RLIMIT_AS"))
         verdict["commands"] = fixes
     elif matches:
         m = matches[0]

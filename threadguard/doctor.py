@@ -177,6 +177,17 @@ def _read_reports(folder: Path) -> Tuple[List[Failure], List[Stats]]:
     return [f for pid in sorted(failures) for f in failures[pid]], reports
 
 
+def _program_setters(reports: Sequence[Stats]) -> List[Tuple[str, int]]:
+    """The pool-size calls the program made itself (observe mode records
+    them unchanged), largest first: ("torch.set_num_threads()", 64)."""
+    largest: Dict[str, int] = {}
+    for report in reports:
+        for pool in report.pools:
+            if pool.variable.endswith("()") and pool.source == "user":
+                largest[pool.variable] = max(largest.get(pool.variable, 0), pool.value)
+    return sorted(largest.items(), key=lambda item: -item[1])
+
+
 def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
                   ) -> Dict[str, Any]:
     """Run argv guarded in observe mode and explain what happened."""
@@ -219,7 +230,7 @@ def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
         failures, reports = _read_reports(folder)
     matches = find_messages(output)
     verdict = explain_run(facts, argv, _guard(), None if timed_out else returncode, timed_out,
-                          failures, matches)
+                          failures, matches, _program_setters(reports))
     threads: Dict[str, int] = {}
     for report in reports:
         for lib in report.libraries:

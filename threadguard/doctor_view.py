@@ -99,6 +99,7 @@ def render(result: Dict[str, Any], colour: bool) -> str:
         head = f"\033[1;{_COLOURS.get(v['status'], '0')}m{head}\033[0m"
     lines += ["", head, f"  {v['explanation']}"]
     if v.get("commands"):
-        lines.append("  to avoid it, run one of:")
+        lines.append("  to avoid it, run one of:" if len(v["commands"]) > 1 else
+                     "  to avoid it, run:")
         lines += [f"    {cmd}" for cmd in v["commands"]]
     return "\n".join(lines)
