@@ -192,6 +192,35 @@ def test_suggestions_under_rlimit_as_work_when_the_program_sets_its_own_size(
     run_printed(runner, verdict["commands"], prefix=prefix)
 
 
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_a_workload_that_fails_with_one_thread_is_not_called_ok(runner: Runner) -> None:
+    """Under an RLIMIT_AS too small for `import torch` itself, the probe
+    (one thread per pool) died with std::bad_alloc and the doctor said
+    "import torch fits ... verdict: ok"."""
+    pytest.importorskip("torch")
+    vmsize = {}
+    for module in ("numpy", "torch"):
+        code = (f"import {module}\ns = dict(l.split(':', 1) for l in open('/proc/self/status'))"
+                "\nprint(int(s['VmSize'].split()[0]) * 1024)")
+        proc = runner.run(code, guarded=False, cpus=64, env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr
+        vmsize[module] = int(proc.stdout.strip())
+    if vmsize["torch"] < vmsize["numpy"] + 200 * MIB:
+        pytest.skip(f"torch's address space here is too close to numpy's: {vmsize}")
+    limit = (vmsize["numpy"] + 100 * MIB) // MIB * MIB
+    prefix = ["prlimit", f"--as={limit}", "--"]
+    assert runner.run("import torch", guarded=False, prefix=prefix, cpus=64,
+                      env=ONE_THREAD).returncode != 0
+    result = doctor(runner, [], prefix=prefix)
+    torch_row = next(w for w in result["workloads"] if w["workload"] == "import torch")
+    assert torch_row["status"] == "fails" and torch_row["limit"] == "RLIMIT_AS", torch_row
+    assert "even with one thread per pool" in torch_row["explanation"]
+    assert torch_row["commands"] == []  # no thread setting fixes it: none is suggested
+    assert result["verdict"]["status"] == "fails", result["verdict"]
+
+
 def test_node_verdict_names_rlimit_as(runner: Runner) -> None:
     prefix = ["prlimit", f"--as={int(_numpy_vmsize(runner) * 0.8) // MIB * MIB}", "--"]
     result = doctor(runner, [], prefix=prefix)

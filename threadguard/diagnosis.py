@@ -116,6 +116,12 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
     allocation = facts["cpus"]["allocation"]
     fit = _fitting_pool(facts, workload.pools, base_tasks, base_vmsize, own_tasks)
     fixes = [shlex.join([*guard, "run", "--", *argv])]
+    probe_error = baseline.get("error")
+    if probe_error and baseline.get("started") is not False:
+        # The probe ran with every pool at one thread and still did not
+        # work: nothing threads-related to predict, and no thread setting fixes it.
+        _unmeasured(result, facts, workload, probe_error)
+        return result
     if hits:
         thread, limit = min(hits)
         result.update(status="fails", limit=limit, thread=thread)
@@ -148,6 +154,28 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
         fixes = []
     result["commands"] = fixes
     return result
+
+
+def _unmeasured(result: Dict[str, Any], facts: Dict[str, Any], workload: Workload,
+                error: str) -> None:
+    """A probe with one thread per pool that failed or did not finish."""
+    result.update(thread=None, commands=[])
+    if error.startswith("did not finish"):
+        result.update(status="error", limit=None,
+                      explanation=f"{workload.name} could not be measured: with one thread per "
+                                  f"pool it {error}")
+        return
+    as_limit = facts["address_space"]["rlimit_as"]
+    text = f"{workload.name} fails even with one thread per pool ({error})"
+    if as_limit is not None:
+        hard = facts["address_space"].get("rlimit_as_hard")
+        text += (f": under RLIMIT_AS {_mib(as_limit)} the program itself does not fit, so no "
+                 f"thread setting fixes it; only a higher address-space limit does"
+                 + (f" (`ulimit -v {hard // 1024}`, the hard limit)" if isinstance(hard, int)
+                    and hard > as_limit else " (ask for one: the hard limit is reached)"
+                    if isinstance(hard, int) else ""))
+    result.update(status="fails", limit="RLIMIT_AS" if as_limit is not None else None,
+                  explanation=text)
 
 
 def _pool_text(pools: Dict[str, int]) -> str:

@@ -81,9 +81,10 @@ def _probe(code: str, timeout: float) -> Dict[str, Any]:
         if line.startswith("THREADGUARD-PROBE "):
             _, vmsize, tasks = line.split()
             return {"vmsize": int(vmsize), "tasks": int(tasks), "error": None}
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"vmsize": None, "tasks": None,
-            "error": f"failed even with one thread per pool (exit {proc.returncode}): {tail}"}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1].strip()
+    how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+           else f"exit {proc.returncode}")
+    return {"vmsize": None, "tasks": None, "error": f"{how}: {tail}"}
 
 
 def _errno_text(exc: OSError) -> str:
@@ -111,8 +112,8 @@ def check_node(timeout: float, progress: TextIO) -> Dict[str, Any]:
         else:
             baseline = unstarted  # no second try: it would fail the same way
         predictions.append(predict(facts, workload, baseline, own, _python(), _guard()))
-    worst = next((p for p in predictions if p["status"] == "fails"),
-                 next((p for p in predictions if p["status"] == "slow"), None))
+    worst = next((p for status in ("fails", "error", "slow") for p in predictions
+                  if p["status"] == status), None)
     verdict: Dict[str, Any]
     if unstarted is not None:
         verdict = no_room_verdict(facts, own, unstarted["error"], unstarted["errno"], worst,

@@ -283,6 +283,7 @@ def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         },
         "address_space": {
             "rlimit_as": _limit(resource.RLIMIT_AS)["soft"],
+            "rlimit_as_hard": _limit(resource.RLIMIT_AS)["hard"],
             "rlimit_stack": stack_limit["soft"], "default_thread_stack": stack,
             "rlimit_nofile": _limit(resource.RLIMIT_NOFILE)["soft"],
             "arenas_capped": arenas_capped,
