@@ -159,7 +159,7 @@ static void repeat(const char *name, const char *const *env, int times, int want
     char why[64];
     int bad = 0, first = 0;
     for (int i = 0; i < times; i++) {
-        struct host_run run = {name, {NULL}, -1, 10};
+        struct host_run run = {name, {NULL}, -1, 60};
         for (int e = 0; env[e]; e++) run.env[e] = env[e];
         int pipe_fd = -1;
         if (want_signal >= 0) run.stderr_fd = pipe_fd = broken_pipe();
@@ -182,7 +182,7 @@ static void check_stderr_swap(void) {
     if (fd >= 0) close(fd);
     char env_data[128];
     snprintf(env_data, sizeof env_data, "TG_HOST_DATA=%s", data);
-    struct host_run run = {"stderr_swap", {"THREADGUARD_REPORT=stderr", env_data, NULL}, -1, 20};
+    struct host_run run = {"stderr_swap", {"THREADGUARD_REPORT=stderr", env_data, NULL}, -1, 60};
     int status = host_run_case(&run);
     char why[64], text[4096] = "";
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "stderr_swap: %s",
