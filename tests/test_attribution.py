@@ -6,11 +6,14 @@ import pytest
 
 pytest.importorskip("numpy")
 
+# After join, wait until the OS threads are gone too: Thread.join returns a
+# moment before a thread's exit is counted (it failed under load).
 EIGHT_THREADS = """
-import threading
+import os, threading, time
 threads = [threading.Thread(target=sum, args=([1, 2],)) for _ in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
+while len(os.listdir('/proc/self/task')) > 1: time.sleep(0.001)
 """
 
 
@@ -49,7 +52,7 @@ def test_torch_workers_counted_under_its_libgomp(guarded):
 
 
 FORK = """
-import os, threading, threadguard
+import os, threading, threadguard, time
 stop = threading.Event()
 parked = [threading.Thread(target=stop.wait) for _ in range(2)]
 for t in parked: t.start()
@@ -58,6 +61,7 @@ pid = os.fork()
 if pid == 0:
     s0 = threadguard.stats().total
     t = threading.Thread(target=sum, args=([1],)); t.start(); t.join()
+    while len(os.listdir('/proc/self/task')) > 1: time.sleep(0.001)  # see EIGHT_THREADS
     s1 = threadguard.stats().total
     os.write(w, f"{s0.created} {s0.live} {s1.created} {s1.live}".encode())
     os._exit(0)

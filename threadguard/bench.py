@@ -80,10 +80,19 @@ def _machine(cpus: int) -> Dict[str, Any]:
             "python": platform.python_version(), "versions": versions}
 
 
-def _check_writable(directory: Path, what: str, advice: str = "choose another") -> None:
-    """Make directory if needed and write a file in it, or raise ValueError
-    naming it and why."""
+def _check_writable(directory: Path, what: str, advice: str = "choose another",
+                    make: bool = True) -> None:
+    """Write a file in directory (made first when make), or raise ValueError
+    naming it and why. Without make, a missing directory is judged by its
+    nearest existing parent, and nothing is left behind."""
     try:
+        if not make and not directory.exists():
+            parent = next(p for p in directory.parents if p.exists())
+            if not parent.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(parent))
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied", str(parent))
+            return
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".threadguard-bench-check-"):
             pass
@@ -106,7 +115,8 @@ def bench(options: BenchOptions, stderr: IO[str] = sys.stderr) -> int:
     _check_writable(options.out, "--out")
     if options.profile:
         _check_writable(profile_path(cpus).parent, "the node profile directory",
-                        "set THREADGUARD_PROFILE_DIR to one that is, or pass --no-profile")
+                        "set THREADGUARD_PROFILE_DIR to one that is, or pass --no-profile",
+                        make=False)  # made only when a profile is written
     skipped: Dict[str, str] = {}
     progress = Progress(len(configs), stderr)
     for name in names:
