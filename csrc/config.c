@@ -4,7 +4,10 @@
  *
  * The parsers are pure functions of the value, shared by tg_config_load()
  * (which warns) and threadguard_check_setting() (which the command line and
- * the fuzz tests call), so there is one definition of a valid value. */
+ * the fuzz tests call), so there is one definition of a valid value.
+ *
+ * Layer: state.  Calls error.c; read by every module that has a setting to
+ * honour. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +15,9 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "config.h"
+
+#include "error.h"
 
 struct tg_config tg_config;
 
@@ -326,4 +331,17 @@ void tg_config_load(void) {
         tg_config.source[i] = TG_SOURCE_USER;
         apply(i, &parsed);
     }
+}
+
+/* Stored atomically: getenv answers read it from any thread. */
+long long tg_set_pool_threads(long long threads) {
+    if (threads == 0 || threads < -1 || threads > 4096) {
+        tg_set_error(THREADGUARD_EINVAL,
+                     "threadguard_set_pool_threads: %lld is not a pool size; expected 1 to 4096, "
+                     "or -1 to clear",
+                     threads);
+        return -2;
+    }
+    tg_clear_error();
+    return __atomic_exchange_n(&tg_config.pool_threads, threads, __ATOMIC_ACQ_REL);
 }

@@ -4,7 +4,9 @@
  * pipe whose reader has gone must not deliver SIGPIPE to the host (the
  * program would die of a report it never asked to depend on), and stderr
  * is written only while fd 2 is still the file it was at start (a program
- * that closes fd 2 and opens a data file must not find our table in it). */
+ * that closes fd 2 and opens a data file must not find our table in it).
+ *
+ * Layer: helper.  Calls nothing of threadguard's. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -15,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "error.h"
 
 /* initial-exec: static TLS, so reading it never allocates even when the
  * library was dlopen'ed after the thread started. */

@@ -7,14 +7,20 @@
  * measured right after the failure can: the limit that is full is the one
  * that was hit.  This runs on the pthread_create path, so it never
  * allocates: records are a fixed array and /proc is read into stack
- * buffers. */
+ * buffers.
+ *
+ * Layer: state.  Calls limits.c, registry.c and glibc.c; the wrapper
+ * records, report.c writes. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "failures.h"
+
+#include "glibc.h"
+#include "registry.h"
 
 struct tg_failure tg_failures[TG_MAX_FAILURES];
 _Atomic int tg_failure_count;
@@ -57,12 +63,7 @@ static long long needed_stack(const pthread_attr_t *attr) {
 void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, long long thread) {
     int i = atomic_fetch_add_explicit(&tg_failure_count, 1, memory_order_relaxed);
     int saved_errno = errno;
-    if (i >= TG_MAX_FAILURES) {
-        /* Not listed, but counted: the failures file says how many. */
-        tg_report_failures_now();
-        errno = saved_errno;
-        return;
-    }
+    if (i >= TG_MAX_FAILURES) return; /* not listed, but counted: the failures file says how many */
     struct tg_failure *f = &tg_failures[i];
     f->slot = slot;
     f->error = error;
@@ -71,7 +72,6 @@ void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, lon
     tg_headroom_measure(&f->h, tg_libs[slot].kind);
     f->cause = tg_failure_cause(error, f->stack, &f->h);
     atomic_store_explicit(&f->ready, 1, memory_order_release);
-    tg_report_failures_now();
     errno = saved_errno;
 }
 

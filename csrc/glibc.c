@@ -21,18 +21,24 @@
  * in whichever object defines it.
  *
  * THREADGUARD_TEST_GLIBC=2.N (tests only) treats facilities newer than 2.N
- * as absent, so the fallbacks run, and are tested, on a new glibc too. */
+ * as absent, so the fallbacks run, and are tested, on a new glibc too.
+ *
+ * Layer: state.  Calls config.c and error.c. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <gnu/libc-version.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "glibc.h"
+
+#include "config.h"
+#include "error.h"
 
 struct tg_glibc tg_glibc;
 
@@ -227,4 +233,85 @@ int tg_glibc_limitations(const char **lines, int max) {
                      "threads created without attributes (OpenBLAS, std::thread); libgomp and "
                      "Python threads keep glibc's default";
     return n;
+}
+
+/* ---- the loader: which pthread_create is whose ------------------------ */
+
+static _Atomic(tg_create_fn) real_create;
+
+/* Resolve the next pthread_create in the chain.  dlsym(RTLD_NEXT) keeps an
+ * interposer after us (a sanitizer runtime, another preload) in the chain;
+ * dlvsym with a version skips unversioned interposers and would jump
+ * straight to libc.  Where both land in the same object (libc or
+ * libpthread), take the newest versioned symbol.  Racing threads resolve the
+ * same pointer, so a plain atomic store is enough. */
+tg_create_fn tg_real_create(void) {
+    tg_create_fn fn = atomic_load_explicit(&real_create, memory_order_acquire);
+    if (fn != NULL) return fn;
+    void *next = dlsym(RTLD_NEXT, "pthread_create");
+    /* 2.34 moved it into libc; before, libpthread defines it at the base
+     * version, GLIBC_2.2.5 on x86-64 and GLIBC_2.17 on aarch64. */
+    void *versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
+    if (versioned == NULL) versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.2.5");
+    if (versioned == NULL) versioned = dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.17");
+    void *chosen = next ? next : versioned;
+    Dl_info a, b;
+    if (next && versioned && next != versioned && dladdr(next, &a) && dladdr(versioned, &b) &&
+        a.dli_fbase == b.dli_fbase)
+        chosen = versioned;
+    fn = (tg_create_fn)chosen;
+    atomic_store_explicit(&real_create, fn, memory_order_release);
+    return fn;
+}
+
+/* Compared by object, not by symbol: this file cannot name the wrapper
+ * (interpose.c sits above it), and no other pthread_create lives here. */
+int tg_in_this_library(const void *addr) {
+    Dl_info a, b;
+    return addr != NULL && dladdr(addr, &a) != 0 &&
+           dladdr((const void *)tg_in_this_library, &b) != 0 && a.dli_fbase == b.dli_fbase;
+}
+
+void tg_use_process_create(void) {
+    void *process_create = dlsym(RTLD_DEFAULT, "pthread_create");
+    if (process_create != NULL && !tg_in_this_library(process_create))
+        atomic_store_explicit(&real_create, (tg_create_fn)process_create, memory_order_release);
+}
+
+struct scope_order {
+    uintptr_t self;
+    int self_seen;
+    int before_libc;
+};
+
+static int visit_object(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    struct scope_order *order = arg;
+    if (info->dlpi_addr == order->self) {
+        order->self_seen = 1;
+        return 0;
+    }
+    const char *slash = strrchr(info->dlpi_name, '/');
+    const char *name = slash ? slash + 1 : info->dlpi_name;
+    if (strncmp(name, "libc.so", 7) == 0) {
+        order->before_libc = order->self_seen;
+        return 1;
+    }
+    return 0;
+}
+
+int tg_interposing(void) {
+    if (tg_in_this_library(dlsym(RTLD_DEFAULT, "pthread_create"))) return 1;
+    /* An interceptor (a sanitizer runtime) may come first and call ours
+     * through RTLD_NEXT: what matters is that we come before libc. */
+    Dl_info info;
+    if (dladdr((void *)tg_in_this_library, &info) == 0) return 0;
+    struct scope_order order = {(uintptr_t)0, 0, 0};
+    struct link_map *map = NULL;
+    if (dladdr1((void *)tg_in_this_library, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
+        map == NULL)
+        return 0;
+    order.self = (uintptr_t)map->l_addr;
+    dl_iterate_phdr(visit_object, &order);
+    return order.before_libc;
 }

@@ -20,7 +20,11 @@
  * slot's old value (a lazy slot points back into the PLT); dlsym is not
  * hooked, so a pointer taken with dlsym(RTLD_DEFAULT, "pthread_create")
  * bypasses counting, which the /proc/self/task comparison shows as
- * untracked.  Nothing here runs on the create path. */
+ * untracked.  Nothing here runs on the create path.
+ *
+ * Layer: entry point.  Calls lifecycle.c (tg_init), interpose.c (the
+ * wrapper's address), threads.c (adoption, the mode), glibc.c, registry.c,
+ * procfs.c, config.c and error.c. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
@@ -34,7 +38,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "lifecycle.h"
+
+#include "config.h"
+#include "error.h"
+#include "glibc.h"
+#include "interpose.h"
+#include "procfs.h"
+#include "registry.h"
+#include "threads.h"
 
 #if defined(__x86_64__)
 #define TG_R_JUMP_SLOT R_X86_64_JUMP_SLOT
@@ -48,18 +60,23 @@
 #define TG_GOT_SUPPORTED 0
 #endif
 
-static _Atomic int current_mode; /* enum threadguard_mode */
-
-/* One lock for the patch tables and the adopted threads.  A spin lock, so a
- * forked child can simply reset it (a pthread mutex held by a parent thread
- * at fork would stay locked in the child forever). */
-static atomic_flag patch_lock = ATOMIC_FLAG_INIT;
+/* The patch tables' lock: a spin lock that records its holder's pid, so a
+ * forked child, where the holding thread does not exist, takes it over
+ * (a pthread mutex held by a parent thread at fork would stay locked in the
+ * child forever).  The child then has no fork handler to run here. */
+static _Atomic int patch_lock;
 
 static void lock(void) {
-    while (atomic_flag_test_and_set_explicit(&patch_lock, memory_order_acquire)) sched_yield();
+    int self = (int)getpid(), held = 0;
+    while (!atomic_compare_exchange_weak_explicit(&patch_lock, &held, self,
+                                                  memory_order_acquire, memory_order_relaxed)) {
+        if (held != 0 && held != self) continue; /* a parent's: retry with held as expected */
+        held = 0;
+        sched_yield();
+    }
 }
 
-static void unlock(void) { atomic_flag_clear_explicit(&patch_lock, memory_order_release); }
+static void unlock(void) { atomic_store_explicit(&patch_lock, 0, memory_order_release); }
 
 /* ---- page protections from /proc/self/maps -------------------------- */
 
@@ -320,73 +337,6 @@ static void sweep(void) {
     last_subs = changes[1];
 }
 
-/* ---- adopting threads started before a patch could see them ---------- */
-
-#define TG_MAX_ADOPTED 1024
-#define TG_MAX_TIDS 2048
-
-struct adopted {
-    int tid;
-    unsigned long long start_time;
-    unsigned slot;
-};
-
-static struct adopted adopted[TG_MAX_ADOPTED];
-
-/* Field 22 of /proc/self/task/TID/stat: when the thread started.  0 when
- * the thread is gone. */
-static unsigned long long start_time_of(int tid) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
-    if (p == NULL) return 0;
-    for (int field = 2; field < 22 && p != NULL; field++) p = strchr(p + 1, ' ');
-    return p ? strtoull(p + 1, NULL, 10) : 0;
-}
-
-static void count_adopted(unsigned slot, int delta) {
-    struct tg_counters *c = &tg_libs[slot].c;
-    if (delta > 0) {
-        atomic_fetch_add_explicit(&c->created, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&tg_total.created, 1, memory_order_relaxed);
-    }
-    long long lib_live = atomic_fetch_add_explicit(&c->live, delta, memory_order_relaxed) + delta;
-    long long total_live =
-        atomic_fetch_add_explicit(&tg_total.live, delta, memory_order_relaxed) + delta;
-    if (delta > 0) {
-        tg_raise_peak(&c->peak, lib_live);
-        tg_raise_peak(&tg_total.peak, total_live);
-    }
-}
-
-/* Count the exits of adopted threads.  Caller holds the lock. */
-static void reap(void) {
-    for (int i = 0; i < TG_MAX_ADOPTED; i++) {
-        if (adopted[i].tid == 0) continue;
-        if (start_time_of(adopted[i].tid) != adopted[i].start_time) {
-            count_adopted(adopted[i].slot, -1);
-            adopted[i].tid = 0;
-        }
-    }
-}
-
-static void adopt(int tid, unsigned slot) {
-    unsigned long long start = start_time_of(tid);
-    if (start == 0) return; /* gone already */
-    for (int i = 0; i < TG_MAX_ADOPTED; i++) {
-        if (adopted[i].tid != 0) continue;
-        adopted[i] = (struct adopted){tid, start, slot};
-        count_adopted(slot, +1);
-        return;
-    }
-}
-
 /* The library that most likely started threads during a load: of the
  * objects the load brought in, the one that calls pthread_create itself
  * (preferring a known thread-pool library), else the library opened. */
@@ -412,6 +362,8 @@ static unsigned creator_of_load(void *opened) {
     }
     return best ? tg_slot_for_address((void *)best) : TG_UNKNOWN_SLOT;
 }
+
+#define TG_MAX_TIDS 2048
 
 /* ---- the dlopen hook -------------------------------------------------- */
 
@@ -495,7 +447,7 @@ static void *hooked_dlopen(const char *file, int mode) {
                     slot = creator_of_load(handle);
                     resolved = 1;
                 }
-                adopt(after[i], slot);
+                tg_adopt(after[i], slot);
             }
         }
         unlock();
@@ -507,30 +459,10 @@ static void *hooked_dlopen(const char *file, int mode) {
 
 /* ---- public entry points ---------------------------------------------- */
 
-void tg_got_reap(void) {
-    if (atomic_load_explicit(&current_mode, memory_order_acquire) != THREADGUARD_MODE_IMPORT)
-        return;
-    lock();
-    reap();
-    unlock();
-}
-
-void tg_got_after_fork_in_child(void) {
-    atomic_flag_clear_explicit(&patch_lock, memory_order_relaxed);
-    memset(adopted, 0, sizeof adopted); /* the parent's threads are not here */
-}
-
-THREADGUARD_API int threadguard_mode(void) {
-    tg_init();
-    int mode = atomic_load_explicit(&current_mode, memory_order_acquire);
-    if (mode != THREADGUARD_MODE_OFF) return mode;
-    return threadguard_interposing() ? THREADGUARD_MODE_PRELOAD : THREADGUARD_MODE_OFF;
-}
-
 THREADGUARD_API int threadguard_import_mode(void) {
     tg_init();
-    if (threadguard_interposing()) {
-        atomic_store_explicit(&current_mode, THREADGUARD_MODE_PRELOAD, memory_order_release);
+    if (tg_interposing()) {
+        tg_set_mode(THREADGUARD_MODE_PRELOAD);
         return THREADGUARD_OK;
     }
     if (tg_config.import_off) { /* THREADGUARD_IMPORT=off: the user's choice */
@@ -543,14 +475,14 @@ THREADGUARD_API int threadguard_import_mode(void) {
                         "the library instead (threadguard run -- CMD)");
 #else
     lock();
-    if (atomic_load_explicit(&current_mode, memory_order_acquire) != THREADGUARD_MODE_IMPORT) {
+    if (tg_recorded_mode() != THREADGUARD_MODE_IMPORT) {
         /* Call on to what symbol lookup gives the process (libc's, or a
          * sanitizer's interceptor in front of it). */
         tg_use_process_create();
         targets[0] = (struct target){"pthread_create", (void *)tg_own_pthread_create};
         targets[1] = (struct target){"dlopen", (void *)hooked_dlopen};
         sweep();
-        atomic_store_explicit(&current_mode, THREADGUARD_MODE_IMPORT, memory_order_release);
+        tg_set_mode(THREADGUARD_MODE_IMPORT);
     }
     unlock();
     tg_clear_error();

@@ -16,7 +16,10 @@
  * died (SIGKILL) or exec'ed are reclaimed by the next process that sizes a
  * pool (a pid whose start time no longer matches is another process).
  * Nothing is shared under secure execution, for root (RLIMIT_NPROC does
- * not apply to it) or when the file is not the user's own. */
+ * not apply to it) or when the file is not the user's own.
+ *
+ * Layer: state.  Calls threads.c (is this a forked child) and registry.c;
+ * shaping.c and the wrapper call it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -30,7 +33,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "ledger.h"
+
+#include "registry.h"
+#include "threads.h"
 
 #define LEDGER_MAGIC 0x31646c6774ULL /* "tgld1" */
 #define LEDGER_ENTRIES 512

@@ -2,7 +2,9 @@
  * it was given.  Measured from the kernel's own figures each time a pool is
  * sized, so a library loaded late is sized with the room left at that
  * moment.  Nothing here allocates: files are read into stack buffers and
- * directories with getdents64. */
+ * directories with getdents64.
+ *
+ * Layer: state.  Calls config.c, glibc.c, ledger.c and procfs.c. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -17,7 +19,18 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "limits.h"
+
+#include "config.h"
+#include "glibc.h"
+#include "ledger.h"
+#include "procfs.h"
+#include "registry.h"
+
+/* What threadguard applied at start and the headroom then: written once
+ * by shaping.c at initialisation; the arenas change the headroom here. */
+struct tg_applied tg_applied;
+struct tg_headroom tg_headroom_at_start;
 
 /* glibc reserves a 64 MiB heap for each malloc arena it adds. */
 #define ARENA_COST (64 * TG_MIB)

@@ -1,4 +1,6 @@
-/* Reading /proc without malloc: opendir() allocates, getdents64 does not. */
+/* Reading /proc without malloc: opendir() allocates, getdents64 does not.
+ *
+ * Layer: helper.  Calls nothing of threadguard's. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -7,7 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "procfs.h"
 
 /* Thread ids listed in /proc/self/task, into tids when it is not NULL
  * (up to max); the count, or -1 if unreadable or over max. */

@@ -12,14 +12,19 @@
  * The unwinder comes from the libgcc_s already in the process rather than
  * from a link-time dependency: loading libgcc_s into every guarded process
  * cost about 0.2 ms of start-up, and every caller that needs unwinding
- * (libstdc++, sanitizer runtimes) depends on libgcc_s itself. */
+ * (libstdc++, sanitizer runtimes) depends on libgcc_s itself.
+ *
+ * Layer: state.  Calls glibc.c and procfs.c. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <link.h>
 #include <string.h>
 #include <unwind.h>
 
-#include "internal.h"
+#include "registry.h"
+
+#include "glibc.h"
+#include "procfs.h"
 
 struct tg_lib tg_libs[TG_MAX_LIBS];
 struct tg_counters tg_total;

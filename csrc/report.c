@@ -1,6 +1,10 @@
 /* THREADGUARD_REPORT: the counters at exit, as a table on stderr or as JSON
  * in a file.  Runs from the library's destructor; it must never fail its
- * host, so every error becomes one line on stderr. */
+ * host, so every error becomes one line on stderr.
+ *
+ * Layer: output.  Calls stats.c and reads the state: threads.c, registry.c,
+ * shaping.c's decisions, limits.c, failures.c, config.c, glibc.c; writes
+ * through error.c. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +15,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "report.h"
+
+#include "config.h"
+#include "error.h"
+#include "failures.h"
+#include "glibc.h"
+#include "registry.h"
+#include "shaping.h"
+#include "stats.h"
+#include "threads.h"
 
 /* Output goes to a file descriptor, or (fd < 0) into mem, counting what
  * did not fit so the caller can ask again with a bigger buffer. */
@@ -321,7 +334,7 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     put(o, "{\n  \"threadguard\": \"%s\",\n  \"pid\": %d,\n  \"program\": ",
         THREADGUARD_VERSION_STRING, (int)getpid());
     put_json_string(o, program);
-    int mode = threadguard_mode();
+    int mode = tg_mode();
     /* "interposing": threads are being counted, by either mode. */
     put(o, ",\n  \"interposing\": %s,\n  \"mode\": \"%s\",\n",
         mode != THREADGUARD_MODE_OFF ? "true" : "false", mode_name(mode));
@@ -451,7 +464,7 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
     base = base ? base + 1 : program;
     int rows = threadguard_stats_rows(s);
     long long tasks = threadguard_stats_tasks(s);
-    if (threadguard_mode() == THREADGUARD_MODE_OFF) {
+    if (tg_mode() == THREADGUARD_MODE_OFF) {
         put(o, "threadguard: pid %d (%s): not preloaded, threads were not counted; "
                "%lld task%s at exit\n", (int)getpid(), base, tasks, tg_s(tasks));
         return;
@@ -629,11 +642,11 @@ void tg_report_failures_now(void) {
     atomic_store_explicit(&failures_writing, 0, memory_order_release);
 }
 
-THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size) {
+long long tg_report_json(char *buffer, size_t size) {
     if (buffer == NULL && size != 0)
         return tg_set_error(THREADGUARD_EINVAL, "threadguard_report_json: buffer is NULL") * -1LL;
     threadguard_stats *s = NULL;
-    if (threadguard_stats_take(&s) != THREADGUARD_OK) return -(long long)THREADGUARD_ENOMEM;
+    if (tg_stats_take(&s) != THREADGUARD_OK) return -(long long)THREADGUARD_ENOMEM;
     const char *program = tg_program_path();
     struct out *o = calloc(1, sizeof *o);
     if (o == NULL) {

@@ -1,9 +1,16 @@
 /* Snapshots: an immutable copy of the counters for callers outside the
- * create path (Python, the exit report).  Allocation is fine here. */
+ * create path (Python, the exit report).  Allocation is fine here.
+ *
+ * Layer: output.  Calls threads.c, registry.c, procfs.c and error.c. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "stats.h"
+
+#include "error.h"
+#include "procfs.h"
+#include "registry.h"
+#include "threads.h"
 
 struct row {
     char name[128];
@@ -38,8 +45,7 @@ static int row_has_activity(const long long *v) {
 }
 
 static void fill(threadguard_stats *s) {
-    tg_init();
-    tg_got_reap(); /* adopted threads that exited since */
+    tg_reap_adopted(); /* adopted threads that exited since */
     read_counters(&tg_total, s->total);
     for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
         if (i != TG_UNKNOWN_SLOT &&
@@ -59,7 +65,7 @@ static void fill(threadguard_stats *s) {
     s->exiting = tg_exit_counted_here();
 }
 
-THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
+int tg_stats_take(threadguard_stats **out) {
     if (out == NULL) return tg_set_error(THREADGUARD_EINVAL, "threadguard_stats_take: out is NULL");
     threadguard_stats *s = calloc(1, sizeof *s);
     if (s == NULL) {

@@ -1,0 +1,91 @@
+/* The library's lifecycle: lazy initialisation, the constructor, the
+ * handler for a forked child and the destructor.  One place, so that
+ * dependencies run one way: every entry point (pthread_create, getenv and
+ * the setters, import mode, the public functions) calls tg_init here, and
+ * this file calls down into the state, policy and output modules, never up.
+ *
+ * Layer: lifecycle.  Calls threads.c, registry.c, glibc.c, config.c,
+ * shaping.c, failures.c, ledger.c, report.c and error.c. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <time.h>
+
+#include "lifecycle.h"
+
+#include "config.h"
+#include "error.h"
+#include "failures.h"
+#include "glibc.h"
+#include "ledger.h"
+#include "registry.h"
+#include "report.h"
+#include "shaping.h"
+#include "threads.h"
+
+/* 0: not started, 1: running, 2: done.  Not pthread_once: a signal handler
+ * that reads OMP_NUM_THREADS while this thread initialises would wait on
+ * itself for ever. */
+static _Atomic int init_state;
+/* Set while this thread runs initialise(): a re-entry (a signal handler,
+ * a getenv inside glibc) falls through to the real function. */
+static __thread volatile int initialising __attribute__((tls_model("initial-exec")));
+
+static void after_fork_in_child(void) {
+    tg_threads_after_fork_in_child();
+    tg_registry_reset_counters();
+    tg_failures_reset();
+    tg_ledger_after_fork_in_child();
+}
+
+static void initialise(void) {
+    tg_stderr_remember();
+    tg_threads_init();
+    tg_glibc_init();
+    tg_config_load();
+    tg_registry_init();
+    tg_real_create(); /* resolved now, before any thread needs it */
+    tg_shaping_init();
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
+static long long monotonic_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A needed library's constructor can call pthread_create before ours runs,
+ * so every entry point initialises lazily.  Returns 1 once initialised, 0
+ * when the caller must fall through to the real function: on re-entry from
+ * the initialising thread, and when another thread's initialisation has not
+ * finished within a bounded wait (it may itself be waiting for a lock this
+ * thread holds, such as the loader's). */
+int tg_init(void) {
+    int state = atomic_load_explicit(&init_state, memory_order_acquire);
+    if (state == 2) return 1;
+    if (initialising) return 0;
+    int expected = 0;
+    if (state == 0 && atomic_compare_exchange_strong_explicit(&init_state, &expected, 1,
+                                                              memory_order_acq_rel,
+                                                              memory_order_acquire)) {
+        initialising = 1;
+        initialise();
+        initialising = 0;
+        atomic_store_explicit(&init_state, 2, memory_order_release);
+        return 1;
+    }
+    long long until = monotonic_us() + 20000;
+    while (atomic_load_explicit(&init_state, memory_order_acquire) != 2) {
+        if (monotonic_us() > until) return 0;
+        sched_yield();
+    }
+    return 1;
+}
+
+__attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
+
+__attribute__((destructor)) static void threadguard_destructor(void) {
+    tg_ledger_release();
+    tg_report_at_exit();
+}

@@ -1,0 +1,15 @@
+/* procfs.c: /proc read without allocating (a helper: calls nothing). */
+#ifndef THREADGUARD_PROCFS_H
+#define THREADGUARD_PROCFS_H
+
+#include "common.h"
+
+/* Entries of /proc/self/task, without allocating; -1 if unreadable. */
+TG_HIDDEN long long tg_count_tasks(void);
+/* The thread ids in /proc/self/task into tids, sorted ascending; -1 if
+ * unreadable or there are more than max. */
+TG_HIDDEN int tg_list_tasks(int *tids, int max);
+/* Path of the running executable into buf ("" if unknown). */
+TG_HIDDEN void tg_exe_path(char *buf, size_t size);
+
+#endif

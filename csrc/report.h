@@ -1,0 +1,16 @@
+/* report.c: the exit report, the failures file and the JSON report (output;
+ * calls stats.c and reads the state modules). */
+#ifndef THREADGUARD_REPORT_H
+#define THREADGUARD_REPORT_H
+
+#include "common.h"
+
+TG_HIDDEN void tg_report_at_exit(void);
+/* Rewrite PATH.failures.json for THREADGUARD_REPORT=PATH.json now: a
+ * process that dies of the failure (OpenBLAS raises SIGINT, libgomp exits)
+ * may never write its report at exit. */
+TG_HIDDEN void tg_report_failures_now(void);
+/* threadguard_report_json, once the library is initialised. */
+TG_HIDDEN long long tg_report_json(char *buffer, size_t size);
+
+#endif

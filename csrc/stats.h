@@ -1,0 +1,14 @@
+/* stats.c: snapshots of the counters (output; calls threads.c, registry.c,
+ * procfs.c, error.c). */
+#ifndef THREADGUARD_STATS_H
+#define THREADGUARD_STATS_H
+
+#include "common.h"
+
+/* A snapshot into *out (free with threadguard_stats_free); the library
+ * must be initialised. */
+TG_HIDDEN int tg_stats_take(threadguard_stats **out);
+/* A snapshot in static storage, for the exit report (no heap needed). */
+TG_HIDDEN const threadguard_stats *tg_stats_at_exit(void);
+
+#endif

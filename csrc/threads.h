@@ -1,0 +1,62 @@
+/* threads.c: thread accounting: start records, exit counting, adopted
+ * threads and the counting mode (state; calls registry.c, glibc.c, procfs.c). */
+#ifndef THREADGUARD_THREADS_H
+#define THREADGUARD_THREADS_H
+
+#include "common.h"
+
+/* How threads are being counted (enum threadguard_mode): import mode as
+ * recorded by got.c, else preload when this library's pthread_create is
+ * the process's, else off. */
+TG_HIDDEN int tg_mode(void);
+/* What got.c recorded (THREADGUARD_MODE_OFF until it records one). */
+TG_HIDDEN int tg_recorded_mode(void);
+TG_HIDDEN void tg_set_mode(int mode);
+
+/* ---- start records and exit counting -------------------------------- */
+
+/* A thread starts through tg_trampoline with a record that carries the
+ * creator's routine and argument; records come from a fixed pool (and
+ * mmap'ed chunks past it), never from the heap. */
+struct tg_start_record;
+/* NULL when no record can be had (the thread is then started uncounted). */
+TG_HIDDEN struct tg_start_record *tg_record_claim(unsigned slot, void *(*routine)(void *),
+                                                  void *arg);
+/* For a creation that did not happen. */
+TG_HIDDEN void tg_record_release(struct tg_start_record *record);
+/* The start routine for a claimed record (the argument): counts the
+ * thread's exit on return, pthread_exit and cancellation. */
+TG_HIDDEN void *tg_trampoline(void *record);
+/* Count a thread of library `slot` as live; gives the live counts after. */
+TG_HIDDEN void tg_count_start(unsigned slot, long long *live_total, long long *live_lib);
+TG_HIDDEN void tg_count_exit(unsigned slot);
+
+/* Tasks of the process when threadguard started, the main thread not
+ * included (-1 if unreadable; 0 in a forked child). */
+TG_HIDDEN long long tg_tasks_at_start(void);
+TG_HIDDEN int tg_is_forked_child(void);
+/* 1 in a thread whose exit has been counted (it is in its last moments). */
+TG_HIDDEN int tg_exit_counted_here(void);
+/* Threads created while initialisation ran, started uncounted. */
+TG_HIDDEN extern _Atomic long long tg_started_during_init;
+/* Start records mapped beyond the static 1024 (threads started at once). */
+TG_HIDDEN extern _Atomic long long tg_records_mapped;
+/* Threads started without a record (no memory to map one): not counted. */
+TG_HIDDEN extern _Atomic long long tg_started_uncounted;
+
+/* ---- adopted threads (import mode) ---------------------------------- */
+
+/* A thread found in /proc/self/task that started before any patch could
+ * see it (a constructor's pool during a dlopen): counted for `slot` until
+ * it is gone. */
+TG_HIDDEN void tg_adopt(int tid, unsigned slot);
+/* Count the exits of adopted threads that have ended. */
+TG_HIDDEN void tg_reap_adopted(void);
+
+/* ---- lifecycle hooks ------------------------------------------------- */
+
+TG_HIDDEN void tg_threads_init(void);
+/* In a forked child: the parent's threads and records are not here. */
+TG_HIDDEN void tg_threads_after_fork_in_child(void);
+
+#endif
