@@ -19,12 +19,12 @@ from typing import Dict, List
 import pytest
 
 import threadguard
-from threadguard.bench import default_threads, default_workers
-from threadguard.bench_child import measure_windows, relative_spread
-from threadguard.bench_results import (grid_choices, profile_doubts, profile_figures, recommend,
+from threadguard.bench.command import default_threads, default_workers
+from threadguard.bench.child import measure_windows, relative_spread
+from threadguard.bench.results import (grid_choices, profile_doubts, profile_figures, recommend,
                                        summarize)
-from threadguard.bench_runner import QUICK, plan
-from threadguard.bench_workloads import WORKLOADS
+from threadguard.bench.runner import QUICK, plan
+from threadguard.bench.workloads import WORKLOADS
 
 
 def hang_guard(configurations: int) -> float:
@@ -251,7 +251,7 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
-    from threadguard import bench_child
+    from threadguard.bench import child as bench_child
     fake = FakeClock()
     monkeypatch.setattr(bench_child, "time", fake)
     return fake
@@ -342,8 +342,8 @@ def _fake_run_config(rates: Dict[int, List[float]]):
 @pytest.mark.parametrize("noisy", [True, False])
 def test_bench_writes_a_profile_only_from_measurements_that_agree(tmp_path, monkeypatch, capsys,
                                                                  noisy):
-    from threadguard import bench_runner
-    from threadguard.bench import BenchOptions, bench
+    from threadguard.bench import runner as bench_runner
+    from threadguard.bench.command import BenchOptions, bench
     rates = ({1: [50.0, 150.0, 20.0], 2: [30.0, 97.0, 300.0]} if noisy else
              {1: [50.0, 50.5, 50.2], 2: [97.0, 96.5, 97.2]})
     monkeypatch.setattr(bench_runner, "run_config", _fake_run_config(rates))
@@ -375,7 +375,7 @@ def test_gpu_training_step_and_its_data_loading_work_on_the_cpu(loader_workers):
     # The CUDA workload's step, on the CPU device: its DataLoader (in-process
     # or worker processes), augmentation and training step run.
     torch = pytest.importorskip("torch")
-    from threadguard.bench_workloads import loader_training
+    from threadguard.bench.workloads import loader_training
     step, samples = loader_training(torch, torch.device("cpu"), True, loader_workers)
     step()
     step()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import threadguard
-from threadguard.preload import preload_environment
+from threadguard._preload import preload_environment
 
 PRINT_PRELOAD = "import os; print(os.environ.get('LD_PRELOAD', ''))"
 

@@ -14,9 +14,9 @@ import pytest
 
 from limits import (NOBODY, Cgroup, Runner, nobody_prefix, skip_unless_nobody_works,
                     uid_tasks)
-from threadguard.diagnosis import explain_run
-from threadguard.facts import gather, read_int
-from threadguard.messages import find_messages
+from threadguard.doctor.diagnosis import explain_run
+from threadguard.doctor.facts import gather, read_int
+from threadguard.doctor.messages import find_messages
 
 MIB = 1024 * 1024
 IMPORT_NUMPY = "import numpy"

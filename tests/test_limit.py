@@ -299,7 +299,7 @@ def test_auto_uses_the_node_profile_and_ignores_a_broken_one(tmp_path, monkeypat
 
 
 def test_auto_with_workers_uses_the_profiles_threads_per_worker(tmp_path, monkeypatch):
-    from threadguard.policy import per_process_threads
+    from threadguard._policy import per_process_threads
     monkeypatch.setenv("THREADGUARD_PROFILE_DIR", str(tmp_path))
     cpus = threadguard.allocation()
     path = threadguard.profile_path(cpus)
@@ -359,7 +359,7 @@ def test_numexpr_and_numba_when_imported_are_sized_and_restored(monkeypatch):
 
 
 def test_auto_stays_within_the_task_headroom(monkeypatch):
-    from threadguard import policy
+    from threadguard import _policy as policy
     monkeypatch.setattr(policy, "headroom", lambda: {"cpus": 8, "free": 5})
     assert policy.per_process_threads("auto") == 3  # 5 free, 2 kept in reserve
     assert policy.per_process_threads("auto", workers=4) == 1

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import threadguard
-from threadguard.settings import OPTIONS, check_setting
+from threadguard._settings import OPTIONS, check_setting
 from conftest import REPO
 
 BAD_VALUES = {

@@ -17,13 +17,13 @@ import warnings
 from typing import Optional
 
 from . import _native
-from .errors import LibraryNotFoundError, ReportError, ThreadguardError
-from .controllers import register_controllers
-from .info import Info, PoolInfo, info, mode
-from .limiting import Limit, dataloader_worker_init, limit, pool_initializer
-from .policy import allocation
-from .profile import profile_path
-from .stats import Counters, LibraryStats, Stats, load_report, stats
+from ._errors import LibraryNotFoundError, ReportError, ThreadguardError
+from ._controllers import register_controllers
+from ._info import Info, PoolInfo, info, mode
+from ._limiting import Limit, dataloader_worker_init, limit, pool_initializer
+from ._policy import allocation
+from ._profile import profile_path
+from ._stats import Counters, LibraryStats, Stats, load_report, stats
 
 __all__ = [
     "__version__",

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 from cffi import FFI
 
-from .errors import LibraryNotFoundError
+from ._errors import LibraryNotFoundError
 
 LIBRARY_NAME = "libthreadguard.so"
 

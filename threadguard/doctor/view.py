@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, List, Optional
 
-from .wording import count
+from .._wording import count
 
 __all__ = ["render"]
 

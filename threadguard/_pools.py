@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from . import _native
-from .controllers import register_controllers
+from ._controllers import register_controllers
 
 __all__ = ["ENV_VARIABLES", "Applied", "apply_threads", "restore"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .bench_child import relative_spread
-from .bench_workloads import GRID_WORKLOAD, WORKLOADS
-from .wording import count
+from .child import relative_spread
+from .workloads import GRID_WORKLOAD, WORKLOADS
+from .._wording import count
 
 __all__ = ["TOLERANCE", "summarize", "curves", "recommend", "grid_curves", "grid_choices",
            "profile_figures", "profile_doubts"]

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from . import _native
-from .errors import LibraryNotFoundError
-from .profile import read_profile
-from .wording import count
+from ._errors import LibraryNotFoundError
+from ._profile import read_profile
+from ._wording import count
 
 __all__ = ["Decision", "Threads", "allocation", "decide_threads", "headroom", "native_report",
            "per_process_threads"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional, TypeVar, cast
 
-from .policy import Decision, Threads, decide_threads, per_process_threads
-from .pools import Applied, apply_threads, restore
-from .wording import count
+from ._policy import Decision, Threads, decide_threads, per_process_threads
+from ._pools import Applied, apply_threads, restore
+from ._wording import count
 
 __all__ = ["Limit", "dataloader_worker_init", "limit", "pool_initializer"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from . import _native
-from .errors import ThreadguardError
-from .preload import preload_environment
-from .settings import OPTIONS, Option, check_setting
-from .stats import load_report
+from ._errors import ThreadguardError
+from ._preload import preload_environment
+from ._settings import OPTIONS, Option, check_setting
+from ._stats import load_report
 
 __all__ = ["main"]
 
@@ -157,7 +157,7 @@ def _counts(value: str) -> List[int]:
 
 
 def _names(value: str) -> List[str]:
-    from .bench_workloads import WORKLOADS
+    from .bench.workloads import WORKLOADS
     names = [n.strip() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if not names or unknown:
@@ -167,7 +167,7 @@ def _names(value: str) -> List[str]:
 
 
 def _add_bench(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .bench_workloads import GRID_WORKLOAD, WORKLOADS
+    from .bench.workloads import GRID_WORKLOAD, WORKLOADS
     listing = "\n".join(f"  {w.name:14} {w.title} ({w.unit}; {w.device})"
                         for w in WORKLOADS.values())
     bench = commands.add_parser(
@@ -216,7 +216,7 @@ def _add_bench(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, bench
+    from .bench.command import BenchOptions, bench
     options = BenchOptions(quick=args.quick, workloads=args.workloads, threads=args.threads,
                            workers=args.workers, device=args.device, out=args.out,
                            profile=not args.no_profile)
@@ -276,8 +276,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import check_command, check_node
-    from .doctor_view import render
+    from .doctor.command import check_command, check_node
+    from .doctor.view import render
     cmd: List[str] = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

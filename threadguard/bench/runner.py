@@ -6,7 +6,7 @@ changed by starting a new process: each configuration gets its own, with
 THREADGUARD_POOL_THREADS and the *_NUM_THREADS variables set to the thread
 count and every other threadguard or thread setting of the caller removed.
 A grid configuration of k workers starts k such processes that time the
-same windows of the shared monotonic clock (bench_child explains).
+same windows of the shared monotonic clock (child.py explains).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
-from . import _native
-from .bench_child import READY_MARK, RESULT_MARK
-from .bench_workloads import GRID_WORKLOAD, WORKLOADS
-from .facts import installed
-from .preload import preload_environment
+from .. import _native
+from .child import READY_MARK, RESULT_MARK
+from .workloads import GRID_WORKLOAD, WORKLOADS
+from ..doctor.facts import installed
+from .._preload import preload_environment
 
 __all__ = ["Config", "Timing", "QUICK", "FULL", "plan", "gpu_absent", "missing_package",
            "run_config", "sweep"]
@@ -176,7 +176,7 @@ def run_config(config: Config, timing: Timing, quick: bool) -> Dict[str, Any]:
         spec["sync"] = True
         spec["windows"] = max(1, round(timing.max_seconds / timing.window))
     env = _environment(config.threads)
-    command = [sys.executable, "-m", "threadguard.bench_child", json.dumps(spec)]
+    command = [sys.executable, "-m", "threadguard.bench.child", json.dumps(spec)]
     children: List[_Child] = []
     deadline = time.monotonic() + timing.timeout
     try:

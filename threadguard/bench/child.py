@@ -1,5 +1,5 @@
 """One configuration of `threadguard bench`, run as
-`python -m threadguard.bench_child SPEC_JSON` in a fresh process under the
+`python -m threadguard.bench.child SPEC_JSON` in a fresh process under the
 guard: pool sizes are fixed when the libraries load, so every thread count
 needs its own process.
 
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .bench_workloads import WORKLOADS, Skip, Step
+from .workloads import WORKLOADS, Skip, Step
 
 __all__ = ["RESULT_MARK", "READY_MARK", "relative_spread", "measure_windows", "main"]
 
@@ -91,7 +91,7 @@ def _memory() -> Dict[str, Optional[int]]:
 
 def _threads_by_library() -> List[Dict[str, Any]]:
     """Live threads by creating library, from the native counters."""
-    from . import stats
+    from .. import stats
     snapshot = stats()
     return [{"library": lib.name, "kind": lib.kind, "live": lib.live, "peak": lib.peak}
             for lib in snapshot.libraries if lib.live or lib.peak]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from .policy import native_report
+from .._policy import native_report
 
 __all__ = ["gather", "default_thread_stack", "installed", "pool_sizes", "read_int",
            "thread_cost", "THREAD_VARIABLES"]

@@ -16,12 +16,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from .bench_results import grid_choices, profile_doubts, profile_figures, recommend, summarize
-from .bench_runner import FULL, QUICK, gpu_absent, missing_package, plan, sweep
-from .bench_view import Progress, plot, table
-from .bench_workloads import WORKLOADS
-from .policy import allocation
-from .profile import cpu_model, profile_path, write_profile
+from .results import grid_choices, profile_doubts, profile_figures, recommend, summarize
+from .runner import FULL, QUICK, gpu_absent, missing_package, plan, sweep
+from .view import Progress, plot, table
+from .workloads import WORKLOADS
+from .._policy import allocation
+from .._profile import cpu_model, profile_path, write_profile
 
 __all__ = ["BenchOptions", "default_threads", "default_workers", "bench"]
 

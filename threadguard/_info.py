@@ -9,10 +9,10 @@ from typing import Optional, Tuple
 from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from . import _native
-from .controllers import register_controllers
-from .policy import Decision, decide_threads
-from .stats import Stats, stats
-from .wording import count
+from ._controllers import register_controllers
+from ._policy import Decision, decide_threads
+from ._stats import Stats, stats
+from ._wording import count
 
 __all__ = ["Info", "PoolInfo", "info", "mode"]
 

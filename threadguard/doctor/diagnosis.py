@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .facts import MIB, thread_cost
 from .messages import MEMORY, POLICY, TASKS, Match
-from .policy import RESERVE
-from .stats import Failure
-from .wording import count
+from .._policy import RESERVE
+from .._stats import Failure
+from .._wording import count
 
 __all__ = ["Workload", "WORKLOADS", "predict", "explain_run", "env_command", "no_room_verdict"]
 

@@ -27,12 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import psutil
 
-from . import _native
+from .. import _native
 from .diagnosis import WORKLOADS, explain_run, no_room_verdict, predict
 from .facts import gather, installed
 from .messages import find_messages
-from .preload import preload_environment
-from .stats import Failure, Stats
+from .._preload import preload_environment
+from .._stats import Failure, Stats
 
 __all__ = ["check_command", "check_node"]
 

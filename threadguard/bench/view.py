@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from .bench_results import curves, grid_curves
-from .bench_runner import Config
-from .bench_workloads import GRID_WORKLOAD, WORKLOADS
+from .results import curves, grid_curves
+from .runner import Config
+from .workloads import GRID_WORKLOAD, WORKLOADS
 
 __all__ = ["Progress", "table", "plot"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from . import _native
-from .errors import ReportError
-from .wording import count
+from ._errors import ReportError
+from ._wording import count
 
 __all__ = ["Counters", "Failure", "LibraryStats", "PoolSize", "Setting", "Stats", "stats",
            "load_report"]
