@@ -66,8 +66,8 @@ def test_a_call_up_the_layers_is_found(tmp_path):
 
 def test_a_python_import_cycle_is_found(tmp_path):
     root = copy_tree(tmp_path)
-    # _stats imports _wording; a lazy import back closes the cycle.
-    append(root / "threadguard" / "_wording.py", "\n\ndef _back():\n    from . import _stats\n")
+    # _policy imports _wording; a lazy import back closes the cycle.
+    append(root / "threadguard" / "_wording.py", "\n\ndef _back():\n    from . import _policy\n")
     result = check(root)
     assert result.returncode == 1
     assert "Python import cycle" in result.stderr and "threadguard._wording" in result.stderr

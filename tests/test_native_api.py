@@ -9,6 +9,7 @@ import pytest
 
 import threadguard
 from threadguard import _native
+from threadguard._cdef import CDEF
 from conftest import REPO
 
 
@@ -22,7 +23,7 @@ def test_cdef_matches_the_public_header():
     header = (REPO / "csrc" / "include" / "threadguard.h").read_text()
     from_header = _declarations(header)
     from_cdef = {re.sub(r"\s+", " ", line.rstrip(";")).strip()
-                 for line in _native.CDEF.splitlines() if "(" in line}
+                 for line in CDEF.splitlines() if "(" in line}
     assert from_header and from_cdef == from_header
     fields = re.search(r"enum threadguard_field \{(.*?)\};", header, re.S).group(1)
     names = re.findall(r"THREADGUARD_(\w+) = (\d+)", fields)
@@ -43,7 +44,7 @@ def test_libpath_is_the_packaged_library():
 
 
 def test_missing_library_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(_native, "packaged_path", lambda: tmp_path / "libthreadguard.so")
+    monkeypatch.setattr(_native, "_library_file", lambda: str(tmp_path / "libthreadguard.so"))
     monkeypatch.setattr(_native, "_open_preloaded", lambda: None)
     _native.load.cache_clear()
     try:

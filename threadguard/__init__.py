@@ -9,21 +9,30 @@ program run under ``threadguard run -- CMD`` is counted from its start)::
     with threadguard.limit(1): ...         # restored on exit
     threadguard.info()                     # pools and live threads per library
     threadguard.stats().of_kind("openblas").created
+
+Everything public is listed in ``__all__``; modules whose names start with
+an underscore, and the ``bench`` and ``doctor`` packages (the commands),
+are internal.  The names below are imported when first used, so that
+``import threadguard`` costs little more than loading the native library:
+every spawn worker and every ``threadguard run`` pays for it.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Optional
-
 from . import _native
 from ._errors import LibraryNotFoundError, ReportError, ThreadguardError
-from ._controllers import register_controllers
-from ._info import Info, PoolInfo, info, mode
-from ._limiting import Limit, dataloader_worker_init, limit, pool_initializer
-from ._policy import allocation
-from ._profile import profile_path
-from ._stats import Counters, LibraryStats, Stats, load_report, stats
+from ._on_import import after
+
+TYPE_CHECKING = False  # not typing's, which costs more than the rest (see _native.py)
+if TYPE_CHECKING:
+    from typing import Any, List, Optional
+
+    from ._info import Info, PoolInfo, info, mode
+    from ._limiting import Limit, dataloader_worker_init, limit, pool_initializer
+    from ._policy import allocation
+    from ._profile import profile_path
+    from ._stats import Counters, LibraryStats, Stats, load_report, stats
+del TYPE_CHECKING
 
 __all__ = [
     "__version__",
@@ -51,6 +60,31 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+# Public name -> the internal module that defines it, imported on first use.
+_LAZY = {
+    "Counters": "._stats", "LibraryStats": "._stats", "Stats": "._stats",
+    "load_report": "._stats", "stats": "._stats",
+    "Info": "._info", "PoolInfo": "._info", "info": "._info", "mode": "._info",
+    "Limit": "._limiting", "dataloader_worker_init": "._limiting", "limit": "._limiting",
+    "pool_initializer": "._limiting",
+    "allocation": "._policy",
+    "profile_path": "._profile",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'threadguard' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # next time, a plain attribute
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 def libpath() -> str:
     """Path of the libthreadguard.so this process uses: the preloaded copy if
@@ -66,12 +100,18 @@ def preloaded() -> bool:
     return bool(_native.load().threadguard_interposing())
 
 
+def _register_controllers() -> None:
+    from ._controllers import register_controllers
+    register_controllers()
+
+
 def _start_counting() -> None:
     why = _native.enable_import_mode()
     if why is not None:
+        import warnings
         warnings.warn(f"threadguard: threads in this process are not counted: {why}",
                       RuntimeWarning, stacklevel=3)
 
 
-register_controllers()
+after("threadpoolctl", _register_controllers)
 _start_counting()

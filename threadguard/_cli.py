@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import textwrap
-from pathlib import Path
-from typing import Callable, List, Optional, Sequence
 
 from . import _native
 from ._errors import ThreadguardError
 from ._preload import preload_environment
 from ._settings import OPTIONS, Option, check_setting
-from ._stats import load_report
+
+# `threadguard run` imports nothing it does not use (typing, json, pathlib,
+# the bench and doctor packages): it is on the start-up path of every job
+# it guards.  mypy reads any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, List, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -40,6 +41,8 @@ _FLAGS = ("THREADGUARD_DEBUG", "THREADGUARD_OBSERVE")
 def _wrap(text: str) -> str:
     """A paragraph for the raw help formatter, which keeps the epilog's
     layout but does not wrap."""
+    import shutil
+    import textwrap
     return textwrap.fill(text, width=min(100, shutil.get_terminal_size().columns - 2))
 
 
@@ -71,7 +74,25 @@ def _setting_value(option: Option) -> Callable[[str], str]:
     return check
 
 
-def _parser() -> argparse.ArgumentParser:
+# The subcommands' one-line help, for the top-level listing.
+_DOCTOR_HELP = "explain this node's thread limits, or why a command failed"
+_BENCH_HELP = "measure what fewer threads cost here and save a node profile"
+
+
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand argv names (its first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The command line's parser.  The doctor and bench subparsers, whose
+    help texts cost imports, are built in full only when argv names them
+    (or names no subcommand, for the top-level help and its errors)."""
+    wanted = _command_in(argv)
+    full = {name: wanted in (None, name) for name in ("doctor", "bench")}
     parser = argparse.ArgumentParser(
         prog="threadguard",
         description="Count, size and budget the threads of numpy, SciPy and PyTorch programs.",
@@ -108,8 +129,27 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("libpath", help="print the path of libthreadguard.so, for LD_PRELOAD",
                         description="Print the path of the packaged libthreadguard.so.")
 
+    if full["doctor"]:
+        _add_doctor(commands)
+    else:
+        commands.add_parser("doctor", help=_DOCTOR_HELP)
+    if full["bench"]:
+        _add_bench(commands)
+    else:
+        commands.add_parser("bench", help=_BENCH_HELP)
+
+    stats = commands.add_parser(
+        "stats", help="show a report written with THREADGUARD_REPORT=PATH.json",
+        description="Show the thread counters in a report file written at exit by a program "
+                    "run with --report PATH.json (or THREADGUARD_REPORT=PATH.json).")
+    stats.add_argument("report", metavar="REPORT.json", help="the report file")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _add_doctor(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     doctor = commands.add_parser(
-        "doctor", help="explain this node's thread limits, or why a command failed",
+        "doctor", help=_DOCTOR_HELP,
         description=_wrap("Without a command: print this user's and cgroup's task limits, address "
                     "space, memory and CPU allocation, the thread variables and threaded "
                     "libraries, then predict which limit 'import numpy', 'import torch' and a "
@@ -134,16 +174,6 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                         help="the command to run and explain, after --")
 
-    _add_bench(commands)
-
-    stats = commands.add_parser(
-        "stats", help="show a report written with THREADGUARD_REPORT=PATH.json",
-        description="Show the thread counters in a report file written at exit by a program "
-                    "run with --report PATH.json (or THREADGUARD_REPORT=PATH.json).")
-    stats.add_argument("report", metavar="REPORT.json", help="the report file")
-    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser
-
 
 def _counts(value: str) -> List[int]:
     counts = []
@@ -167,11 +197,13 @@ def _names(value: str) -> List[str]:
 
 
 def _add_bench(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from pathlib import Path
+
     from .bench.workloads import GRID_WORKLOAD, WORKLOADS
     listing = "\n".join(f"  {w.name:14} {w.title} ({w.unit}; {w.device})"
                         for w in WORKLOADS.values())
     bench = commands.add_parser(
-        "bench", help="measure what fewer threads cost here and save a node profile",
+        "bench", help=_BENCH_HELP,
         description=_wrap("Run standard workloads at several thread counts, each configuration in "
                     "a fresh process under the guard (pool sizes are fixed when a library "
                     "loads), warmed up, then timed in windows until they agree within a few "
@@ -239,10 +271,10 @@ def _package_version() -> str:
 
 
 def _packaged_library() -> str:
-    path = _native.packaged_path()
-    if not path.is_file():
+    path = _native._library_file()  # a str: pathlib would cost `run` a few ms
+    if not os.path.isfile(path):
         raise ThreadguardError(f"{path} is missing: reinstall threadguard")
-    return str(path)
+    return path
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -276,6 +308,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    import json
+
     from .doctor.command import check_command, check_node
     from .doctor.view import render
     cmd: List[str] = list(args.cmd)
@@ -325,7 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
-    parser = _parser()
+    parser = _parser(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)  # option values are checked by the native library
         if args.command == "run":
@@ -338,6 +372,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             print(_packaged_library())
             return 0
         if args.command == "stats":
+            import json
+
+            from ._stats import load_report
             report = load_report(args.report)
             print(json.dumps(report.to_json(), indent=2) if args.json else report.format_table())
             return 0

@@ -1,60 +1,49 @@
 """Open libthreadguard.so through cffi in ABI mode.
 
 One native library, one copy of its state: the preloaded copy when there is
-one (found with RTLD_NOLOAD by its soname), the packaged copy otherwise.
-The declarations below mirror csrc/include/threadguard.h; a test keeps them
-in step.
+one (found by the path it is mapped from), the packaged copy otherwise.
+The declarations (threadguard/_cdef.py) were compiled into _ffi.py when
+the package was built (cffi's out-of-line ABI mode): importing this module
+loads cffi's backend and parses no C, which every `import threadguard` and
+every `threadguard run` would otherwise pay for.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-from typing import Any, Dict, Optional
-
-from cffi import FFI
 
 from ._errors import LibraryNotFoundError
 
-LIBRARY_NAME = "libthreadguard.so"
+# Not typing.TYPE_CHECKING: importing typing would cost more than the rest
+# of `import threadguard` (mypy reads any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, Dict, Optional
 
-CDEF = """
-typedef struct threadguard_stats threadguard_stats;
-const char *threadguard_version(void);
-const char *threadguard_last_error(void);
-int threadguard_interposing(void);
-int threadguard_stats_take(threadguard_stats **out);
-void threadguard_stats_free(threadguard_stats *stats);
-int threadguard_stats_rows(const threadguard_stats *stats);
-const char *threadguard_stats_name(const threadguard_stats *stats, int row);
-const char *threadguard_stats_path(const threadguard_stats *stats, int row);
-const char *threadguard_stats_kind(const threadguard_stats *stats, int row);
-long long threadguard_stats_get(const threadguard_stats *stats, int row, int field);
-long long threadguard_stats_tasks(const threadguard_stats *stats);
-long long threadguard_stats_untracked(const threadguard_stats *stats);
-long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
-long long threadguard_report_json(char *buffer, size_t size);
-int threadguard_check_setting(const char *name, const char *value);
-int threadguard_import_mode(void);
-int threadguard_mode(void);
-long long threadguard_import_slots(void);
-long long threadguard_set_pool_threads(long long threads);
-"""
+try:
+    from ._ffi import ffi
+except ImportError as exc:  # an unbuilt source tree: load() says what to do
+    ffi = None
+    _FFI_MISSING: Optional[ImportError] = exc
+else:
+    _FFI_MISSING = None
+
+LIBRARY_NAME = "libthreadguard.so"
 
 # enum threadguard_field, in the header's order.
 FIELDS = ("created", "live", "peak", "failed", "denied", "last_errno")
 TOTAL_ROW = -1
 
-ffi = FFI()
-ffi.cdef(CDEF)
+def _library_file() -> str:
+    """packaged_path() as a str, without importing pathlib."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
 
 
 def packaged_path() -> Path:
     """Where the library installed with this package lives (it may be missing)."""
-    return Path(str(resources.files(__package__) / LIBRARY_NAME))
+    from pathlib import Path  # not at import: `import threadguard` stays lean
+    return Path(_library_file())
 
 
 def _open_preloaded() -> Optional[Any]:
@@ -69,14 +58,37 @@ def _open_preloaded() -> Optional[Any]:
         return None
 
 
-@lru_cache(maxsize=1)
+_handle: Optional[Any] = None
+
+
 def load() -> Any:
-    """The library handle: the preloaded copy if any, else the packaged one."""
+    """The library handle: the preloaded copy if any, else the packaged one
+    (opened once; load.cache_clear() forgets it, as functools' caches do)."""
+    global _handle
+    if _handle is None:
+        _handle = _open()
+    return _handle
+
+
+def _cache_clear() -> None:
+    global _handle
+    _handle = None
+
+
+load.cache_clear = _cache_clear  # type: ignore[attr-defined]
+
+
+def _open() -> Any:
+    if ffi is None:
+        raise LibraryNotFoundError(
+            f"threadguard/_ffi.py is missing ({_FFI_MISSING}): it is generated when the package "
+            "is built. Reinstall threadguard ('pip install .' in a source checkout); importing "
+            "it from an unbuilt source tree does not work.")
     lib = _open_preloaded()
     if lib is not None:
         return lib
-    path = packaged_path()
-    if not path.is_file():
+    path = _library_file()
+    if not os.path.isfile(path):
         raise LibraryNotFoundError(
             f"{LIBRARY_NAME} is not preloaded and is missing from the package ({path}). "
             "Reinstall threadguard with 'pip install --force-reinstall threadguard' (or "
@@ -84,7 +96,7 @@ def load() -> Any:
             "tree does not work."
         )
     try:
-        return ffi.dlopen(str(path), os.RTLD_NOW)
+        return ffi.dlopen(path, os.RTLD_NOW)
     except OSError as exc:
         raise LibraryNotFoundError(
             f"{path} exists but could not be loaded: {exc}. Reinstall threadguard."
@@ -126,6 +138,8 @@ def loaded_path() -> Optional[str]:
 
 def report_json() -> Dict[str, Any]:
     """The native report (counters, settings, pool sizes, headroom now) as a dict."""
+    import json  # only reports need it
+
     lib = load()
     size = 1 << 16
     while True:

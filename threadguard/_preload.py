@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Dict
+
+TYPE_CHECKING = False  # not typing's: `threadguard run` reads this module (see _cli.py)
+if TYPE_CHECKING:
+    from typing import Dict, Mapping, Optional
 
 __all__ = ["preload_environment"]
 

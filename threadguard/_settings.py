@@ -4,18 +4,24 @@ valid value, in C)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from collections import namedtuple
 
 from . import _native
+
+TYPE_CHECKING = False  # not typing's: `threadguard run` reads this module (see _cli.py)
+if TYPE_CHECKING:
+    from typing import Tuple
 
 __all__ = ["Option", "OPTIONS", "check_setting"]
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(namedtuple("Option", "variable flag metavar help")):
     """One setting: its environment variable, its `threadguard run` flag
-    (without the leading dashes) and what it does."""
+    (without the leading dashes) and what it does.  (A named tuple, not a
+    dataclass: importing dataclasses would cost `threadguard run` more than
+    the rest of its Python.)"""
+
+    __slots__ = ()
 
     variable: str
     flag: str
