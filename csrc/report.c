@@ -35,6 +35,7 @@ struct out {
     char *mem;
     size_t mem_size;
     size_t mem_total;
+    int in_string; /* put() output goes inside a JSON string: escape it */
     char buf[8192];
 };
 
@@ -52,6 +53,14 @@ static void flush(struct out *o) {
     o->used = 0;
 }
 
+static void append(struct out *o, const char *text, size_t len) {
+    if (o->used + len > sizeof o->buf) flush(o);
+    memcpy(o->buf + o->used, text, len);
+    o->used += len;
+}
+
+static void append_escaped(struct out *o, const char *text);
+
 static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(struct out *o, const char *fmt, ...) {
     char line[2048];
@@ -60,10 +69,8 @@ static void put(struct out *o, const char *fmt, ...) {
     int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
-    if (o->used + len > sizeof o->buf) flush(o);
-    memcpy(o->buf + o->used, line, len);
-    o->used += len;
+    if (o->in_string) append_escaped(o, line);
+    else append(o, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
 /* Length of the valid UTF-8 sequence at s (1-4), 0 when the bytes there
@@ -89,21 +96,27 @@ static int utf8_length(const unsigned char *s) {
  * UTF-8 passed through, and each byte that is not UTF-8 (a library path is
  * bytes) written as \udcXX, the lone surrogate Python's surrogateescape
  * uses: json.loads reads it and os.fsencode gives the byte back. */
-static void put_json_string(struct out *o, const char *str) {
-    const unsigned char *s = (const unsigned char *)str;
-    put(o, "\"");
+static void append_escaped(struct out *o, const char *text) {
+    const unsigned char *s = (const unsigned char *)text;
+    char piece[8];
     while (*s) {
         unsigned char c = *s;
-        if (c == '"' || c == '\\') put(o, "\\%c", c), s++;
-        else if (c < 0x20 || c == 0x7f) put(o, "\\u%04x", c), s++;
-        else if (c < 0x80) put(o, "%c", c), s++;
-        else {
-            int n = utf8_length(s);
-            if (n == 0) put(o, "\\udc%02x", c), s++;
-            else put(o, "%.*s", n, (const char *)s), s += n;
-        }
+        int n = 1;
+        if (c == '"' || c == '\\') snprintf(piece, sizeof piece, "\\%c", c);
+        else if (c == '\n') snprintf(piece, sizeof piece, "\\n");
+        else if (c < 0x20 || c == 0x7f) snprintf(piece, sizeof piece, "\\u%04x", c);
+        else if (c < 0x80) snprintf(piece, sizeof piece, "%c", c);
+        else if ((n = utf8_length(s)) == 0) n = 1, snprintf(piece, sizeof piece, "\\udc%02x", c);
+        else snprintf(piece, sizeof piece, "%.*s", n, (const char *)s);
+        append(o, piece, strlen(piece));
+        s += n;
     }
-    put(o, "\"");
+}
+
+static void put_json_string(struct out *o, const char *str) {
+    append(o, "\"", 1);
+    append_escaped(o, str);
+    append(o, "\"", 1);
 }
 
 static const char *const field_names[THREADGUARD_FIELD_COUNT] = {
@@ -330,7 +343,12 @@ static const char *mode_name(int mode) {
                                              : "off";
 }
 
-static void write_json(struct out *o, const threadguard_stats *s, const char *program) {
+static void write_table(struct out *o, const threadguard_stats *s, const char *program,
+                        const char *when);
+
+/* when: "at exit", or "now" for a live snapshot (Python's stats()). */
+static void write_json(struct out *o, const threadguard_stats *s, const char *program,
+                       const char *when) {
     put(o, "{\n  \"threadguard\": \"%s\",\n  \"pid\": %d,\n  \"program\": ",
         THREADGUARD_VERSION_STRING, (int)getpid());
     put_json_string(o, program);
@@ -366,7 +384,14 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     put_json_headroom(o, &tg_headroom_at_start);
     put(o, ",\n    \"now\": ");
     put_json_headroom(o, &now);
-    put(o, "\n  }\n}\n");
+    /* The human table, written by the same code as the exit table on
+     * stderr: `threadguard stats REPORT.json` and Stats.format_table()
+     * print it, so there is one formatter. */
+    put(o, "\n  },\n  \"table\": \"");
+    o->in_string = 1;
+    write_table(o, s, program, when);
+    o->in_string = 0;
+    put(o, "\"\n}\n");
 }
 
 static void put_size(struct out *o, long long bytes) {
@@ -459,25 +484,28 @@ static int guard_acted(void) {
     return 0;
 }
 
-static void write_table(struct out *o, const threadguard_stats *s, const char *program) {
+static void write_table(struct out *o, const threadguard_stats *s, const char *program,
+                        const char *when) {
     const char *base = strrchr(program, '/');
     base = base ? base + 1 : program;
     int rows = threadguard_stats_rows(s);
     long long tasks = threadguard_stats_tasks(s);
-    if (tg_mode() == THREADGUARD_MODE_OFF) {
+    int mode = tg_mode();
+    if (mode == THREADGUARD_MODE_OFF) {
         put(o, "threadguard: pid %d (%s): not preloaded, threads were not counted; "
-               "%lld task%s at exit\n", (int)getpid(), base, tasks, tg_s(tasks));
+               "%lld task%s %s\n", (int)getpid(), base, tasks, tg_s(tasks), when);
         return;
     }
     if (rows == 0 && tasks <= 1) {
-        put(o, "threadguard: pid %d (%s): no threads created\n", (int)getpid(), base);
+        put(o, "threadguard: pid %d (%s): no threads created%s\n", (int)getpid(), base,
+            mode == THREADGUARD_MODE_IMPORT ? " (import mode: GOT slots patched)" : "");
         /* What the guard did still matters (a pool sized to 1 under a full
          * task limit is why no thread was created): say it. */
         if (guard_acted()) write_table_budget(o);
         return;
     }
-    put(o, "threadguard: pid %d (%s): threads by creating library, at exit\n", (int)getpid(),
-        base);
+    put(o, "threadguard: pid %d (%s): threads by creating library%s, %s\n", (int)getpid(), base,
+        mode == THREADGUARD_MODE_IMPORT ? " (import mode: GOT slots patched)" : "", when);
     put(o, "  %-36s %-9s %8s %6s %6s %7s %7s\n", "library", "kind", "created", "live", "peak",
         "failed", "denied");
     for (int r = 0; r < rows; r++) {
@@ -496,9 +524,9 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
         threadguard_stats_get(s, t, THREADGUARD_CREATED), threadguard_stats_get(s, t, THREADGUARD_LIVE),
         threadguard_stats_get(s, t, THREADGUARD_PEAK), threadguard_stats_get(s, t, THREADGUARD_FAILED),
         threadguard_stats_get(s, t, THREADGUARD_DENIED));
-    put(o, "  tasks at exit: %lld (main thread + %lld counted live + %lld not seen created; "
+    put(o, "  tasks %s: %lld (main thread + %lld counted live + %lld not seen created; "
            "%lld existed before threadguard started)\n",
-        tasks, threadguard_stats_get(s, t, THREADGUARD_LIVE), threadguard_stats_untracked(s),
+        when, tasks, threadguard_stats_get(s, t, THREADGUARD_LIVE), threadguard_stats_untracked(s),
         threadguard_stats_tasks_at_start(s));
     write_table_budget(o);
 }
@@ -592,7 +620,7 @@ struct report_ctx {
 
 static void report_body(struct out *o, void *p) {
     const struct report_ctx *ctx = p;
-    write_json(o, ctx->s, ctx->program);
+    write_json(o, ctx->s, ctx->program, "at exit");
 }
 
 static void report_json(const threadguard_stats *s, const char *program) {
@@ -656,7 +684,7 @@ long long tg_report_json(char *buffer, size_t size) {
     o->fd = -1;
     o->mem = buffer;
     o->mem_size = size;
-    write_json(o, s, program);
+    write_json(o, s, program, "now");
     flush(o);
     long long total = (long long)o->mem_total;
     free(o);
@@ -680,7 +708,7 @@ void tg_report_at_exit(void) {
         static struct out o; /* 8 KiB: static, the stack may be small */
         memset(&o, 0, sizeof o);
         o.fd = STDERR_FILENO;
-        write_table(&o, s, program);
+        write_table(&o, s, program, "at exit");
         flush(&o);
     } else {
         report_json(s, program);

@@ -30,6 +30,46 @@ def run_preloaded(tmp_path: Path, report: str, code: str = TWO_THREADS):
                           capture_output=True, text=True, timeout=300)
 
 
+def test_one_formatter_for_the_exit_table_and_threadguard_stats(tmp_path):
+    """The table on stderr at exit and `threadguard stats REPORT.json` come
+    from the same C code (the JSON carries the table): the same run twice,
+    once each way, prints the same lines, but for the pid, the report's
+    destination and the headroom figures of the moment.  The live table says "now" where these say "at
+    exit"."""
+    proc = run_preloaded(tmp_path, "stderr", TWO_THREADS)
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "r.json"
+    assert run_preloaded(tmp_path, str(path), TWO_THREADS).returncode == 0
+    shown = subprocess.run([sys.executable, "-m", "threadguard", "stats", str(path)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+
+    def comparable(table: str) -> list:
+        lines = [re.sub(r"pid \d+", "pid N", line) for line in table.splitlines()
+                 if not line.startswith("  headroom at start")]
+        return [re.sub(r"THREADGUARD_REPORT=\S+", "THREADGUARD_REPORT=...", line)
+                for line in lines]
+    assert comparable(shown.stdout) == comparable(proc.stderr)
+    assert "threads by creating library, at exit" in shown.stdout
+    assert "  tasks at exit: 1 (main thread + 0 counted live" in shown.stdout
+    import threading
+    thread = threading.Thread(target=sum, args=([1],))
+    thread.start()
+    thread.join()
+    live = threadguard.stats().format_table()  # this process, in import mode
+    assert "(import mode: GOT slots patched), now" in live and "  tasks now: " in live
+
+
+def test_a_report_without_a_table_says_so(tmp_path):
+    path = tmp_path / "r.json"
+    assert run_preloaded(tmp_path, str(path)).returncode == 0
+    data = json.loads(path.read_text())
+    del data["table"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(threadguard.ReportError, match="no table"):
+        threadguard.load_report(path).format_table()
+
+
 def test_json_report_matches_the_python_reader(tmp_path):
     path = tmp_path / "r.json"
     proc = run_preloaded(tmp_path, str(path))

@@ -8,14 +8,12 @@ writes it back unchanged.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from . import _native
 from ._errors import ReportError
-from ._wording import count
 
 __all__ = ["Counters", "Failure", "LibraryStats", "PoolSize", "Setting", "Stats", "stats",
            "load_report"]
@@ -144,6 +142,8 @@ class Stats:
     platform: Mapping[str, Any] = field(default_factory=dict)
     # what did not fit in the native tables, or started uncounted (all 0 normally)
     overflow: Mapping[str, int] = field(default_factory=dict)
+    # the human table, as the library formats it ("" in older reports)
+    table: str = ""
 
     def of_kind(self, kind: str) -> Counters:
         """The counters of every library of one kind, summed (peaks too)."""
@@ -179,6 +179,7 @@ class Stats:
             "failures": [{**asdict(f), "limits": dict(f.limits)} for f in self.failures],
             "headroom": {"at_start": dict(self.headroom_at_start),
                          "now": dict(self.headroom_now)},
+            "table": self.table,
         }
 
     @classmethod
@@ -219,60 +220,20 @@ class Stats:
                 interposing=bool(data["interposing"]), mode=str(data.get("mode", "")),
                 pid=int(data["pid"]),
                 program=str(data["program"]), version=str(data["threadguard"]),
+                table=str(data.get("table", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"not a threadguard report: missing or bad field {exc}") from exc
 
-    def format_table(self) -> str:  # noqa: C901 - one line per part of the report
-        """A human-readable table, one row per library."""
-        head = f"threadguard: pid {self.pid} ({os.path.basename(self.program) or '?'})"
-        if not self.interposing:
-            return (f"{head}: not preloaded, threads were not counted; run the program under "
-                    f"'threadguard run -- CMD' to count them")
-        how = " (import mode: GOT slots patched)" if self.mode == "import" else ""
-        lines = [f"{head}: threads by creating library{how}",
-                 f"  {'library':36} {'kind':9} {'created':>8} {'live':>6} {'peak':>6} "
-                 f"{'failed':>7} {'denied':>7}"]
-        for row in (*self.libraries, None):
-            c, name, kind = (row, row.name, row.kind) if row else (self.total, "total", "")
-            line = (f"  {name[:36]:36} {kind:9} {c.created:8} {c.live:6} {c.peak:6} "
-                    f"{c.failed:7} {c.denied:7}")
-            if c.last_errno:
-                line += f"  last error: {os.strerror(c.last_errno)}"
-            lines.append(line)
-        if self.tasks is not None:
-            lines.append(f"  tasks: {self.tasks} (main thread + {self.total.live} counted live + "
-                         f"{self.untracked} not seen created)")
-        if self.pools:
-            lines.append("  pool sizes (value, where it came from):")
-            for pool in self.pools:
-                line = (f"    {pool.library[:32]:32} {pool.variable[:28]:28} {pool.value:4}  "
-                        f"{pool.source}")
-                if pool.source == "library":
-                    line += f" {pool.caller}"
-                if pool.lowered:
-                    line += f", lowered from {pool.requested}"
-                    if pool.lowered_by and pool.lowered_by != pool.limit:
-                        line += f" by {pool.lowered_by}"  # a ceiling; the limit is named next
-                if pool.free is not None:
-                    line += f" ({pool.free} free under {pool.limit})"
-                if pool.count > 1:
-                    line += f" x{pool.count}"
-                lines.append(line)
-        lines.extend(_overflow_lines(self.overflow))
-        given = [f"{s.name}={s.value}" + (" (ignored)" if s.rejected else "")
-                 for s in self.settings if s.source == "user" or s.rejected]
-        if self.settings:
-            lines.append(f"  settings: {' '.join(given) if given else 'none'}")
-        start = self.headroom_at_start
-        if start:
-            free = (f"; {count(start.get('free'), 'thread')} free under {start.get('limit')}"
-                    if start.get("free") is not None else "")
-            lines.append(f"  headroom at start: {count(start.get('cpus'), 'CPU')} "
-                         f"({start.get('cpus_from')}){free}")
-        for limitation in self.platform.get("limitations", ()):
-            lines.append(f"  glibc {self.platform.get('glibc')}: {limitation}")
-        return "\n".join(lines)
+    def format_table(self) -> str:
+        """A human-readable table, one row per library: the one the library
+        prints at exit (csrc/report.c writes it into every report, so the
+        exit table, `threadguard stats` and this are the same text)."""
+        if not self.table:
+            raise ReportError("this report has no table: it was written by a threadguard "
+                              "older than its reader; `threadguard stats --json` shows its "
+                              "figures")
+        return self.table.rstrip("\n")
 
 
 def _optional(value: Any) -> Optional[int]:
@@ -313,23 +274,6 @@ def load_report(path: Union[str, Path]) -> Stats:
     if not isinstance(data, dict):
         raise ReportError(f"{path} is not a threadguard report (expected a JSON object)")
     return Stats.from_json(data)
-
-
-# The exit table's line for each overflow counter, as csrc/report.c writes it.
-_OVERFLOW_LINES = (
-    ("pools_dropped", "  pool decisions: the table was full; {} more not listed"),
-    ("library_lookups_unknown",
-     "  libraries: the table was full; {} lookups of later libraries counted under (unknown)"),
-    ("start_records_mapped", "  start records: {} more mapped for threads started at once"),
-    ("threads_uncounted", "  {} threads started uncounted (no memory for a start record)"),
-    ("threads_during_init", "  {} threads started while threadguard initialised, uncounted"),
-)
-
-
-def _overflow_lines(overflow: Mapping[str, int]) -> Tuple[str, ...]:
-    """The exit table's lines for what did not fit (none when nothing overflowed)."""
-    return tuple(text.format(overflow[key]) for key, text in _OVERFLOW_LINES
-                 if overflow.get(key))
 
 
 # The containers a report holds, checked before any field is read, so that a
