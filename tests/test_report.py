@@ -34,8 +34,8 @@ def test_one_formatter_for_the_exit_table_and_threadguard_stats(tmp_path):
     """The table on stderr at exit and `threadguard stats REPORT.json` come
     from the same C code (the JSON carries the table): the same run twice,
     once each way, prints the same lines, but for the pid, the report's
-    destination and the headroom figures of the moment.  The live table says "now" where these say "at
-    exit"."""
+    destination and the headroom figures of the moment.  The live table
+    says "now" where these say "at exit"."""
     proc = run_preloaded(tmp_path, "stderr", TWO_THREADS)
     assert proc.returncode == 0, proc.stderr
     path = tmp_path / "r.json"
