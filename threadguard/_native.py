@@ -114,9 +114,10 @@ def load_if_available() -> Optional[Any]:
 def enable_import_mode() -> Optional[str]:
     """Count threads without a preload (GOT patching); None on success or
     when preloaded, else why it could not."""
-    lib = load_if_available()
-    if lib is None:
-        return f"{LIBRARY_NAME} could not be loaded"
+    try:
+        lib = load()
+    except LibraryNotFoundError as exc:
+        return str(exc)  # says what to do (reinstall, or not import an unbuilt tree)
     if int(lib.threadguard_import_mode()) != 0:
         return text(lib.threadguard_last_error())
     return None
