@@ -40,9 +40,16 @@
 
 #define LEDGER_MAGIC 0x31646c6774ULL /* "tgld1" */
 #define LEDGER_ENTRIES 512
-/* The lock is held for one measurement (a /proc scan, a millisecond or
- * two); a holder that takes longer than this is stuck or dead. */
-#define LOCK_WAIT_US 200000
+/* The lock is held for one measurement: a /proc scan, a millisecond or two
+ * alone, but tens of milliseconds when every worker of a pool sizes at once
+ * on a busy node.  A holder that is gone frees it at once (kill(pid, 0)); a
+ * live one is waited for up to this long before the caller goes on
+ * unlocked, which risks the oversubscription the ledger prevents (200 ms
+ * was too short: a spawn pool under CI load once lost a worker). */
+#define LOCK_WAIT_US 2000000
+/* Spins before waiting between tries: waiters that only yield take CPU
+ * from the holder on a node with fewer cores than waiters. */
+#define LOCK_SPINS 64
 
 struct ledger_entry {
     _Atomic int pid;
@@ -129,6 +136,7 @@ int tg_ledger_lock(void) {
     int self = (int)getpid();
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
+    int spins = 0;
     for (;;) {
         int expected = 0;
         if (atomic_compare_exchange_weak_explicit(&l->lock, &expected, self,
@@ -144,7 +152,12 @@ int tg_ledger_lock(void) {
         if ((now.tv_sec - start.tv_sec) * 1000000LL + (now.tv_nsec - start.tv_nsec) / 1000 >
             LOCK_WAIT_US)
             return 0; /* go on unlocked rather than stall the program */
-        sched_yield();
+        if (++spins < LOCK_SPINS) {
+            sched_yield();
+        } else {
+            struct timespec pause = {0, 500000}; /* 0.5 ms */
+            nanosleep(&pause, NULL);
+        }
     }
 }
 

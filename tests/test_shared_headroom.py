@@ -166,6 +166,14 @@ def test_spawn_pool_under_a_task_limit(runner: Runner) -> None:
         pass  # the pool hung: what the issue saw bare
     finally:
         subprocess.run(["pkill", "-9", "-U", str(NOBODY)], check=False)
+    # pkill only sends the signal: the bare run's tasks (about 50) go on
+    # counting against the uid's RLIMIT_NPROC while the kernel tears them
+    # down.  The guarded run starts once they are gone, from the same empty
+    # uid the bare run had (it failed once, under CI, when it started at once).
+    for _ in range(1200):  # a hang guard, not a time limit
+        if uid_tasks(NOBODY) == 0:
+            break
+        time.sleep(0.1)
 
     guarded = subprocess.run(
         [*nobody_prefix(nproc), sys.executable, "-m", "threadguard", "run", "--", *cmd],
