@@ -380,3 +380,19 @@ def test_gpu_training_step_and_its_data_loading_work_on_the_cpu(loader_workers):
     step()
     step()
     assert samples == 32
+
+
+def test_a_child_that_ends_its_output_before_exiting_is_reported_by_its_status(tmp_path):
+    """On a busy node the exit status comes a moment after the end of the
+    child's output: the failure must still read "exited with status N", not
+    "did not finish in time" (it did, once, under CI load)."""
+    from threadguard.bench.runner import _Child
+    stderr = (tmp_path / "stderr").open("w+", encoding="utf-8")
+    code = ("import os, sys, time\nsys.stderr.write('going\\n'); sys.stderr.flush()\n"
+            "os.close(1); time.sleep(1); os._exit(3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)
+    child = _Child(proc, stderr)
+    child.start_reader()
+    assert child.wait_for("never", time.monotonic() + hang_guard(1)) is None  # at EOF
+    assert child.why_failed() == "the benchmark process exited with status 3: going"

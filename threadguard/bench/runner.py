@@ -127,12 +127,14 @@ class _Child:
     proc: "subprocess.Popen[str]"
     stderr: IO[str]
     lines: "queue.Queue[Optional[str]]" = field(default_factory=queue.Queue)
+    closed: threading.Event = field(default_factory=threading.Event)  # its stdout ended
 
     def start_reader(self) -> None:
         def pump() -> None:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.lines.put(line)
+            self.closed.set()
             self.lines.put(None)
         threading.Thread(target=pump, daemon=True).start()
 
@@ -149,9 +151,16 @@ class _Child:
                 return line[len(mark):].strip()
 
     def why_failed(self) -> str:
+        status = self.proc.poll()
+        if status is None and self.closed.is_set():
+            # Its output ended: it is exiting, but on a busy node its exit
+            # status can come a moment after the end of its output.
+            try:
+                status = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass  # closed its output and lives on: "did not finish in time"
         self.stderr.seek(0)
         tail = [line.rstrip() for line in self.stderr.read().splitlines() if line.strip()][-3:]
-        status = self.proc.poll()
         if status is None:
             what = "did not finish in time"
         elif status < 0:
