@@ -4,7 +4,7 @@
  * moment.  Nothing here allocates: files are read into stack buffers and
  * directories with getdents64.
  *
- * Layer: state.  Calls config.c, glibc.c, ledger.c and procfs.c. */
+ * Layer: state.  Calls allocation.c, config.c, glibc.c, ledger.c and procfs.c. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -67,13 +67,6 @@ static long long read_number(const char *path) {
     char buf[64];
     if (read_file(path, buf, sizeof buf) <= 0) return -1;
     return leading_number(buf);
-}
-
-static long long positive_env(const char *name) {
-    const char *v = tg_environ_get(name);
-    if (v == NULL) return -1;
-    long long n = leading_number(v);
-    return n > 0 ? n : -1;
 }
 
 static void take_min(long long *acc, long long value) {
@@ -285,13 +278,6 @@ static void consider(struct tg_headroom *h, long long free, const char *limit) {
     }
 }
 
-static void consider_cpus(struct tg_headroom *h, long long cpus, const char *from) {
-    if (cpus > 0 && (h->cpus < 0 || cpus < h->cpus)) {
-        h->cpus = cpus;
-        h->cpus_from = from;
-    }
-}
-
 void tg_headroom_measure(struct tg_headroom *h, int kind) {
     tg_headroom_measure_stack(h, kind, tg_default_stack());
 }
@@ -349,21 +335,12 @@ void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack)
     consider(h, h->budget_free, "THREADGUARD_MAX_THREADS");
 
     h->cpus_affinity = affinity_cpus();
-    consider_cpus(h, h->cpus_affinity, "affinity");
     static const char *const cpu_mounts[] = {"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu",
                                              NULL};
     long long quota = -1;
     for_each_cgroup("cpu", cpu_mounts, visit_cpu, &quota);
     h->cpus_quota = quota;
-    consider_cpus(h, h->cpus_quota, "cgroup CPU quota");
-    h->slurm_cpus_per_task = positive_env("SLURM_CPUS_PER_TASK");
-    consider_cpus(h, h->slurm_cpus_per_task, "SLURM_CPUS_PER_TASK");
-    h->slurm_cpus_on_node = positive_env("SLURM_CPUS_ON_NODE");
-    consider_cpus(h, h->slurm_cpus_on_node, "SLURM_CPUS_ON_NODE");
-    h->omp_thread_limit = positive_env("OMP_THREAD_LIMIT");
-    consider_cpus(h, h->omp_thread_limit, "OMP_THREAD_LIMIT");
-    if (h->cpus < 0) {
-        h->cpus = 1;
-        h->cpus_from = "unknown (1 assumed)";
-    }
+    tg_allocation_measure(&h->allocation, h->cpus_affinity, h->cpus_quota);
+    h->cpus = h->allocation.cpus;
+    h->cpus_from = h->allocation.from;
 }

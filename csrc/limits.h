@@ -1,9 +1,11 @@
 /* limits.c: headroom, how many more threads fit under each limit, and the
- * CPU allocation (state; calls config.c, glibc.c, ledger.c, procfs.c). */
+ * CPU allocation (state; calls allocation.c, config.c, glibc.c, ledger.c, procfs.c). */
 #ifndef THREADGUARD_LIMITS_H
 #define THREADGUARD_LIMITS_H
 
 #include "common.h"
+
+#include "allocation.h"
 
 /* Figures are -1 where unknown or unlimited. */
 struct tg_headroom {
@@ -15,10 +17,10 @@ struct tg_headroom {
     long long budget, process_threads, budget_free;
     long long free;      /* the smallest of the *_free figures */
     const char *limit;   /* which limit gave it ("none") */
-    long long cpus_affinity, cpus_quota, slurm_cpus_per_task, slurm_cpus_on_node,
-        omp_thread_limit;
-    long long cpus;        /* the CPU allocation: smallest of the above */
-    const char *cpus_from; /* which one gave it */
+    long long cpus_affinity, cpus_quota;
+    struct tg_allocation allocation; /* every CPU figure seen, with its source */
+    long long cpus;        /* the CPU allocation: the smallest figure */
+    const char *cpus_from; /* which source gave it */
 };
 
 /* Measure every limit now.  kind selects the per-thread address-space cost

@@ -158,12 +158,19 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
     put(o, ",\n      ");
     put_json_number(o, "cpus_affinity", h->cpus_affinity, ", ");
     put_json_number(o, "cpus_quota", h->cpus_quota, ", ");
-    put_json_number(o, "slurm_cpus_per_task", h->slurm_cpus_per_task, ", ");
-    put_json_number(o, "slurm_cpus_on_node", h->slurm_cpus_on_node, ", ");
-    put_json_number(o, "omp_thread_limit", h->omp_thread_limit, ",\n      ");
+    put_json_number(o, "slurm_cpus_per_task", h->allocation.slurm_cpus_per_task, ", ");
+    put_json_number(o, "slurm_cpus_on_node", h->allocation.slurm_cpus_on_node, ", ");
+    put_json_number(o, "omp_thread_limit", h->allocation.omp_thread_limit, ",\n      ");
     put_json_number(o, "cpus", h->cpus, ", ");
     put(o, "\"cpus_from\": ");
     put_json_string(o, h->cpus_from);
+    put(o, ", \"cpu_sources\": [");
+    for (int i = 0; i < h->allocation.count; i++) {
+        put(o, "%s{\"source\": ", i ? ", " : "");
+        put_json_string(o, h->allocation.seen[i].name);
+        put(o, ", \"cpus\": %lld}", h->allocation.seen[i].cpus);
+    }
+    put(o, "]");
     put(o, "}");
 }
 

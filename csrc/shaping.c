@@ -10,7 +10,7 @@
  * THREADGUARD_STACK, THREADGUARD_ARENAS and THREADGUARD_NPROC, and sizes
  * numexpr through the environment.
  *
- * Layer: policy.  Calls limits.c, ledger.c, registry.c, glibc.c, config.c
+ * Layer: policy.  Calls allocation.c, limits.c, ledger.c, registry.c, glibc.c, config.c
  * and error.c. */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -256,8 +256,14 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
      * sizes), then the CPU allocation; lowered to fit the headroom. */
     long long ceiling = tg_pool_threads();
     const char *given = user_text;
-    struct sizing s = {user_pool_size(user_text), -1, TG_SOURCE_USER, NULL, slot};
-    if (s.value < 0 && fallback) s.value = user_pool_size(given = tg_environ_get(fallback));
+    /* torchrun's forced OMP_NUM_THREADS=1 is not the user's: sized as unset. */
+    int forced = tg_launcher_forced(variable, user_text);
+    struct sizing s = {forced ? -1 : user_pool_size(user_text), -1, TG_SOURCE_USER, NULL, slot};
+    if (s.value < 0 && fallback) {
+        const char *other = tg_environ_get(fallback);
+        if (tg_launcher_forced(fallback, other)) forced = 1;
+        else s.value = user_pool_size(given = other);
+    }
     if (s.value < 0) {
         s.source = TG_SOURCE_THREADGUARD;
         s.value = ceiling > 0 ? ceiling : h.cpus;
@@ -273,7 +279,7 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
         s.source = TG_SOURCE_DEFAULT;
         s.value = h.cpus_affinity;
         s.lowered_by = NULL;
-        result = (char *)user_text;
+        result = forced ? answer(s.value) : (char *)user_text;
     } else if (s.source == TG_SOURCE_USER && s.lowered_by == NULL && given == user_text) {
         result = (char *)user_text; /* unchanged, nested lists kept */
     } else {
@@ -453,6 +459,7 @@ void tg_shaping_init(void) {
     apply_nproc();
     apply_stack();
     apply_arenas();
+    tg_allocation_note_start(tg_interposing());
     tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
     size_numexpr();
 }

@@ -29,13 +29,14 @@ if TYPE_CHECKING:
 
     from ._info import Info, PoolInfo, info, mode
     from ._limiting import Limit, dataloader_worker_init, limit, pool_initializer
-    from ._policy import allocation
+    from ._policy import Allocation, allocation
     from ._profile import profile_path
     from ._stats import Counters, LibraryStats, Stats, load_report, stats
 del TYPE_CHECKING
 
 __all__ = [
     "__version__",
+    "Allocation",
     "Counters",
     "Info",
     "LibraryNotFoundError",
@@ -62,6 +63,7 @@ __version__ = "0.1.0"
 
 # Public name -> the internal module that defines it, imported on first use.
 _LAZY = {
+    "Allocation": "._policy",
     "Counters": "._stats", "LibraryStats": "._stats", "Stats": "._stats",
     "load_report": "._stats", "stats": "._stats",
     "Info": "._info", "PoolInfo": "._info", "info": "._info", "mode": "._info",

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _native
 from ._errors import LibraryNotFoundError
 from ._profile import read_profile
 from ._wording import count
 
-__all__ = ["Decision", "Threads", "allocation", "decide_threads", "headroom", "native_report",
-           "per_process_threads"]
+__all__ = ["Allocation", "Decision", "Threads", "allocation", "decide_threads", "headroom",
+           "native_report", "per_process_threads"]
 
 Threads = Union[int, str]
 
@@ -38,14 +38,55 @@ def headroom() -> Dict[str, Any]:
     return now
 
 
-def allocation(figures: Optional[Dict[str, Any]] = None) -> int:
-    """CPUs this process may use: the smallest of its affinity mask, cgroup
-    CPU quota, SLURM_CPUS_PER_TASK/SLURM_CPUS_ON_NODE and OMP_THREAD_LIMIT."""
+class Allocation(int):
+    """A CPU count that says where it came from: an int, so it is used as
+    one, with `source` (the figure that decided: "affinity", "cgroup CPU
+    quota", "SLURM_CPUS_PER_TASK", "NCPUS (PBS Pro)", ...) and `sources`
+    (every figure seen, as (source, cpus) pairs, in the order read)."""
+
+    source: str
+    sources: Tuple[Tuple[str, int], ...]
+
+    def __new__(cls, cpus: int, source: str,
+                sources: Tuple[Tuple[str, int], ...] = ()) -> "Allocation":
+        self = super().__new__(cls, cpus)
+        self.source = source
+        self.sources = sources
+        return self
+
+    def __repr__(self) -> str:
+        return f"Allocation({int(self)}, source={self.source!r})"
+
+    def __str__(self) -> str:  # a number wherever it is printed or formatted
+        return str(int(self))
+
+    __format__ = int.__format__  # (int's, not object's: "{:>4}" works)
+
+    def __reduce__(self) -> Any:  # pickles as itself (to a worker and back)
+        return (Allocation, (int(self), self.source, self.sources))
+
+
+def _sources(figures: Dict[str, Any]) -> Tuple[Tuple[str, int], ...]:
+    seen = figures.get("cpu_sources")
+    if not isinstance(seen, list):
+        return ()
+    return tuple((str(s["source"]), int(s["cpus"])) for s in seen
+                 if isinstance(s, dict) and isinstance(s.get("cpus"), int))
+
+
+def allocation(figures: Optional[Dict[str, Any]] = None) -> Allocation:
+    """CPUs this process may use: the smallest figure among its affinity
+    mask, the cgroup CPU quota, the scheduler's (Slurm, PBS, SGE, LSF,
+    Kubernetes' CPU_LIMIT), PYTHON_CPU_COUNT and OMP_THREAD_LIMIT, divided
+    among torchrun's local ranks.  An int; .source names the figure that
+    decided and .sources lists every one seen."""
     figures = headroom() if figures is None else figures
     cpus = figures.get("cpus")
     if isinstance(cpus, int) and cpus > 0:
-        return cpus
-    return max(1, len(os.sched_getaffinity(0)))
+        return Allocation(cpus, str(figures.get("cpus_from") or "unknown"), _sources(figures))
+    affinity = max(1, len(os.sched_getaffinity(0)))
+    return Allocation(affinity, "affinity (threadguard's library is not loaded)",
+                      (("affinity", affinity),))
 
 
 # The largest pool size the native side (THREADGUARD_POOL_THREADS) accepts.

@@ -302,6 +302,10 @@ def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
             "omp_thread_limit": native.get("omp_thread_limit"),
             "allocation": native.get("cpus") or affinity,
             "allocation_from": native.get("cpus_from") or "affinity",
+            # Every figure the native side read, in its order: which
+            # scheduler or launcher spoke, and what each one said.
+            "sources": [{"source": x.get("source"), "cpus": x.get("cpus")}
+                        for x in native.get("cpu_sources") or [] if isinstance(x, dict)],
         },
         "environment": _environment(env),
         "pools": sizes,

@@ -50,8 +50,8 @@ def _facts_lines(f: Dict[str, Any]) -> List[str]:
         "CPUs",
         f"  allocation          {c['allocation']} (from {c['allocation_from']}); affinity "
         f"{c['affinity']}, online {_n(c['online'])}, physical cores {_n(c['physical'])}",
-        f"  limits              cgroup quota {_n(c['cgroup_quota'])}, SLURM_CPUS_PER_TASK "
-        f"{_n(c['slurm_cpus_per_task'])}, OMP_THREAD_LIMIT {_n(c['omp_thread_limit'])}",
+        "  sources seen        " + (", ".join(
+            f"{x['source']} {x['cpus']}" for x in c.get("sources") or []) or "none"),
     ]
     lines += _platform_lines(f.get("platform") or {})
     lines.append("thread variables")
