@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -61,3 +63,22 @@ def test_oversubscription_benchmark_compares_auto_with_default_ones_and_sweep_be
     # empty one); the default pool is the library's own, one thread per CPU.
     assert threads["auto"] == [max(1, cpus // 2)]
     assert threads["default"] == [cpus]
+
+
+def test_engine_benchmark_compares_dask_default_with_the_plugin(tmp_path):
+    pytest.importorskip("distributed", reason="dask distributed is not installed")
+    out = tmp_path / "engines.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_engines.py"),
+                           "--rounds", "2", "--tasks", "2", "--size", "128", "--repeat", "1",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    row = figures["threadguard_vs_default"]
+    assert row["default"]["n"] == row["threadguard"]["n"] == 2
+    assert row["ratio_of_medians"] > 0
+    assert "throughput ratio threadguard/default" in proc.stdout
+    # Each worker really ran with its pool: the nanny's 1 by default, the
+    # node's allocation (one worker) with the plugin.
+    assert figures["blas_threads_per_worker"] == {"default": [1],
+                                                  "threadguard": [figures["allocation"]]}
