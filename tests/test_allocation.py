@@ -204,3 +204,19 @@ def test_kubernetes_pod(runner, tmp_path, cpu_limit, cpus, source):
     result = allocation_of(runner, env, prefix=["unshare", "-m", "sh", "-c", script, "sh"])
     assert (result["cpus"], result["source"]) == (cpus, source)
     assert ["cgroup CPU quota", 2] in result["sources"]
+
+
+def test_doctor_shows_every_source_and_the_one_that_decided(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
+    env.update({"PBS_JOBID": "9.server", "NCPUS": "1", "PYTHON_CPU_COUNT": "5"})
+    proc = subprocess.run([sys.executable, "-m", "threadguard", "doctor", "--json"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    cpus = json.loads(proc.stdout)["facts"]["cpus"]
+    assert (cpus["allocation"], cpus["allocation_from"]) == (1, "NCPUS (PBS Pro)")
+    seen = {s["source"]: s["cpus"] for s in cpus["sources"]}
+    assert seen["NCPUS (PBS Pro)"] == 1 and seen["PYTHON_CPU_COUNT"] == 5
+    assert "affinity" in seen
+    text = subprocess.run([sys.executable, "-m", "threadguard", "doctor"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path).stdout
+    assert "allocation          1 (from NCPUS (PBS Pro))" in text
+    assert "NCPUS (PBS Pro) 1, PYTHON_CPU_COUNT 5" in text
