@@ -116,12 +116,14 @@ PartitionName=tg Nodes=tgnode Default=YES MaxTime=INFINITE State=UP
 
     def srun(self, args: List[str], timeout: float = 300,
              env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        # Run from the cluster's directory: from a source checkout, `python -m
+        # threadguard` would import the unbuilt tree instead of the installed one.
         return subprocess.run([_which("srun"), *args], capture_output=True, text=True,
-                              env=self.env(env), timeout=timeout)
+                              env=self.env(env), timeout=timeout, cwd=self.root)
 
     def sbatch(self, args: List[str]) -> str:
         proc = subprocess.run([_which("sbatch"), "--parsable", *args], capture_output=True,
-                              text=True, env=self.env(), check=True)
+                              text=True, env=self.env(), check=True, cwd=self.root)
         return proc.stdout.strip().split(";")[0]
 
     def wait_idle(self, job: str, timeout: float = 300) -> None:
