@@ -198,7 +198,14 @@ static long long sge_host_slots(const char *path, const char *host) {
     return NO_FIGURE;
 }
 
-static void sge(struct tg_allocation *a, const char *host) {
+/* This machine's name into host ("" when unknown): only SGE and LSF jobs
+ * over several hosts need it, so it is not asked at every measurement. */
+static void this_host(char *host, size_t size) {
+    if (gethostname(host, size - 1) != 0) host[0] = '\0';
+    host[size - 1] = '\0';
+}
+
+static void sge(struct tg_allocation *a) {
     if (!is_set("JOB_ID") || !is_set("NSLOTS")) return;
     long long hosts = env_number("NHOSTS");
     if (hosts <= 1) {
@@ -206,7 +213,10 @@ static void sge(struct tg_allocation *a, const char *host) {
         return;
     }
     const char *hostfile = tg_environ_get("PE_HOSTFILE");
-    if (hostfile && host[0]) add(a, "PE_HOSTFILE (SGE)", sge_host_slots(hostfile, host));
+    if (hostfile == NULL) return;
+    char host[256];
+    this_host(host, sizeof host);
+    if (host[0]) add(a, "PE_HOSTFILE (SGE)", sge_host_slots(hostfile, host));
 }
 
 /* LSB_MCPU_HOSTS: "hostA 4 hostB 2".  Returns this host's count and sets
@@ -232,11 +242,15 @@ static long long lsf_host_slots(const char *list, const char *host, int *hosts) 
     return found;
 }
 
-static void lsf(struct tg_allocation *a, const char *host) {
+static void lsf(struct tg_allocation *a) {
     if (!is_set("LSB_JOBID")) return;
     int hosts = 0;
     const char *list = tg_environ_get("LSB_MCPU_HOSTS");
-    if (list) add(a, "LSB_MCPU_HOSTS (LSF)", lsf_host_slots(list, host, &hosts));
+    if (list) {
+        char host[256];
+        this_host(host, sizeof host);
+        add(a, "LSB_MCPU_HOSTS (LSF)", lsf_host_slots(list, host, &hosts));
+    }
     /* LSB_DJOB_NUMPROC counts the job's slots on every host. */
     if (hosts <= 1) add(a, "LSB_DJOB_NUMPROC (LSF)", count_env("LSB_DJOB_NUMPROC", W_LSF_NUMPROC));
 }
@@ -271,15 +285,13 @@ void tg_allocation_measure(struct tg_allocation *a, long long affinity, long lon
     memset(a, 0, sizeof *a);
     a->cpus = NO_FIGURE;
     a->from = "unknown";
-    char host[256] = "";
-    if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
 
     add(a, is_set("FLUX_JOB_ID") ? "affinity (Flux cpu-affinity)" : AFFINITY, affinity);
     add(a, QUOTA, quota);
     slurm(a);
     pbs(a);
-    sge(a, host);
-    lsf(a, host);
+    sge(a);
+    lsf(a);
     kubernetes(a);
     const char *python = tg_environ_get("PYTHON_CPU_COUNT");
     if (python == NULL || strcmp(python, "default") != 0) /* "default": no override */
