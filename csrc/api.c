@@ -5,12 +5,13 @@
  * they read a snapshot or a string, or initialise themselves.)
  *
  * Layer: entry point.  Calls lifecycle.c (tg_init), glibc.c, threads.c,
- * stats.c, report.c and config.c. */
+ * stats.c, report.c, publish.c and config.c. */
 #include "common.h"
 
 #include "config.h"
 #include "glibc.h"
 #include "lifecycle.h"
+#include "publish.h"
 #include "report.h"
 #include "stats.h"
 #include "threads.h"
@@ -35,6 +36,17 @@ THREADGUARD_API int threadguard_stats_take(threadguard_stats **out) {
 THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size) {
     tg_init();
     return tg_report_json(buffer, size);
+}
+
+THREADGUARD_API const char *threadguard_published_path(void) {
+    tg_init();
+    return tg_publish_path();
+}
+
+THREADGUARD_API long long threadguard_read_published(const char *path, char *buffer,
+                                                     size_t size) {
+    tg_init();
+    return tg_report_published_json(path, buffer, size);
 }
 
 /* limit() in Python (the same as THREADGUARD_POOL_THREADS, from now on). */

@@ -176,6 +176,8 @@ static const struct setting settings[TG_SETTING_COUNT] = {
                        parse_debug},
     [TG_SET_OBSERVE] = {"THREADGUARD_OBSERVE", "1, 0, on, off, yes, no, true or false", "off",
                         parse_debug},
+    [TG_SET_PUBLISH] = {"THREADGUARD_PUBLISH", "1, 0, on, off, yes, no, true or false", "on",
+                        parse_debug},
 };
 
 const char *tg_setting_name(int which) { return settings[which].name; }
@@ -303,6 +305,7 @@ static void apply(int which, const struct parsed *p) {
         break;
     case TG_SET_DEBUG: tg_config.debug = (int)p->number; break;
     case TG_SET_IMPORT: tg_config.import_off = p->number == 0; break;
+    case TG_SET_PUBLISH: tg_config.publish_off = p->number == 0; break;
     case TG_SET_OBSERVE: tg_config.observe = (int)p->number; break;
     default: break;
     }

@@ -22,6 +22,7 @@ enum tg_setting_id {
     TG_SET_DEBUG,
     TG_SET_IMPORT,
     TG_SET_OBSERVE,
+    TG_SET_PUBLISH,
     TG_SETTING_COUNT
 };
 
@@ -38,6 +39,7 @@ struct tg_config {
     int debug;
     int import_off; /* THREADGUARD_IMPORT=off: import threadguard patches nothing */
     int observe;    /* THREADGUARD_OBSERVE=1: count and report, change nothing */
+    int publish_off; /* THREADGUARD_PUBLISH=0: no file for `threadguard top` */
     int report_mode;
     char report_path[1024];
     /* Per setting: the value as given (printable) and whether it was used. */

@@ -9,7 +9,7 @@
  * allocates: records are a fixed array and /proc is read into stack
  * buffers.
  *
- * Layer: state.  Calls limits.c, registry.c and glibc.c; the wrapper
+ * Layer: state.  Calls limits.c, registry.c, glibc.c and publish.c; the wrapper
  * records, report.c writes. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +20,7 @@
 #include "failures.h"
 
 #include "glibc.h"
+#include "publish.h"
 #include "registry.h"
 
 struct tg_failure tg_failures[TG_MAX_FAILURES];
@@ -71,6 +72,7 @@ void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, lon
     f->stack = needed_stack(attr);
     tg_headroom_measure(&f->h, tg_libs[slot].kind);
     f->cause = tg_failure_cause(error, f->stack, &f->h);
+    tg_publish_changed();
     atomic_store_explicit(&f->ready, 1, memory_order_release);
     errno = saved_errno;
 }

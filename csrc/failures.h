@@ -1,5 +1,5 @@
 /* failures.c: failed creations, recorded with the limits of the moment
- * (state; calls limits.c, registry.c, glibc.c). */
+ * (state; calls limits.c, registry.c, glibc.c, publish.c). */
 #ifndef THREADGUARD_FAILURES_H
 #define THREADGUARD_FAILURES_H
 

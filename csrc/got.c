@@ -46,6 +46,7 @@
 #include "interpose.h"
 #include "procfs.h"
 #include "registry.h"
+#include "report.h"
 #include "threads.h"
 
 #if defined(__x86_64__)
@@ -485,6 +486,7 @@ THREADGUARD_API int threadguard_import_mode(void) {
         tg_set_mode(THREADGUARD_MODE_IMPORT);
     }
     unlock();
+    tg_report_publish_if_stale(); /* readers see the mode */
     tg_clear_error();
     return THREADGUARD_OK;
 #endif

@@ -137,6 +137,7 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         tg_record_failure(slot, rc, attr,
                           atomic_load_explicit(&lib->created, memory_order_relaxed) + failed);
         tg_report_failures_now();
+        tg_report_publish_if_stale();
         errno = saved_errno;
         return rc;
     }

@@ -10,15 +10,17 @@
  * both take the same room; started threads leave the promise and show up
  * in the kernel's task count instead.
  *
- * The mapping is /dev/shm/threadguard-UID.ledger, mode 0600, owned by the
- * user: a fixed array of entries (pid, start time, promised), so nothing is
+ * The mapping is the file "ledger" in the user's shared directory
+ * (/dev/shm/threadguard-UID, where each process also publishes its counters,
+ * publish.c), mode 0600, owned by the user: a fixed array of entries (pid, start time, promised), so nothing is
  * allocated.  A process's entry is freed at exit; entries of processes that
  * died (SIGKILL) or exec'ed are reclaimed by the next process that sizes a
  * pool (a pid whose start time no longer matches is another process).
  * Nothing is shared under secure execution, for root (RLIMIT_NPROC does
  * not apply to it) or when the file is not the user's own.
  *
- * Layer: state.  Calls threads.c (is this a forked child) and registry.c;
+ * Layer: state.  Calls threads.c (is this a forked child), registry.c,
+ * procfs.c and publish.c (the directory);
  * shaping.c and the wrapper call it. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +37,8 @@
 
 #include "ledger.h"
 
+#include "procfs.h"
+#include "publish.h"
 #include "registry.h"
 #include "threads.h"
 
@@ -69,36 +73,18 @@ static _Atomic int opened;                /* 0: not tried, 1: tried */
 static struct ledger_entry *_Atomic mine; /* this process's entry */
 static __thread volatile int holding __attribute__((tls_model("initial-exec")));
 
-/* Field 22 of /proc/PID/stat, the start time in clock ticks; -1 if gone. */
-static long long start_time_of(int pid) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* the command may hold spaces */
-    if (p == NULL) return -1;
-    for (int field = 2; *p && field < 22; p++)
-        if (*p == ' ') field++;
-    long long v = 0;
-    for (; *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
-    return v;
-}
-
 static int alive(const struct ledger_entry *e, int pid) {
     if (kill(pid, 0) != 0 && errno == ESRCH) return 0;
-    long long started = start_time_of(pid);
+    long long started = tg_start_time_of(pid);
     return started < 0 || started == atomic_load_explicit(&e->start_time, memory_order_relaxed);
 }
 
 static struct ledger *open_ledger(void) {
     if (getauxval(AT_SECURE) || getuid() == 0 || geteuid() != getuid()) return NULL;
-    char path[64];
-    snprintf(path, sizeof path, "/dev/shm/threadguard-%u.ledger", (unsigned)getuid());
-    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int dir = tg_shared_dir(1);
+    if (dir < 0) return NULL;
+    int fd = openat(dir, "ledger", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    close(dir);
     if (fd < 0) return NULL;
     struct stat st;
     struct ledger *l = NULL;
@@ -231,7 +217,7 @@ static struct ledger_entry *claim_entry(struct ledger *l) {
         if (atomic_compare_exchange_strong_explicit(&e->pid, &expected, self,
                                                     memory_order_acq_rel,
                                                     memory_order_relaxed)) {
-            atomic_store_explicit(&e->start_time, start_time_of(self), memory_order_relaxed);
+            atomic_store_explicit(&e->start_time, tg_start_time_of(self), memory_order_relaxed);
             atomic_store_explicit(&mine, e, memory_order_release);
             return e;
         }

@@ -1,5 +1,5 @@
 /* ledger.c: the per-user headroom ledger shared by guarded processes
- * (state; calls threads.c, registry.c). */
+ * (state; calls threads.c, registry.c, procfs.c, publish.c). */
 #ifndef THREADGUARD_LEDGER_H
 #define THREADGUARD_LEDGER_H
 

@@ -5,7 +5,7 @@
  * this file calls down into the state, policy and output modules, never up.
  *
  * Layer: lifecycle.  Calls threads.c, registry.c, glibc.c, config.c,
- * shaping.c, failures.c, ledger.c, report.c and error.c. */
+ * shaping.c, failures.c, ledger.c, publish.c, report.c and error.c. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -18,6 +18,7 @@
 #include "failures.h"
 #include "glibc.h"
 #include "ledger.h"
+#include "publish.h"
 #include "registry.h"
 #include "report.h"
 #include "shaping.h"
@@ -32,6 +33,8 @@ static _Atomic int init_state;
 static __thread volatile int initialising __attribute__((tls_model("initial-exec")));
 
 static void after_fork_in_child(void) {
+    /* First: the counters reset below must be the child's own. */
+    tg_publish_after_fork_in_child();
     tg_threads_after_fork_in_child();
     tg_registry_reset_counters();
     tg_failures_reset();
@@ -43,10 +46,12 @@ static void initialise(void) {
     tg_threads_init();
     tg_glibc_init();
     tg_config_load();
+    tg_publish_init(); /* before any thread is counted: the block moves */
     tg_registry_init();
     tg_real_create(); /* resolved now, before any thread needs it */
     tg_shaping_init();
     pthread_atfork(NULL, NULL, after_fork_in_child);
+    tg_report_publish();
 }
 
 static long long monotonic_us(void) {
@@ -88,4 +93,5 @@ __attribute__((constructor)) static void threadguard_constructor(void) { tg_init
 __attribute__((destructor)) static void threadguard_destructor(void) {
     tg_ledger_release();
     tg_report_at_exit();
+    tg_publish_remove();
 }

@@ -13,8 +13,8 @@
 
 /* Thread ids listed in /proc/self/task, into tids when it is not NULL
  * (up to max); the count, or -1 if unreadable or over max. */
-static int read_tasks(int *tids, int max) {
-    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+static int read_tasks(const char *dir, int *tids, int max) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return -1;
     char buf[4096] __attribute__((aligned(8)));
     int count = 0;
@@ -43,10 +43,49 @@ static int read_tasks(int *tids, int max) {
     return count;
 }
 
-long long tg_count_tasks(void) { return read_tasks(NULL, 0); }
+long long tg_count_tasks(void) { return read_tasks("/proc/self/task", NULL, 0); }
+
+/* "/proc/PID/" + rest into buf, without printf (this runs in a forked
+ * child, where only async-signal-safe calls belong). */
+static void proc_path(char *buf, size_t size, int pid, const char *rest) {
+    char digits[16];
+    int n = 0;
+    unsigned v = (unsigned)pid;
+    do digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0 && n < (int)sizeof digits);
+    size_t used = 0;
+    for (const char *p = "/proc/"; *p && used + 1 < size; p++) buf[used++] = *p;
+    while (n > 0 && used + 1 < size) buf[used++] = digits[--n];
+    for (const char *p = rest; *p && used + 1 < size; p++) buf[used++] = *p;
+    buf[used] = '\0';
+}
+
+long long tg_count_tasks_of(int pid) {
+    char path[64];
+    proc_path(path, sizeof path, pid, "/task");
+    return read_tasks(path, NULL, 0);
+}
+
+long long tg_start_time_of(int pid) {
+    char path[64], buf[1024];
+    proc_path(path, sizeof path, pid, "/stat");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command may hold spaces */
+    if (p == NULL) return -1;
+    for (int field = 2; *p && field < 22; p++)
+        if (*p == ' ') field++;
+    long long v = 0;
+    for (; *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
+    return v;
+}
 
 int tg_list_tasks(int *tids, int max) {
-    int count = read_tasks(tids, max);
+    int count = read_tasks("/proc/self/task", tids, max);
     for (int i = 1; i < count; i++) /* insertion sort: lists are nearly sorted */
         for (int j = i; j > 0 && tids[j - 1] > tids[j]; j--) {
             int t = tids[j];

@@ -9,6 +9,12 @@ TG_HIDDEN long long tg_count_tasks(void);
 /* The thread ids in /proc/self/task into tids, sorted ascending; -1 if
  * unreadable or there are more than max. */
 TG_HIDDEN int tg_list_tasks(int *tids, int max);
+/* Entries of /proc/PID/task (another process's threads); -1 if unreadable. */
+TG_HIDDEN long long tg_count_tasks_of(int pid);
+/* Field 22 of /proc/PID/stat, the start time in clock ticks since boot: with
+ * the pid, it names one process (a pid is reused, the pair is not); -1 if
+ * the process is gone. */
+TG_HIDDEN long long tg_start_time_of(int pid);
 /* Path of the running executable into buf ("" if unknown). */
 TG_HIDDEN void tg_exe_path(char *buf, size_t size);
 

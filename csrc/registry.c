@@ -26,9 +26,8 @@
 #include "glibc.h"
 #include "procfs.h"
 
-struct tg_lib tg_libs[TG_MAX_LIBS];
-struct tg_counters tg_total;
-_Atomic long long tg_registry_overflow;
+struct tg_counter_block tg_private_block;
+struct tg_counter_block *tg_block = &tg_private_block;
 
 static char exe_path[512];
 /* Load address of the object that defines the Python C API (libpython, or

@@ -49,10 +49,60 @@ struct tg_lib {
     _Atomic long long pool_stack;
 };
 
-TG_HIDDEN extern struct tg_lib tg_libs[TG_MAX_LIBS];
-TG_HIDDEN extern struct tg_counters tg_total;
-/* Lookups that found the table full and fell back to (unknown). */
-TG_HIDDEN extern _Atomic long long tg_registry_overflow;
+#define TG_MAX_DECISIONS 256
+
+/* One pool-size decision (shaping.c records it).  No pointers: the record
+ * lives in the counter block, which readers in other processes copy. */
+struct tg_decision {
+    _Atomic int ready;
+    unsigned slot;       /* the library that asked */
+    char library[64];    /* its name */
+    char variable[40];   /* OPENBLAS_NUM_THREADS, omp_set_num_threads(), ... */
+    long long value;     /* what it got; -1 = passed through unchanged */
+    long long requested; /* the user's value, -1 = none */
+    int source;          /* enum tg_source */
+    int lowered;         /* the value asked for was lowered */
+    char lowered_by[40]; /* THREADGUARD_POOL_THREADS or the headroom's limit; "" */
+    char caller[64];     /* the library that made the call (a setter's call site) */
+    long long free;      /* headroom used */
+    char limit[40];      /* the limit that gave it ("none") */
+    long long cpus;
+    _Atomic long long count; /* how many times this same decision was made */
+};
+
+/* Everything the create path and pool sizing count, in one block without
+ * pointers.  It starts in private storage; publish.c moves it into the
+ * process's shared file at initialisation, so that `threadguard top` reads
+ * it live while counting costs nothing more than a counter in the process's
+ * own memory. */
+struct tg_counter_block {
+    struct tg_counters total;
+    /* What did not fit in a fixed table, or was started uncounted. */
+    _Atomic long long registry_overflow;  /* lookups that found the library table full */
+    _Atomic long long started_during_init;
+    _Atomic long long records_mapped;     /* start records mapped beyond the static ones */
+    _Atomic long long started_uncounted;  /* no memory for a start record */
+    _Atomic long long decisions_dropped;  /* distinct decisions that found the table full */
+    _Atomic int decision_count;
+    int pad;
+    struct tg_lib libs[TG_MAX_LIBS];
+    struct tg_decision decisions[TG_MAX_DECISIONS];
+};
+
+/* The block in use: private storage until publish.c switches it (at
+ * initialisation, before any thread is counted, and in a forked child). */
+TG_HIDDEN extern struct tg_counter_block *tg_block;
+TG_HIDDEN extern struct tg_counter_block tg_private_block;
+/* The block's members under the names every counting site uses. */
+#define tg_libs (tg_block->libs)
+#define tg_total (tg_block->total)
+#define tg_registry_overflow (tg_block->registry_overflow)
+#define tg_started_during_init (tg_block->started_during_init)
+#define tg_records_mapped (tg_block->records_mapped)
+#define tg_started_uncounted (tg_block->started_uncounted)
+#define tg_decisions_dropped (tg_block->decisions_dropped)
+#define tg_decision_count (tg_block->decision_count)
+#define tg_decisions (tg_block->decisions)
 
 TG_HIDDEN void tg_registry_init(void);
 /* The slot of the library that asked for a thread, given the return address

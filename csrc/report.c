@@ -2,9 +2,14 @@
  * in a file.  Runs from the library's destructor; it must never fail its
  * host, so every error becomes one line on stderr.
  *
+ * The same writers serve another process's report, read from the file it
+ * publishes (publish.c): the counters and pool decisions from its counter
+ * block, the rest from the document it keeps there, which this file also
+ * writes (tg_report_publish).
+ *
  * Layer: output.  Calls stats.c and reads the state: threads.c, registry.c,
- * shaping.c's decisions, limits.c, failures.c, config.c, glibc.c; writes
- * through error.c. */
+ * shaping.c's decisions, limits.c, failures.c, config.c, glibc.c,
+ * publish.c, procfs.c; writes through error.c. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +26,8 @@
 #include "error.h"
 #include "failures.h"
 #include "glibc.h"
+#include "procfs.h"
+#include "publish.h"
 #include "registry.h"
 #include "shaping.h"
 #include "stats.h"
@@ -113,6 +120,22 @@ static void append_escaped(struct out *o, const char *text) {
     }
 }
 
+/* Text that may be longer than put()'s line. */
+static void put_text(struct out *o, const char *text) {
+    if (o->in_string) append_escaped(o, text);
+    else append(o, text, strlen(text));
+}
+
+/* Whose report this is: this process (doc NULL: its state is read
+ * directly), or another one read from its published file. */
+struct subject {
+    int pid;
+    const char *program;
+    int mode;
+    const struct tg_counter_block *block;
+    const struct tg_doc_view *doc;
+};
+
 static void put_json_string(struct out *o, const char *str) {
     append(o, "\"", 1);
     append_escaped(o, str);
@@ -204,27 +227,27 @@ static void put_json_settings(struct out *o) {
     put_applied(o, "rlimit_nproc", tg_applied.nproc_soft, tg_applied.nproc_source, "},\n");
 }
 
-static int decisions_made(void) {
-    int n = atomic_load_explicit(&tg_decision_count, memory_order_acquire);
+static int decisions_made(const struct tg_counter_block *b) {
+    int n = atomic_load_explicit(&b->decision_count, memory_order_acquire);
     return n < TG_MAX_DECISIONS ? n : TG_MAX_DECISIONS;
 }
 
-static void put_json_pools(struct out *o) {
+static void put_json_pools(struct out *o, const struct tg_counter_block *b) {
     put(o, "  \"pools\": [");
-    int n = decisions_made(), first = 1;
+    int n = decisions_made(b), first = 1;
     for (int i = 0; i < n; i++) {
-        const struct tg_decision *d = &tg_decisions[i];
+        const struct tg_decision *d = &b->decisions[i];
         if (!atomic_load_explicit(&d->ready, memory_order_acquire)) continue;
         put(o, "%s\n    {\"library\": ", first ? "" : ",");
         first = 0;
         put_json_string(o, d->library);
-        put(o, ", \"kind\": \"%s\", \"variable\": ", tg_kind_name(tg_libs[d->slot].kind));
+        put(o, ", \"kind\": \"%s\", \"variable\": ", tg_kind_name(b->libs[d->slot].kind));
         put_json_string(o, d->variable);
         put(o, ", \"value\": %lld, ", d->value);
         put_json_number(o, "requested", d->requested, ", ");
         put(o, "\"source\": \"%s\", \"lowered\": %s, \"lowered_by\": ",
             tg_source_name(d->source), d->lowered ? "true" : "false");
-        if (d->lowered_by) put_json_string(o, d->lowered_by);
+        if (d->lowered_by[0]) put_json_string(o, d->lowered_by);
         else put(o, "null");
         put(o, ", \"caller\": ");
         put_json_string(o, d->caller);
@@ -240,23 +263,23 @@ static void put_json_pools(struct out *o) {
 
 /* What did not fit in a fixed table, or was started without being counted:
  * never silent. */
-static void put_json_overflow(struct out *o) {
+static void put_json_overflow(struct out *o, const struct tg_counter_block *b) {
     put(o, "  \"overflow\": {\"pools_dropped\": %lld, \"library_lookups_unknown\": %lld, "
            "\"start_records_mapped\": %lld, \"threads_uncounted\": %lld, "
            "\"threads_during_init\": %lld},\n",
-        atomic_load_explicit(&tg_decisions_dropped, memory_order_relaxed),
-        atomic_load_explicit(&tg_registry_overflow, memory_order_relaxed),
-        atomic_load_explicit(&tg_records_mapped, memory_order_relaxed),
-        atomic_load_explicit(&tg_started_uncounted, memory_order_relaxed),
-        atomic_load_explicit(&tg_started_during_init, memory_order_relaxed));
+        atomic_load_explicit(&b->decisions_dropped, memory_order_relaxed),
+        atomic_load_explicit(&b->registry_overflow, memory_order_relaxed),
+        atomic_load_explicit(&b->records_mapped, memory_order_relaxed),
+        atomic_load_explicit(&b->started_uncounted, memory_order_relaxed),
+        atomic_load_explicit(&b->started_during_init, memory_order_relaxed));
 }
 
-static void put_table_overflow(struct out *o) {
-    long long dropped = atomic_load_explicit(&tg_decisions_dropped, memory_order_relaxed);
-    long long unknown = atomic_load_explicit(&tg_registry_overflow, memory_order_relaxed);
-    long long mapped = atomic_load_explicit(&tg_records_mapped, memory_order_relaxed);
-    long long uncounted = atomic_load_explicit(&tg_started_uncounted, memory_order_relaxed);
-    long long early = atomic_load_explicit(&tg_started_during_init, memory_order_relaxed);
+static void put_table_overflow(struct out *o, const struct tg_counter_block *b) {
+    long long dropped = atomic_load_explicit(&b->decisions_dropped, memory_order_relaxed);
+    long long unknown = atomic_load_explicit(&b->registry_overflow, memory_order_relaxed);
+    long long mapped = atomic_load_explicit(&b->records_mapped, memory_order_relaxed);
+    long long uncounted = atomic_load_explicit(&b->started_uncounted, memory_order_relaxed);
+    long long early = atomic_load_explicit(&b->started_during_init, memory_order_relaxed);
     if (dropped)
         put(o, "  pool decisions: the table was full; %lld more not listed\n", dropped);
     if (unknown)
@@ -350,20 +373,20 @@ static const char *mode_name(int mode) {
                                              : "off";
 }
 
-static void write_table(struct out *o, const threadguard_stats *s, const char *program,
+static void write_table(struct out *o, const threadguard_stats *s, const struct subject *who,
                         const char *when);
 
-/* when: "at exit", or "now" for a live snapshot (Python's stats()). */
-static void write_json(struct out *o, const threadguard_stats *s, const char *program,
+/* when: "at exit", or "now" for a live snapshot (Python's stats(), or
+ * another process read through its file). */
+static void write_json(struct out *o, const threadguard_stats *s, const struct subject *who,
                        const char *when) {
     put(o, "{\n  \"threadguard\": \"%s\",\n  \"pid\": %d,\n  \"program\": ",
-        THREADGUARD_VERSION_STRING, (int)getpid());
-    put_json_string(o, program);
-    int mode = tg_mode();
+        THREADGUARD_VERSION_STRING, who->pid);
+    put_json_string(o, who->program);
     /* "interposing": threads are being counted, by either mode. */
     put(o, ",\n  \"interposing\": %s,\n  \"mode\": \"%s\",\n",
-        mode != THREADGUARD_MODE_OFF ? "true" : "false", mode_name(mode));
-    put_json_platform(o);
+        who->mode != THREADGUARD_MODE_OFF ? "true" : "false", mode_name(who->mode));
+    if (who->doc == NULL) put_json_platform(o);
     put(o, "  \"tasks\": %lld,\n  \"tasks_at_start\": %lld,\n  \"untracked\": %lld,\n",
         threadguard_stats_tasks(s), threadguard_stats_tasks_at_start(s),
         threadguard_stats_untracked(s));
@@ -381,22 +404,31 @@ static void write_json(struct out *o, const threadguard_stats *s, const char *pr
     put(o, "%s],\n  \"total\": {", rows ? "\n  " : "");
     put_json_counters(o, s, THREADGUARD_TOTAL_ROW);
     put(o, "},\n");
-    put_json_settings(o);
-    put_json_pools(o);
-    put_json_overflow(o);
-    put_json_failures(o);
-    struct tg_headroom now;
-    tg_headroom_measure(&now, TG_KIND_UNKNOWN);
-    put(o, "  \"headroom\": {\n    \"at_start\": ");
-    put_json_headroom(o, &tg_headroom_at_start);
-    put(o, ",\n    \"now\": ");
-    put_json_headroom(o, &now);
+    if (who->doc == NULL) put_json_settings(o);
+    put_json_pools(o, who->block);
+    put_json_overflow(o, who->block);
+    if (who->doc == NULL) {
+        put_json_failures(o);
+        struct tg_headroom now;
+        tg_headroom_measure(&now, TG_KIND_UNKNOWN);
+        put(o, "  \"headroom\": {\n    \"at_start\": ");
+        put_json_headroom(o, &tg_headroom_at_start);
+        put(o, ",\n    \"now\": ");
+        put_json_headroom(o, &now);
+    } else {
+        /* platform, settings, applied and failures, as the process wrote
+         * them; the headroom now is the process's to measure. */
+        put_text(o, who->doc->json);
+        put(o, "  \"headroom\": {\n    \"at_start\": ");
+        put_text(o, who->doc->at_start[0] ? who->doc->at_start : "{}");
+        put(o, ",\n    \"now\": {}");
+    }
     /* The human table, written by the same code as the exit table on
      * stderr: `threadguard stats REPORT.json` and Stats.format_table()
      * print it, so there is one formatter. */
     put(o, "\n  },\n  \"table\": \"");
     o->in_string = 1;
-    write_table(o, s, program, when);
+    write_table(o, s, who, when);
     o->in_string = 0;
     put(o, "\"\n}\n");
 }
@@ -411,19 +443,19 @@ static void put_figure(struct out *o, const char *label, long long v) {
     if (v >= 0) put(o, " %s %lld", label, v);
 }
 
-static void write_table_budget(struct out *o) {
-    int n = decisions_made();
+static void put_table_pools(struct out *o, const struct tg_counter_block *b) {
+    int n = decisions_made(b);
     if (n > 0) {
         put(o, "  pool sizes (value, where it came from):\n");
         for (int i = 0; i < n; i++) {
-            const struct tg_decision *d = &tg_decisions[i];
+            const struct tg_decision *d = &b->decisions[i];
             if (!atomic_load_explicit(&d->ready, memory_order_acquire)) continue;
             put(o, "    %-32.32s %-28.28s %4lld  %s", d->library, d->variable, d->value,
                 tg_source_name(d->source));
             if (d->source == TG_SOURCE_LIBRARY) put(o, " %s", d->caller);
             if (d->lowered) put(o, ", lowered from %lld", d->requested);
             /* The headroom's limit is named next; a ceiling is named here. */
-            if (d->lowered && d->lowered_by && d->lowered_by != d->limit)
+            if (d->lowered && d->lowered_by[0] && strcmp(d->lowered_by, d->limit) != 0)
                 put(o, " by %s", d->lowered_by);
             if (d->free >= 0) put(o, " (%lld free under %s)", d->free, d->limit);
             long long count = atomic_load_explicit(&d->count, memory_order_relaxed);
@@ -431,7 +463,10 @@ static void write_table_budget(struct out *o) {
             put(o, "\n");
         }
     }
-    put_table_overflow(o);
+}
+
+/* The table's lines about settings and start-up: this process's. */
+static void write_table_rest(struct out *o) {
     put(o, "  settings:");
     int any = 0;
     for (int i = 0; i < TG_SETTING_COUNT; i++) {
@@ -477,11 +512,17 @@ static void write_table_budget(struct out *o) {
     for (int i = 0; i < count; i++) put(o, "  glibc %s: %s\n", tg_glibc.version, lines[i]);
 }
 
-/* Whether threadguard changed anything: a pool decision, a setting given,
+static void write_table_budget(struct out *o, const struct subject *who) {
+    put_table_pools(o, who->block);
+    put_table_overflow(o, who->block);
+    if (who->doc == NULL) write_table_rest(o);
+    else put_text(o, who->doc->budget);
+}
+
+/* Whether threadguard changed anything besides pool sizes: a setting given,
  * something applied at start. */
-static int guard_acted(void) {
-    if (decisions_made() > 0 || atomic_load_explicit(&tg_applied.pool_stack, memory_order_relaxed))
-        return 1;
+static int local_acted(void) {
+    if (atomic_load_explicit(&tg_applied.pool_stack, memory_order_relaxed)) return 1;
     if (tg_applied.stack_source != TG_SOURCE_DEFAULT ||
         tg_applied.arenas_source != TG_SOURCE_DEFAULT ||
         tg_applied.nproc_source != TG_SOURCE_DEFAULT)
@@ -491,27 +532,34 @@ static int guard_acted(void) {
     return 0;
 }
 
-static void write_table(struct out *o, const threadguard_stats *s, const char *program,
+/* Whether threadguard changed anything: a pool decision, or the above. */
+static int guard_acted(const struct subject *who) {
+    if (decisions_made(who->block) > 0) return 1;
+    return who->doc == NULL ? local_acted() : who->doc->acted;
+}
+
+static void write_table(struct out *o, const threadguard_stats *s, const struct subject *who,
                         const char *when) {
+    const char *program = who->program;
     const char *base = strrchr(program, '/');
     base = base ? base + 1 : program;
     int rows = threadguard_stats_rows(s);
     long long tasks = threadguard_stats_tasks(s);
-    int mode = tg_mode();
+    int mode = who->mode, pid = who->pid;
     if (mode == THREADGUARD_MODE_OFF) {
         put(o, "threadguard: pid %d (%s): not preloaded, threads were not counted; "
-               "%lld task%s %s\n", (int)getpid(), base, tasks, tg_s(tasks), when);
+               "%lld task%s %s\n", pid, base, tasks, tg_s(tasks), when);
         return;
     }
     if (rows == 0 && tasks <= 1) {
-        put(o, "threadguard: pid %d (%s): no threads created%s\n", (int)getpid(), base,
+        put(o, "threadguard: pid %d (%s): no threads created%s\n", pid, base,
             mode == THREADGUARD_MODE_IMPORT ? " (import mode: GOT slots patched)" : "");
         /* What the guard did still matters (a pool sized to 1 under a full
          * task limit is why no thread was created): say it. */
-        if (guard_acted()) write_table_budget(o);
+        if (guard_acted(who)) write_table_budget(o, who);
         return;
     }
-    put(o, "threadguard: pid %d (%s): threads by creating library%s, %s\n", (int)getpid(), base,
+    put(o, "threadguard: pid %d (%s): threads by creating library%s, %s\n", pid, base,
         mode == THREADGUARD_MODE_IMPORT ? " (import mode: GOT slots patched)" : "", when);
     put(o, "  %-36s %-9s %8s %6s %6s %7s %7s\n", "library", "kind", "created", "live", "peak",
         "failed", "denied");
@@ -535,7 +583,7 @@ static void write_table(struct out *o, const threadguard_stats *s, const char *p
            "%lld existed before threadguard started)\n",
         when, tasks, threadguard_stats_get(s, t, THREADGUARD_LIVE), threadguard_stats_untracked(s),
         threadguard_stats_tasks_at_start(s));
-    write_table_budget(o);
+    write_table_budget(o, who);
 }
 
 /* PATH with every %p replaced by the pid; 0 on success. */
@@ -620,17 +668,23 @@ static void write_file(const char *path, struct out *o, void (*body)(struct out 
     }
 }
 
+/* This process as the subject of its report. */
+static struct subject self(void) {
+    struct subject who = {(int)getpid(), tg_program_path(), tg_mode(), tg_block, NULL};
+    return who;
+}
+
 struct report_ctx {
     const threadguard_stats *s;
-    const char *program;
+    const struct subject *who;
 };
 
 static void report_body(struct out *o, void *p) {
     const struct report_ctx *ctx = p;
-    write_json(o, ctx->s, ctx->program, "at exit");
+    write_json(o, ctx->s, ctx->who, "at exit");
 }
 
-static void report_json(const threadguard_stats *s, const char *program) {
+static void report_json(const threadguard_stats *s, const struct subject *who) {
     char path[1100];
     if (expand_path(tg_config.report_path, path, sizeof path) != 0) {
         tg_warn("THREADGUARD_REPORT: path too long after expanding %%p; no report written");
@@ -639,7 +693,7 @@ static void report_json(const threadguard_stats *s, const char *program) {
     static struct out o;
     memset(&o, 0, sizeof o);
     o.fd = -1;
-    struct report_ctx ctx = {s, program};
+    struct report_ctx ctx = {s, who};
     write_file(path, &o, report_body, &ctx);
 }
 
@@ -682,7 +736,7 @@ long long tg_report_json(char *buffer, size_t size) {
         return tg_set_error(THREADGUARD_EINVAL, "threadguard_report_json: buffer is NULL") * -1LL;
     threadguard_stats *s = NULL;
     if (tg_stats_take(&s) != THREADGUARD_OK) return -(long long)THREADGUARD_ENOMEM;
-    const char *program = tg_program_path();
+    struct subject who = self();
     struct out *o = calloc(1, sizeof *o);
     if (o == NULL) {
         threadguard_stats_free(s);
@@ -691,7 +745,7 @@ long long tg_report_json(char *buffer, size_t size) {
     o->fd = -1;
     o->mem = buffer;
     o->mem_size = size;
-    write_json(o, s, program, "now");
+    write_json(o, s, &who, "now");
     flush(o);
     long long total = (long long)o->mem_total;
     free(o);
@@ -710,15 +764,117 @@ void tg_report_at_exit(void) {
         return;
     int saved_errno = errno;
     const threadguard_stats *s = tg_stats_at_exit();
-    const char *program = tg_program_path();
+    struct subject who = self();
     if (mode == TG_REPORT_STDERR) {
         static struct out o; /* 8 KiB: static, the stack may be small */
         memset(&o, 0, sizeof o);
         o.fd = STDERR_FILENO;
-        write_table(&o, s, program, "at exit");
+        write_table(&o, s, &who, "at exit");
         flush(&o);
     } else {
-        report_json(s, program);
+        report_json(s, &who);
     }
     errno = saved_errno;
+}
+
+/* ---- the published document ------------------------------------------ */
+
+/* One text of the document at doc + *at, NUL-terminated; 0 when it fit. */
+static int render_part(struct out *o, char *doc, size_t size, size_t *at,
+                       void (*body)(struct out *)) {
+    memset(o, 0, sizeof *o);
+    o->fd = -1;
+    o->mem = doc + *at;
+    o->mem_size = size - *at;
+    body(o);
+    flush(o);
+    if (o->mem_total + 1 >= o->mem_size) return -1;
+    *at += o->mem_total + 1;
+    return 0;
+}
+
+static void doc_json(struct out *o) {
+    put_json_platform(o);
+    put_json_settings(o);
+    put_json_failures(o);
+}
+
+static void doc_at_start(struct out *o) { put_json_headroom(o, &tg_headroom_at_start); }
+
+static void doc_truncated(struct out *o) {
+    put(o, "  \"document_truncated\": true,\n");
+}
+
+static void doc_empty(struct out *o) { (void)o; }
+
+static _Atomic unsigned long long rendered;
+
+/* Rewrite the document in this process's file (one writer at a time, in
+ * static storage: a failed creation calls this from the create path). */
+void tg_report_publish(void) {
+    size_t size;
+    char *doc = tg_publish_doc_begin(&size);
+    if (doc == NULL) return;
+    static struct out o;
+    int again;
+    do {
+        atomic_store_explicit(&rendered, tg_publish_generation(), memory_order_release);
+        size_t at = 0, at_start = 0, budget = 0;
+        if (render_part(&o, doc, size, &at, doc_json) != 0 ||
+            (at_start = at, render_part(&o, doc, size, &at, doc_at_start)) != 0 ||
+            (budget = at, render_part(&o, doc, size, &at, write_table_rest)) != 0) {
+            /* 64 failures with their limits fit many times over; should
+             * the document not, readers get the counters and say so. */
+            at = 0;
+            render_part(&o, doc, size, &at, doc_truncated);
+            at_start = at;
+            render_part(&o, doc, size, &at, doc_empty);
+            budget = at;
+            render_part(&o, doc, size, &at, doc_empty);
+        }
+        again = tg_publish_doc_end((unsigned)at_start, (unsigned)budget, (unsigned)at,
+                                   local_acted(), tg_mode(), tg_tasks_at_start());
+    } while (again);
+}
+
+void tg_report_publish_if_stale(void) {
+    if (atomic_load_explicit(&rendered, memory_order_acquire) != tg_publish_generation())
+        tg_report_publish();
+}
+
+long long tg_report_published_json(const char *path, char *buffer, size_t size) {
+    if (buffer == NULL && size != 0)
+        return -(long long)tg_set_error(THREADGUARD_EINVAL,
+                                        "threadguard_read_published: buffer is NULL");
+    struct tg_published *copy = malloc(sizeof *copy);
+    struct out *o = calloc(1, sizeof *o);
+    threadguard_stats *s = NULL;
+    long long result;
+    if (copy == NULL || o == NULL) {
+        result = -(long long)tg_set_error(THREADGUARD_ENOMEM,
+                                          "threadguard_read_published: out of memory");
+    } else if (tg_publish_read(path, copy) != THREADGUARD_OK) {
+        result = -(long long)THREADGUARD_EINVAL;
+    } else {
+        int pid = copy->header.pid;
+        struct tg_doc_view doc;
+        tg_publish_doc_view(copy, &doc);
+        struct subject who = {pid, copy->header.program, copy->header.mode, &copy->block, &doc};
+        if (tg_stats_of_block(&s, &copy->block, tg_count_tasks_of(pid),
+                              copy->header.tasks_at_start) != THREADGUARD_OK) {
+            result = -(long long)THREADGUARD_ENOMEM;
+        } else {
+            o->fd = -1;
+            o->mem = buffer;
+            o->mem_size = size;
+            write_json(o, s, &who, "now");
+            flush(o);
+            result = (long long)o->mem_total;
+            tg_clear_error();
+        }
+    }
+    threadguard_stats_free(s);
+    free(o);
+    free(copy);
+    return result;
 }

@@ -13,4 +13,14 @@ TG_HIDDEN void tg_report_failures_now(void);
 /* threadguard_report_json, once the library is initialised. */
 TG_HIDDEN long long tg_report_json(char *buffer, size_t size);
 
+/* Rewrite the document this process publishes (publish.c): at start, and
+ * after what it describes changed. */
+TG_HIDDEN void tg_report_publish(void);
+/* The same, only when something changed since (one atomic load if not):
+ * entry points call it after pool sizing and failures. */
+TG_HIDDEN void tg_report_publish_if_stale(void);
+/* threadguard_read_published: another process's report, as JSON, from the
+ * file it publishes. */
+TG_HIDDEN long long tg_report_published_json(const char *path, char *buffer, size_t size);
+
 #endif

@@ -37,6 +37,7 @@
 #include "glibc.h"
 #include "lifecycle.h"
 #include "registry.h"
+#include "report.h"
 #include "shaping.h"
 
 struct pool_variable {
@@ -94,8 +95,11 @@ static char *answer_getenv(const char *name, const char *value) {
         return kind == TG_KIND_OPENMP ? tg_limit_openmp(slot, value) : (char *)value;
     for (size_t i = 0; i < sizeof pool_variables / sizeof pool_variables[0]; i++) {
         const struct pool_variable *v = &pool_variables[i];
-        if (v->kind == kind && strcmp(v->name, name) == 0)
-            return tg_size_pool(slot, kind, name, value, v->fallback);
+        if (v->kind == kind && strcmp(v->name, name) == 0) {
+            char *answer = tg_size_pool(slot, kind, name, value, v->fallback);
+            tg_report_publish_if_stale(); /* a pool's stack may have changed */
+            return answer;
+        }
     }
     return (char *)value;
 }
@@ -257,6 +261,7 @@ static int clamp_setter(const char *function, void *target, void *call_site, int
     granted = tg_size_setter(tg_creator_slot(target), tg_caller_slot(call_site), function, kind,
                              cost, n, &decision);
     remember_grant(target, call_site, n, granted, ceiling, decision);
+    tg_report_publish_if_stale();
     return granted;
 }
 

@@ -10,8 +10,8 @@
  * THREADGUARD_STACK, THREADGUARD_ARENAS and THREADGUARD_NPROC, and sizes
  * numexpr through the environment.
  *
- * Layer: policy.  Calls allocation.c, limits.c, ledger.c, registry.c, glibc.c, config.c
- * and error.c. */
+ * Layer: policy.  Calls allocation.c, limits.c, ledger.c, publish.c, registry.c, glibc.c,
+ * config.c and error.c. */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -27,14 +27,13 @@
 #include "error.h"
 #include "glibc.h"
 #include "ledger.h"
+#include "publish.h"
 #include "registry.h"
 
 /* Threads kept free for the program's own use (its thread pools, a
  * DataLoader, the interpreter's helpers) when pools are sized. */
 #define TG_RESERVE 2
 
-struct tg_decision tg_decisions[TG_MAX_DECISIONS];
-_Atomic int tg_decision_count;
 
 static int creates_threads(int kind) {
     return kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP || kind == TG_KIND_MKL ||
@@ -83,8 +82,6 @@ static const char *library_name(unsigned slot) {
     return slot == TG_UNKNOWN_SLOT ? "numexpr" : tg_libs[slot].name;
 }
 
-_Atomic long long tg_decisions_dropped;
-
 /* One pool-size decision before it is recorded. */
 struct sizing {
     long long value;      /* what the library gets */
@@ -114,7 +111,8 @@ static int same_decision(const struct tg_decision *d, unsigned slot, const char 
                          const struct sizing *s) {
     return d->slot == slot && d->value == s->value && d->requested == s->requested &&
            d->source == s->source && d->lowered == (s->lowered_by != NULL) &&
-           d->lowered_by == s->lowered_by &&
+           strncmp(d->lowered_by, s->lowered_by ? s->lowered_by : "",
+                   sizeof d->lowered_by - 1) == 0 &&
            strncmp(d->caller, library_name(s->caller), sizeof d->caller - 1) == 0 &&
            strncmp(d->variable, variable, sizeof d->variable - 1) == 0;
 }
@@ -148,9 +146,9 @@ static int record(unsigned slot, const char *variable, const struct sizing *s,
     d->requested = s->requested;
     d->source = s->source;
     d->lowered = s->lowered_by != NULL;
-    d->lowered_by = s->lowered_by;
+    snprintf(d->lowered_by, sizeof d->lowered_by, "%s", s->lowered_by ? s->lowered_by : "");
     d->free = h->free;
-    d->limit = h->limit;
+    snprintf(d->limit, sizeof d->limit, "%s", h->limit);
     d->cpus = h->cpus;
     atomic_store_explicit(&d->count, 1, memory_order_relaxed);
     atomic_store_explicit(&d->ready, 1, memory_order_release);
@@ -210,6 +208,7 @@ static void shrink_pool_stack(unsigned slot, int kind, long long want, struct tg
     *fit = small_fit;
     atomic_store_explicit(&tg_libs[slot].pool_stack, POOL_STACK, memory_order_relaxed);
     atomic_store_explicit(&tg_applied.pool_stack, POOL_STACK, memory_order_relaxed);
+    tg_publish_changed(); /* the published settings show it */
     tg_warn("%s workers get 1M stacks instead of %lldk: RLIMIT_AS leaves room for %lld of them "
             "at the default, %lld at 1M (other threads keep theirs)",
             library_name(slot), tg_default_stack() / TG_KIB, before, small_fit);

@@ -1,5 +1,6 @@
 /* shaping.c: pool sizing, the decisions it made, and what is applied at start
- * (policy; calls limits.c, ledger.c, registry.c, config.c, glibc.c, error.c). */
+ * (policy; calls limits.c, ledger.c, publish.c, registry.c, config.c, glibc.c,
+ * error.c). */
 #ifndef THREADGUARD_SHAPING_H
 #define THREADGUARD_SHAPING_H
 
@@ -26,28 +27,7 @@ TG_HIDDEN int tg_size_setter(unsigned slot, unsigned caller, const char *functio
 TG_HIDDEN void tg_observe_setter(unsigned slot, unsigned caller, const char *function,
                                  int kind, int n);
 
-#define TG_MAX_DECISIONS 256
-
-struct tg_decision {
-    _Atomic int ready;
-    unsigned slot;       /* the library that asked */
-    char library[64];    /* its name */
-    char variable[40];   /* OPENBLAS_NUM_THREADS, omp_set_num_threads(), ... */
-    long long value;     /* what it got; -1 = passed through unchanged */
-    long long requested; /* the user's value, -1 = none */
-    int source;          /* enum tg_source */
-    int lowered;         /* the value asked for was lowered */
-    const char *lowered_by; /* THREADGUARD_POOL_THREADS or the headroom's limit; NULL */
-    char caller[64];     /* the library that made the call (a setter's call site) */
-    long long free;      /* headroom used */
-    const char *limit;
-    long long cpus;
-    _Atomic long long count; /* how many times this same decision was made */
-};
-
-TG_HIDDEN extern struct tg_decision tg_decisions[TG_MAX_DECISIONS];
-TG_HIDDEN extern _Atomic int tg_decision_count;
-/* Distinct decisions that found the table full. */
-TG_HIDDEN extern _Atomic long long tg_decisions_dropped;
+/* The decisions live in the counter block (registry.h): tg_decisions,
+ * tg_decision_count, tg_decisions_dropped. */
 
 #endif

@@ -44,22 +44,26 @@ static int row_has_activity(const long long *v) {
            v[THREADGUARD_DENIED];
 }
 
-static void fill(threadguard_stats *s) {
-    tg_reap_adopted(); /* adopted threads that exited since */
-    read_counters(&tg_total, s->total);
+static void fill_from(threadguard_stats *s, const struct tg_counter_block *b) {
+    read_counters(&b->total, s->total);
     for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
-        if (i != TG_UNKNOWN_SLOT &&
-            atomic_load_explicit(&tg_libs[i].base, memory_order_acquire) == 0)
+        const struct tg_lib *lib = &b->libs[i];
+        if (i != TG_UNKNOWN_SLOT && atomic_load_explicit(&lib->base, memory_order_acquire) == 0)
             break; /* slots fill in order */
-        if (!atomic_load_explicit(&tg_libs[i].ready, memory_order_acquire)) continue;
+        if (!atomic_load_explicit(&lib->ready, memory_order_acquire)) continue;
         struct row *r = &s->row[s->rows];
-        read_counters(&tg_libs[i].c, r->values);
+        read_counters(&lib->c, r->values);
         if (!row_has_activity(r->values)) continue;
-        memcpy(r->name, tg_libs[i].name, sizeof r->name);
-        memcpy(r->path, tg_libs[i].path, sizeof r->path);
-        r->kind = tg_kind_name(tg_libs[i].kind);
+        memcpy(r->name, lib->name, sizeof r->name);
+        memcpy(r->path, lib->path, sizeof r->path);
+        r->kind = tg_kind_name(lib->kind);
         s->rows++;
     }
+}
+
+static void fill(threadguard_stats *s) {
+    tg_reap_adopted(); /* adopted threads that exited since */
+    fill_from(s, tg_block);
     s->tasks = tg_count_tasks();
     s->tasks_at_start = tg_tasks_at_start();
     s->exiting = tg_exit_counted_here();
@@ -75,6 +79,18 @@ int tg_stats_take(threadguard_stats **out) {
     fill(s);
     tg_clear_error();
     *out = s;
+    return THREADGUARD_OK;
+}
+
+int tg_stats_of_block(threadguard_stats **out, const struct tg_counter_block *block,
+                      long long tasks, long long tasks_at_start) {
+    threadguard_stats *s = calloc(1, sizeof *s);
+    *out = s;
+    if (s == NULL)
+        return tg_set_error(THREADGUARD_ENOMEM, "threadguard_read_published: out of memory");
+    fill_from(s, block);
+    s->tasks = tasks;
+    s->tasks_at_start = tasks_at_start;
     return THREADGUARD_OK;
 }
 

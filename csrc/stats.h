@@ -3,11 +3,15 @@
 #ifndef THREADGUARD_STATS_H
 #define THREADGUARD_STATS_H
 
-#include "common.h"
+#include "registry.h"
 
 /* A snapshot into *out (free with threadguard_stats_free); the library
  * must be initialised. */
 TG_HIDDEN int tg_stats_take(threadguard_stats **out);
+/* A snapshot of another process's counter block (read from the file it
+ * publishes), with its task counts. */
+TG_HIDDEN int tg_stats_of_block(threadguard_stats **out, const struct tg_counter_block *block,
+                                long long tasks, long long tasks_at_start);
 /* A snapshot in static storage, for the exit report (no heap needed). */
 TG_HIDDEN const threadguard_stats *tg_stats_at_exit(void);
 

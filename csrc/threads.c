@@ -6,7 +6,7 @@
  * compare-and-swap and released by the child before it runs user code.
  *
  * Layer: state.  Calls registry.c (the counters per library), glibc.c (the
- * loader's view, for the mode) and procfs.c; called by the entry points,
+ * loader's view, for the mode), publish.c (a new mode) and procfs.c; called by the entry points,
  * lifecycle.c, stats.c, report.c and ledger.c. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 
 #include "glibc.h"
 #include "procfs.h"
+#include "publish.h"
 #include "registry.h"
 
 /* ---- the counting mode ------------------------------------------------ */
@@ -30,7 +31,10 @@ static _Atomic int recorded_mode; /* enum threadguard_mode */
 
 int tg_recorded_mode(void) { return atomic_load_explicit(&recorded_mode, memory_order_acquire); }
 
-void tg_set_mode(int mode) { atomic_store_explicit(&recorded_mode, mode, memory_order_release); }
+void tg_set_mode(int mode) {
+    if (atomic_exchange_explicit(&recorded_mode, mode, memory_order_acq_rel) != mode)
+        tg_publish_changed();
+}
 
 int tg_mode(void) {
     int mode = tg_recorded_mode();
@@ -64,8 +68,6 @@ struct tg_start_record {
 static struct tg_start_record records[TG_START_RECORDS];
 static _Atomic unsigned record_hint;
 static struct tg_start_record *_Atomic chunks[TG_MAX_CHUNKS];
-_Atomic long long tg_records_mapped;
-_Atomic long long tg_started_uncounted;
 
 static struct tg_start_record *claim_in(struct tg_start_record *pool, unsigned size) {
     for (unsigned tries = 0; tries < size; tries++) {
@@ -129,7 +131,6 @@ static void release_all_records(void) {
 
 /* ---- counting --------------------------------------------------------- */
 
-_Atomic long long tg_started_during_init;
 static _Atomic int forked_child;
 
 int tg_is_forked_child(void) { return atomic_load_explicit(&forked_child, memory_order_relaxed); }

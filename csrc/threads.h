@@ -1,5 +1,5 @@
 /* threads.c: thread accounting: start records, exit counting, adopted
- * threads and the counting mode (state; calls registry.c, glibc.c, procfs.c). */
+ * threads and the counting mode (state; calls registry.c, glibc.c, procfs.c, publish.c). */
 #ifndef THREADGUARD_THREADS_H
 #define THREADGUARD_THREADS_H
 
@@ -37,12 +37,6 @@ TG_HIDDEN long long tg_tasks_at_start(void);
 TG_HIDDEN int tg_is_forked_child(void);
 /* 1 in a thread whose exit has been counted (it is in its last moments). */
 TG_HIDDEN int tg_exit_counted_here(void);
-/* Threads created while initialisation ran, started uncounted. */
-TG_HIDDEN extern _Atomic long long tg_started_during_init;
-/* Start records mapped beyond the static 1024 (threads started at once). */
-TG_HIDDEN extern _Atomic long long tg_records_mapped;
-/* Threads started without a record (no memory to map one): not counted. */
-TG_HIDDEN extern _Atomic long long tg_started_uncounted;
 
 /* ---- adopted threads (import mode) ---------------------------------- */
 

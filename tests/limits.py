@@ -49,11 +49,9 @@ NOBODY = fresh_uid()
 
 @atexit.register
 def _remove_ledger() -> None:
-    """The per-user headroom ledger the guarded children of NOBODY shared."""
-    try:
-        os.unlink(f"/dev/shm/threadguard-{NOBODY}.ledger")
-    except OSError:
-        pass
+    """The shared directory of NOBODY's guarded children: the headroom ledger
+    they shared, and the files of any that were killed."""
+    shutil.rmtree(f"/dev/shm/threadguard-{NOBODY}", ignore_errors=True)
 
 
 def uid_tasks(uid: int) -> int:

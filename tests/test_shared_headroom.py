@@ -3,7 +3,7 @@
 Each process used to measure the tasks left alone: six numpy processes
 started at once under a 40-task limit on a 64-CPU node each sized OpenBLAS
 to 33 and most died (`pthread_create failed`).  Now a process promises its
-pool workers in /dev/shm/threadguard-UID.ledger while it holds the ledger's
+pool workers in /dev/shm/threadguard-UID/ledger while it holds the ledger's
 lock, and the others count those promises as taken.
 """
 

@@ -138,6 +138,21 @@ THREADGUARD_API long long threadguard_stats_tasks_at_start(const threadguard_sta
  * a negative THREADGUARD_E* code on error. */
 THREADGUARD_API long long threadguard_report_json(char *buffer, size_t size);
 
+/* The file this process publishes its counters in, for `threadguard top`
+ * and `threadguard stats --pid` (/dev/shm/threadguard-UID/PID.START.live);
+ * "" when it publishes none (THREADGUARD_PUBLISH=0, secure execution, no
+ * usable /dev/shm). */
+THREADGUARD_API const char *threadguard_published_path(void);
+
+/* Another guarded process's report, read from the file it publishes: the
+ * same JSON document as threadguard_report_json (its "headroom" "now" is
+ * empty: only the process can measure it), with the same length
+ * convention.  The file is only read, never mapped or written.  A negative
+ * THREADGUARD_E* code on error: THREADGUARD_EINVAL when the file is not a
+ * process file this version can read (threadguard_last_error() says why in
+ * one line, naming the path). */
+THREADGUARD_API long long threadguard_read_published(const char *path, char *buffer, size_t size);
+
 /* 0 when value is valid for the THREADGUARD_* setting name; otherwise
  * THREADGUARD_EINVAL, and threadguard_last_error() says what is expected
  * (the line the library prints when it meets that value at start). */

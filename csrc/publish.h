@@ -1,0 +1,99 @@
+/* publish.c: the per-user shared directory, and each process's counters
+ * published in it for readers outside the process (state; calls
+ * registry.c, config.c, procfs.c, error.c). */
+#ifndef THREADGUARD_PUBLISH_H
+#define THREADGUARD_PUBLISH_H
+
+#include "registry.h"
+
+/* ---- the per-user directory (shared with ledger.c) ------------------- */
+
+/* /dev/shm/threadguard-UID, mode 0700 and the user's own: a descriptor
+ * (the caller closes it), or -1 where there is none or it is not safe.
+ * create: make it when missing. */
+TG_HIDDEN int tg_shared_dir(int create);
+
+/* ---- the published file of this process ----------------------------- */
+
+#define TG_PUBLISH_MAGIC 0x3162757067746774ULL /* "tgtgpub1" */
+/* Raised whenever the layout below changes: a reader rejects another. */
+#define TG_PUBLISH_LAYOUT 1
+#define TG_DOC_SIZE (128 * 1024)
+
+/* Written once, before the file gets its name, except the atomics. */
+struct tg_published_header {
+    unsigned long long magic;
+    unsigned layout;
+    unsigned size; /* sizeof (struct tg_published) */
+    int pid;
+    unsigned uid;
+    long long start_time; /* /proc/PID/stat field 22, as in the file name */
+    _Atomic int mode;     /* enum threadguard_mode */
+    _Atomic int acted;    /* settings or start-up changes made (besides pool sizes) */
+    _Atomic long long tasks_at_start;
+    /* The document: three NUL-terminated texts the process rewrites when
+     * what they describe changes (never on the create path unless a
+     * creation failed).  Odd while being rewritten. */
+    _Atomic unsigned long long doc_seq;
+    _Atomic unsigned doc_at_start; /* offset of the second text */
+    _Atomic unsigned doc_budget;   /* offset of the third */
+    _Atomic unsigned doc_length;   /* bytes used, the last NUL included */
+    unsigned pad;
+    char version[16];
+    char program[512];
+};
+
+/* The file: header, the live counter block, the document.  The document's
+ * texts: the report's JSON members that only change at events (platform,
+ * settings, applied, failures), the headroom at start as a JSON object, and
+ * the exit table's lines about settings and start-up. */
+struct tg_published {
+    struct tg_published_header header;
+    struct tg_counter_block block;
+    char doc[TG_DOC_SIZE];
+};
+
+/* Create this process's file and move the counter block into it (at
+ * initialisation, before any thread is counted).  Nothing under secure
+ * execution, with THREADGUARD_PUBLISH=0, or where the directory is not
+ * safe; the block then stays private. */
+TG_HIDDEN void tg_publish_init(void);
+/* In a forked child: a file of its own (or private storage), never the
+ * parent's.  Runs before the child's counters are reset. */
+TG_HIDDEN void tg_publish_after_fork_in_child(void);
+/* At exit: the file goes (the mapping stays until the process ends). */
+TG_HIDDEN void tg_publish_remove(void);
+/* The file's path ("" when nothing is published). */
+TG_HIDDEN const char *tg_publish_path(void);
+
+/* Something the document describes changed (a failure, a pool's stack). */
+TG_HIDDEN void tg_publish_changed(void);
+/* The generation of what changed; the document writer compares it. */
+TG_HIDDEN unsigned long long tg_publish_generation(void);
+/* Begin rewriting the document: its storage and size, or NULL when nothing
+ * is published or another thread is rewriting it (that thread goes round
+ * again for this change). */
+TG_HIDDEN char *tg_publish_doc_begin(size_t *size);
+/* Finish: where the texts start and end, and the header's figures.
+ * Returns 1 when the caller must write it again, still holding it
+ * (something changed while it wrote). */
+TG_HIDDEN int tg_publish_doc_end(unsigned at_start, unsigned budget, unsigned length,
+                                 int acted, int mode, long long tasks_at_start);
+
+/* ---- reading another process's file ---------------------------------- */
+
+/* Copy the file at path into *copy and check it: 0, or THREADGUARD_EINVAL
+ * with threadguard_last_error() saying in one line why it was rejected.
+ * Never maps the file (a truncated mapping would raise SIGBUS), never
+ * writes to it.  The copy's strings are all terminated. */
+TG_HIDDEN int tg_publish_read(const char *path, struct tg_published *copy);
+/* The copy's three document texts. */
+struct tg_doc_view {
+    const char *json;
+    const char *at_start;
+    const char *budget;
+    int acted;
+};
+TG_HIDDEN void tg_publish_doc_view(const struct tg_published *copy, struct tg_doc_view *view);
+
+#endif
