@@ -20,7 +20,7 @@ every spawn worker and every ``threadguard run`` pays for it.
 from __future__ import annotations
 
 from . import _native
-from ._errors import LibraryNotFoundError, ReportError, ThreadguardError
+from ._errors import LibraryNotFoundError, PublishedFileError, ReportError, ThreadguardError
 from ._on_import import after
 
 TYPE_CHECKING = False  # not typing's, which costs more than the rest (see _native.py)
@@ -43,6 +43,7 @@ __all__ = [
     "LibraryStats",
     "Limit",
     "PoolInfo",
+    "PublishedFileError",
     "ReportError",
     "Stats",
     "ThreadguardError",

@@ -22,6 +22,8 @@ long long threadguard_stats_tasks(const threadguard_stats *stats);
 long long threadguard_stats_untracked(const threadguard_stats *stats);
 long long threadguard_stats_tasks_at_start(const threadguard_stats *stats);
 long long threadguard_report_json(char *buffer, size_t size);
+const char *threadguard_published_path(void);
+long long threadguard_read_published(const char *path, char *buffer, size_t size);
 int threadguard_check_setting(const char *name, const char *value);
 int threadguard_import_mode(void);
 int threadguard_mode(void);

@@ -31,6 +31,8 @@ examples:
   threadguard doctor                          which limit a job would hit here, and the fix
   threadguard doctor -- python train.py       why this command failed
   threadguard bench --quick                   what fewer threads cost here; a node profile
+  threadguard top                             every guarded process's threads by library, live
+  threadguard stats --pid 1234                one running process's table, as at its exit
 """
 
 
@@ -51,6 +53,12 @@ def _report_value(value: str) -> str:
         return value
     raise argparse.ArgumentTypeError(
         f"{value!r} is neither 'stderr' nor a path ending in .json")
+
+
+def _pid(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a process id (a whole number above 0)")
+    return int(value)
 
 
 def _seconds(value: str) -> float:
@@ -77,6 +85,16 @@ def _setting_value(option: Option) -> Callable[[str], str]:
 # The subcommands' one-line help, for the top-level listing.
 _DOCTOR_HELP = "explain this node's thread limits, or why a command failed"
 _BENCH_HELP = "measure what fewer threads cost here and save a node profile"
+_TOP_HELP = "every guarded process on this node: threads by library, pools, limits, live"
+_TOP_DESCRIPTION = (
+    "Show every guarded process of this user on this node (root: of every user), refreshed "
+    "like top: its threads live and at peak by the library that created them, its pool sizes "
+    "and where they came from, its failed creations, and each user's tasks against "
+    "RLIMIT_NPROC and each cgroup's pids.max, with the tasks of unguarded processes shown as "
+    "such. Guarded processes (started by `threadguard run` or that `import threadguard`) "
+    "publish their counters in /dev/shm/threadguard-UID/ (THREADGUARD_PUBLISH=0 turns that "
+    "off); reading them needs no root and never stops or slows them. Keys: q quits, s cycles "
+    "the sort, / sets a filter, Esc clears it.")
 
 
 def _command_in(argv: Sequence[str]) -> Optional[str]:
@@ -92,7 +110,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     help texts cost imports, are built in full only when argv names them
     (or names no subcommand, for the top-level help and its errors)."""
     wanted = _command_in(argv)
-    full = {name: wanted in (None, name) for name in ("doctor", "bench")}
+    full = {name: wanted in (None, name) for name in ("doctor", "bench", "top")}
     parser = argparse.ArgumentParser(
         prog="threadguard",
         description="Count, size and budget the threads of numpy, SciPy and PyTorch programs.",
@@ -138,12 +156,25 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     else:
         commands.add_parser("bench", help=_BENCH_HELP)
 
+    if full["top"]:
+        from .top.command import add_arguments
+        top = commands.add_parser("top", help=_TOP_HELP, description=_wrap(_TOP_DESCRIPTION),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(top, _seconds)
+    else:
+        commands.add_parser("top", help=_TOP_HELP)
+
     stats = commands.add_parser(
-        "stats", help="show a report written with THREADGUARD_REPORT=PATH.json",
+        "stats", help="show a report written with THREADGUARD_REPORT=PATH.json, or a running "
+                      "process's",
         description="Show the thread counters in a report file written at exit by a program "
-                    "run with --report PATH.json (or THREADGUARD_REPORT=PATH.json).")
-    stats.add_argument("report", metavar="REPORT.json", help="the report file")
+                    "run with --report PATH.json (or THREADGUARD_REPORT=PATH.json), or, with "
+                    "--pid, those of a guarded process running now (the same table its exit "
+                    "report would print, read from the counters it publishes).")
+    stats.add_argument("report", metavar="REPORT.json", nargs="?", help="the report file")
+    stats.add_argument("--pid", type=_pid, help="a running guarded process instead of a file")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(subparser=stats)
     return parser
 
 
@@ -371,11 +402,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if args.command == "libpath":
             print(_packaged_library())
             return 0
+        if args.command == "top":
+            from .top.command import main as top
+            return top(args)
         if args.command == "stats":
             import json
 
-            from ._stats import load_report
-            report = load_report(args.report)
+            from ._stats import load_report, stats
+            if (args.report is None) == (args.pid is None):
+                args.subparser.error("give a report file or --pid PID (one of them)")
+            report = load_report(args.report) if args.pid is None else stats(args.pid)
             print(json.dumps(report.to_json(), indent=2) if args.json else report.format_table())
             return 0
     except ThreadguardError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ThreadguardError", "LibraryNotFoundError", "ReportError"]
+__all__ = ["ThreadguardError", "LibraryNotFoundError", "ReportError", "PublishedFileError"]
 
 
 class ThreadguardError(Exception):
@@ -15,3 +15,8 @@ class LibraryNotFoundError(ThreadguardError):
 
 class ReportError(ThreadguardError):
     """A report file (THREADGUARD_REPORT=PATH.json) is missing or malformed."""
+
+
+class PublishedFileError(ThreadguardError):
+    """A running process's published counters (/dev/shm/threadguard-UID/) are
+    missing, or their file is corrupt, truncated or of another version."""

@@ -155,6 +155,38 @@ def report_json() -> Dict[str, Any]:
         size = length + 1
 
 
+def published_path() -> str:
+    """The file this process publishes its counters in ("" when none)."""
+    return text(load().threadguard_published_path())
+
+
+def read_published(path: str) -> Dict[str, Any]:
+    """Another process's report, read from the file it publishes, as a dict.
+    PublishedFileError, with the library's one-line reason, when the file
+    is gone or rejected."""
+    import json
+
+    from ._errors import PublishedFileError
+
+    lib = load()
+    size = 1 << 18
+    encoded = os.fsencode(path)
+    while True:
+        buffer = ffi.new("char[]", size)
+        length = int(lib.threadguard_read_published(encoded, buffer, size))
+        if length < 0:
+            raise PublishedFileError(text(lib.threadguard_last_error()))
+        if length < size:
+            try:
+                data: Dict[str, Any] = json.loads(
+                    ffi.buffer(buffer, length)[:].decode("utf-8", "replace"))
+            except ValueError as exc:
+                raise PublishedFileError(f"{path}: rejected: its document is not valid JSON "
+                                         f"({exc})") from None
+            return data
+        size = length + 1
+
+
 def text(ptr: Any) -> str:
     """A C string from the library as str ('' for NULL)."""
     if ptr == ffi.NULL:

@@ -54,6 +54,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("THREADGUARD_OBSERVE", "observe", "0|1",
            "count threads and record failed creations, but change nothing: no pool sizes, "
            "stack, arenas or limits (what `threadguard doctor -- CMD` uses)"),
+    Option("THREADGUARD_PUBLISH", "publish", "0|1",
+           "publish the thread counters in /dev/shm/threadguard-UID/ while the program runs, "
+           "for `threadguard top` and `threadguard stats --pid` (default 1; 0 turns it off)"),
 )
 
 

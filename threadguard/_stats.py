@@ -247,9 +247,14 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def stats() -> Stats:
+def stats(pid: Optional[int] = None) -> Stats:
     """Counters of this process's threads, by the library that created them,
     with the settings, the pool sizes decided so far and the headroom now.
+
+    With pid: the same for another running guarded process of this user
+    (root: of any user), read from the counters it publishes
+    (`threadguard stats --pid PID`); its ``headroom_now`` is empty, and
+    PublishedFileError says why when it publishes none.
 
     Threads are counted in both modes: preloaded ('threadguard run -- CMD'),
     every thread from the start; in import mode (``import threadguard``
@@ -258,6 +263,9 @@ def stats() -> Stats:
     as "not seen created" (``untracked``). Only with import mode turned off
     (THREADGUARD_IMPORT=off) and no preload are the rows empty and
     ``interposing`` False; ``mode`` says which is active."""
+    if pid is not None:
+        from ._published import read_pid
+        return Stats.from_json(read_pid(pid))
     return Stats.from_json(_native.report_json())
 
 
