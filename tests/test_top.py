@@ -159,17 +159,31 @@ def test_counts_follow_threads_as_they_come_and_go(children):
 
 def test_a_killed_process_disappears_at_the_next_look(children):
     """Acceptance: a SIGKILLed guarded process is gone from the next view,
-    and its file is removed by that reader."""
+    and its file is removed by that reader.  The reader publishes nothing
+    here: a guarded process's own start also removes such files (below)."""
+    reader = clean_env(THREADGUARD_PUBLISH="0")
     child = Child("numpy", threads=1)
     children.append(child)
     child.read()
-    assert child.pid in top_json()
+    assert child.pid in top_json(env=reader)
     path = published_file(child.pid)
     child.proc.kill()
     child.proc.wait()
     assert path.exists(), "SIGKILL leaves the file behind"
-    assert child.pid not in top_json()
+    assert child.pid not in top_json(env=reader)
     assert not path.exists(), "the reader removed the dead process's file"
+
+
+def test_a_new_guarded_process_removes_files_of_dead_ones(children):
+    child = Child("plain", threads=1)
+    children.append(child)
+    child.read()
+    path = published_file(child.pid)
+    child.proc.kill()
+    child.proc.wait()
+    assert path.exists()
+    subprocess.run([sys.executable, "-c", "import threadguard"], env=clean_env(), check=True)
+    assert not path.exists(), "the new process's start swept it"
 
 
 def test_a_process_that_execs_an_unguarded_program_is_not_shown(tmp_path):
