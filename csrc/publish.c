@@ -37,6 +37,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "publish.h"
@@ -366,7 +367,9 @@ int tg_publish_read(const char *path, struct tg_published *copy) {
     } else {
         why = "changed while read, again and again";
         size_t head = offsetof(struct tg_published, doc);
-        for (int attempt = 0; attempt < 16; attempt++) {
+        /* A rewrite takes tens of microseconds, more on a busy node: wait
+         * for it (about a second at most) rather than refuse the file. */
+        for (int attempt = 0; attempt < 1000; attempt++) {
             unsigned long long seq;
             if (read_all(fd, copy, head, 0) != 0) {
                 why = "truncated while read";
@@ -390,7 +393,12 @@ int tg_publish_read(const char *path, struct tg_published *copy) {
                 why = check(copy, pid_of_path(path));
                 break;
             }
-            sched_yield(); /* being rewritten: a few microseconds */
+            if (attempt < 16) {
+                sched_yield();
+            } else {
+                struct timespec pause = {0, 1000000}; /* 1 ms */
+                nanosleep(&pause, NULL);
+            }
         }
     }
     close(fd);
