@@ -3,7 +3,9 @@ their counters while they run, and readers see them live, without root.
 
 Each test starts guarded processes (tests/top_child.py: plain threads,
 numpy's OpenBLAS pool, torch's pools), has each print its own stats(), and
-compares with what another process reads from the published files."""
+compares with what another process reads from the published files.  Every
+command runs from tests/, never the checkout's root, where `python -m
+threadguard` would import the unbuilt source tree."""
 
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def children():
 def top(*args: str, prefix: List[str] = (), env: Optional[Dict[str, str]] = None,
         check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([*prefix, sys.executable, "-m", "threadguard", "top", *args],
-                          capture_output=True, text=True, env=env or clean_env(), cwd="/",
+                          capture_output=True, text=True, env=env or clean_env(), cwd=HERE,
                           timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -182,7 +184,8 @@ def test_a_new_guarded_process_removes_files_of_dead_ones(children):
     child.proc.kill()
     child.proc.wait()
     assert path.exists()
-    subprocess.run([sys.executable, "-c", "import threadguard"], env=clean_env(), check=True)
+    subprocess.run([sys.executable, "-c", "import threadguard"], env=clean_env(), check=True,
+                   cwd=HERE)
     assert not path.exists(), "the new process's start swept it"
 
 
@@ -193,9 +196,10 @@ def test_a_process_that_execs_an_unguarded_program_is_not_shown(tmp_path):
             "env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}; "
             "sys.stdout.flush(); os.execve('/bin/sleep', ['sleep', '60'], env)")
     proc = subprocess.Popen([sys.executable, "-m", "threadguard", "run", "--", sys.executable,
-                             "-c", code], env=clean_env(), stdout=subprocess.PIPE)
+                             "-c", code], env=clean_env(), stdout=subprocess.PIPE, cwd=HERE)
     try:
         for _ in range(600):  # until the exec happened
+            assert proc.poll() is None, f"the guarded program ended: {proc.returncode}"
             if os.path.basename(os.readlink(f"/proc/{proc.pid}/exe")) == "sleep":
                 break
             time.sleep(0.05)
@@ -231,11 +235,12 @@ def test_stats_pid_prints_the_exit_reports_table(children, tmp_path):
     children.append(child)
     child.read()
     live = subprocess.run([sys.executable, "-m", "threadguard", "stats", "--pid",
-                           str(child.pid)], capture_output=True, text=True, env=clean_env())
+                           str(child.pid)], capture_output=True, text=True, env=clean_env(),
+                          cwd=HERE)
     assert live.returncode == 0, live.stderr
     as_json = json.loads(subprocess.run(
         [sys.executable, "-m", "threadguard", "stats", "--pid", str(child.pid), "--json"],
-        capture_output=True, text=True, env=clean_env(), check=True).stdout)
+        capture_output=True, text=True, env=clean_env(), check=True, cwd=HERE).stdout)
     assert as_json["pid"] == child.pid and as_json["pools"]
     child.proc.stdin.write("exit\n")
     child.proc.stdin.flush()
@@ -252,7 +257,7 @@ def test_stats_pid_prints_the_exit_reports_table(children, tmp_path):
 
 def test_stats_pid_of_an_unguarded_process_says_why():
     proc = subprocess.run([sys.executable, "-m", "threadguard", "stats", "--pid", "1"],
-                          capture_output=True, text=True, env=clean_env())
+                          capture_output=True, text=True, env=clean_env(), cwd=HERE)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "publishes no threadguard counters" in proc.stderr
 
@@ -265,7 +270,7 @@ def test_publish_off_publishes_nothing(children):
     assert child.pid not in top_json()
     code = "import threadguard._native as n; print(repr(n.published_path()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=clean_env(THREADGUARD_PUBLISH="0"), check=True).stdout
+                         env=clean_env(THREADGUARD_PUBLISH="0"), check=True, cwd=HERE).stdout
     assert out.strip() == "''"
 
 
@@ -286,7 +291,8 @@ def test_corrupt_and_truncated_files_are_rejected_with_one_line(children, tmp_pa
     assert any("bad magic" in line for line in lines), proc.stderr
     assert any("truncated (1000 bytes" in line for line in lines), proc.stderr
     stats = subprocess.run([sys.executable, "-m", "threadguard", "stats", "--pid",
-                            str(truncated.pid)], capture_output=True, text=True, env=clean_env())
+                            str(truncated.pid)], capture_output=True, text=True, env=clean_env(),
+                           cwd=HERE)
     assert stats.returncode == 2 and stats.stderr.count("\n") == 1, stats.stderr
     assert "rejected: truncated" in stats.stderr
     # Files nothing maps, read directly: an empty one, another layout, noise.
@@ -373,7 +379,7 @@ def test_prometheus_textfile_and_loopback_port(children, tmp_path):
 
     server = subprocess.Popen([sys.executable, "-m", "threadguard", "top", "--listen",
                                "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
-                              env=clean_env())
+                              env=clean_env(), cwd=HERE)
     try:
         line = server.stderr.readline()
         url = re.search(r"http://\S+/metrics", line).group(0)
@@ -410,7 +416,8 @@ def test_full_screen_view_in_a_real_terminal(children, tmp_path):
     socket_path = tmp_path / "tmux.sock"
     tmux = ["tmux", "-S", str(socket_path)]
     env = clean_env(TERM="xterm-256color")
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40",
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c",
+                    str(HERE),
                     f"{sys.executable} -m threadguard top --interval 1; sleep 30"],
                    env=env, check=True)
 
