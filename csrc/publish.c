@@ -30,8 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include <stdio.h> /* renameat */
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
@@ -46,10 +45,12 @@
 #include "error.h"
 #include "procfs.h"
 
-/* Files of dead processes removed by each process at its start, at most:
- * enough to keep up with the processes a node starts, bounded so that a
- * directory full of them never slows a start down much. */
+/* Files of dead processes removed by each process at its start, at most,
+ * and the entries it looks at (a /proc read each): enough to keep up with
+ * the processes a node starts, bounded so that a directory of hundreds of
+ * live processes never slows a start down (readers clean the rest). */
 #define SWEEP_MAX 8
+#define SWEEP_LOOKS 32
 
 static struct tg_published *published;
 static char file_path[96];
@@ -126,9 +127,9 @@ static int parse_name(const char *name, int *pid, long long *start, const char *
  * exec'ed into an unguarded program is left to the readers). */
 static void sweep(int dir) {
     char buf[4096] __attribute__((aligned(8)));
-    int removed = 0;
+    int removed = 0, looks = 0;
     long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
-    for (long off = 0; off < n && removed < SWEEP_MAX;) {
+    for (long off = 0; off < n && removed < SWEEP_MAX && looks < SWEEP_LOOKS;) {
         struct dirent64 *d = (struct dirent64 *)(void *)(buf + off);
         off += d->d_reclen;
         int pid;
@@ -137,6 +138,7 @@ static void sweep(int dir) {
         int temporary = name[0] == '.';
         if (parse_name(name + temporary, &pid, &start, temporary ? ".new" : ".live") != 0)
             continue;
+        looks++;
         if (tg_start_time_of(pid) == start) continue;
         if (unlinkat(dir, name, 0) == 0) removed++;
     }
@@ -186,8 +188,8 @@ static struct tg_published *create_file(const struct tg_counter_block *from) {
     if (p == NULL) {
         unlinkat(dir, temp, 0);
     } else {
-        size_t used = put_text(file_path, sizeof file_path, "/dev/shm/threadguard-");
-        used += put_number(file_path + used, sizeof file_path - used, (long long)getuid());
+        dir_path(file_path, sizeof file_path);
+        size_t used = strlen(file_path);
         used += put_text(file_path + used, sizeof file_path - used, "/");
         put_text(file_path + used, sizeof file_path - used, name);
     }

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import _native
 from ._errors import PublishedFileError
@@ -121,6 +121,31 @@ def _remove(path: Path, scan_result: Scan) -> None:
         pass  # another user's, seen by root: removed by its owner's next look
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A file in a shared directory named like a process's."""
+
+    uid: int
+    path: Path
+    pid: int
+    start: int
+    temporary: bool  # still being created (".PID.START.new")
+
+
+def _entries(all_users: bool) -> Iterator[_Entry]:
+    for uid, directory in _dirs(all_users):
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue  # none yet, or not ours to read
+        for name in names:
+            temporary = _TEMPORARY.fullmatch(name)
+            match = temporary or _FILE.fullmatch(name)
+            if match is not None:
+                yield _Entry(uid=uid, path=directory / name, pid=int(match.group(1)),
+                             start=int(match.group(2)), temporary=bool(temporary))
+
+
 def scan(all_users: Optional[bool] = None) -> Scan:
     """Every live guarded process that publishes: this user's, or every
     user's for root (all_users defaults to whether this is root).  Files of
@@ -129,30 +154,20 @@ def scan(all_users: Optional[bool] = None) -> Scan:
     if all_users is None:
         all_users = os.geteuid() == 0
     result = Scan()
-    for uid, directory in _dirs(all_users):
+    for entry in _entries(all_users):
+        if not _alive(entry.pid, entry.start, entry.path, entry.temporary):
+            _remove(entry.path, result)
+            continue
+        if entry.temporary:
+            continue  # being created
         try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue  # none yet, or not ours to read
-        for name in names:
-            path = directory / name
-            temporary = _TEMPORARY.fullmatch(name)
-            match = temporary or _FILE.fullmatch(name)
-            if match is None:
-                continue
-            pid, start = int(match.group(1)), int(match.group(2))
-            if not _alive(pid, start, path, bool(temporary)):
-                _remove(path, result)
-                continue
-            if temporary:
-                continue  # being created
-            try:
-                report = _native.read_published(str(path))
-            except PublishedFileError as exc:
-                if path.exists() and _start_time(pid) == start:
-                    result.rejected.append(str(exc))
-                continue  # else: it exited while read
-            result.processes.append(Published(pid=pid, uid=uid, path=path, report=report))
+            report = _native.read_published(str(entry.path))
+        except PublishedFileError as exc:
+            if entry.path.exists() and _start_time(entry.pid) == entry.start:
+                result.rejected.append(str(exc))
+            continue  # else: it exited while read
+        result.processes.append(Published(pid=entry.pid, uid=entry.uid, path=entry.path,
+                                          report=report))
     return result
 
 
@@ -161,17 +176,10 @@ def read_pid(pid: int) -> Dict[str, Any]:
     PublishedFileError when it publishes none this user can read."""
     if _start_time(pid) is None:
         raise PublishedFileError(f"no process {pid} is running")
-    dirs = _dirs(os.geteuid() == 0)
-    for _uid, directory in dirs:
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in names:
-            match = _FILE.fullmatch(name)
-            if match and int(match.group(1)) == pid and \
-                    _alive(pid, int(match.group(2)), directory / name, False):
-                return _native.read_published(str(directory / name))
+    for entry in _entries(os.geteuid() == 0):
+        if entry.pid == pid and not entry.temporary and \
+                _alive(pid, entry.start, entry.path, False):
+            return _native.read_published(str(entry.path))
     raise PublishedFileError(
         f"process {pid} publishes no threadguard counters this user can read: it is not "
         f"guarded (start it with `threadguard run -- CMD` or `import threadguard`), it runs "
