@@ -16,17 +16,26 @@
  *            limits.cpu) set in the pod spec: "2", or millicores "1500m"
  *   Python   PYTHON_CPU_COUNT (3.13's override of os.cpu_count)
  *   OpenMP   OMP_THREAD_LIMIT
- *   torchrun its local ranks share the node: the smallest figure divided
- *            by LOCAL_WORLD_SIZE (TORCHELASTIC_RUN_ID marks torchrun's
- *            workers)
+ *   launchers  ranks started side by side on one node share it: Open MPI
+ *            (OMPI_COMM_WORLD_LOCAL_SIZE), MPICH and Intel MPI
+ *            (MPI_LOCALNRANKS), MVAPICH2 (MV2_COMM_WORLD_LOCAL_SIZE), Cray
+ *            PALS (PALS_LOCAL_SIZE), torchrun, DeepSpeed and Accelerate
+ *            (LOCAL_WORLD_SIZE): the job's CPUs divided by the local ranks.
+ *            Ranks the launcher bound to CPU sets of their own (an affinity
+ *            narrower than the job's CPUs) keep their set when it is no
+ *            larger than that share: it is not divided again.
+ *   workers  the guarded parent's CPUs divided among its live guarded
+ *            children (share.c): a Pool's workers, DataLoader workers, a
+ *            fan-out of scripts
  *
  * Nothing here allocates.  A malformed figure is named once on stderr and
  * skipped.
  *
- * Layer: state.  Calls config.c and error.c. */
+ * Layer: state.  Calls share.c, config.c and error.c. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -75,8 +84,15 @@ static void malformed(unsigned bit, const char *name, const char *value, const c
 
 enum {
     W_SLURM_PER_TASK, W_SLURM_ON_NODE, W_PBS_PPN, W_PBS_NCPUS, W_SGE_NSLOTS, W_LSF_NUMPROC,
-    W_K8S_CPU_LIMIT, W_PYTHON, W_OMP_LIMIT, W_LOCAL_WORLD
+    W_K8S_CPU_LIMIT, W_PYTHON, W_OMP_LIMIT, W_LOCAL_WORLD, W_OMPI, W_MPICH, W_MV2, W_PALS
 };
+
+/* Names that carry a figure ("4 workers of pid 1234") live in a ring: a
+ * report prints a source's name long after the measurement. */
+#define LABELS 32
+static char labels[LABELS][64];
+static _Atomic unsigned next_label;
+
 
 /* A variable holding a count of CPUs ("4", trailing blanks allowed):
  * -1 when unset or malformed (named once). */
@@ -274,17 +290,68 @@ static void kubernetes(struct tg_allocation *a) {
     add(a, "CPU_LIMIT (Kubernetes)", n);
 }
 
-static void torchrun(struct tg_allocation *a) {
-    if (!is_set("TORCHELASTIC_RUN_ID")) return;
-    long long ranks = count_env("LOCAL_WORLD_SIZE", W_LOCAL_WORLD);
-    if (ranks <= 1 || a->cpus <= 0) return;
-    add(a, "torchrun: the allocation / LOCAL_WORLD_SIZE", a->cpus / ranks > 0 ? a->cpus / ranks : 1);
+/* The smallest figure seen that is not the affinity: what the job has on
+ * this node by its scheduler's and cgroup's account (the node's CPUs when
+ * none says). */
+static long long job_cpus(const struct tg_allocation *a) {
+    long long least = a->node_cpus;
+    for (int i = 0; i < a->count; i++)
+        if (a->seen[i].name != AFFINITY && (least <= 0 || a->seen[i].cpus < least))
+            least = a->seen[i].cpus;
+    return least;
 }
 
-void tg_allocation_measure(struct tg_allocation *a, long long affinity, long long quota) {
+/* Ranks on this node divide the job's CPUs.  Unbound ranks each see every
+ * CPU of the job: their share is the allocation / ranks.  Ranks a launcher
+ * bound (affinity narrower than the job's CPUs: a core, a socket, a set of
+ * their own) divide only what is shared: the share is the job's CPUs /
+ * ranks, and an affinity already within it stands as it is (the name
+ * says so). */
+static void local_ranks(struct tg_allocation *a, long long affinity, const char *variable,
+                        unsigned warn_bit, const char *launcher) {
+    long long ranks = count_env(variable, warn_bit);
+    if (ranks <= 1) return;
+    if (a->local_ranks == 0) a->local_ranks = (int)ranks;
+    int bound = affinity > 0 && a->node_cpus > 0 && affinity < a->node_cpus;
+    long long base = bound ? job_cpus(a) : a->cpus;
+    if (base <= 0) return;
+    long long share = base / ranks > 0 ? base / ranks : 1;
+    const char *name;
+    if (strcmp(variable, "LOCAL_WORLD_SIZE") == 0 && is_set("TORCHELASTIC_RUN_ID")) {
+        name = "torchrun: the allocation / LOCAL_WORLD_SIZE";
+    } else {
+        unsigned i = atomic_fetch_add_explicit(&next_label, 1, memory_order_relaxed) % LABELS;
+        snprintf(labels[i], sizeof labels[i], "%s: %lld local ranks%s", launcher, ranks,
+                 bound && affinity <= share ? " (bound: the affinity stands)" : "");
+        name = labels[i];
+    }
+    add(a, name, share);
+}
+
+static void launchers(struct tg_allocation *a, long long affinity) {
+    local_ranks(a, affinity, "OMPI_COMM_WORLD_LOCAL_SIZE", W_OMPI, "Open MPI");
+    local_ranks(a, affinity, "MPI_LOCALNRANKS", W_MPICH, "MPICH/Intel MPI");
+    local_ranks(a, affinity, "MV2_COMM_WORLD_LOCAL_SIZE", W_MV2, "MVAPICH2");
+    local_ranks(a, affinity, "PALS_LOCAL_SIZE", W_PALS, "Cray PALS");
+    local_ranks(a, affinity, "LOCAL_WORLD_SIZE", W_LOCAL_WORLD, "LOCAL_WORLD_SIZE");
+}
+
+/* The guarded parent's CPUs divided among its live guarded children. */
+static void workers(struct tg_allocation *a) {
+    long long share = tg_share_workers(&a->sharing);
+    if (share <= 0) return;
+    unsigned i = atomic_fetch_add_explicit(&next_label, 1, memory_order_relaxed) % LABELS;
+    snprintf(labels[i], sizeof labels[i], "%d worker%s of pid %d", a->sharing.processes,
+             a->sharing.processes == 1 ? "" : "s", a->sharing.parent);
+    add(a, labels[i], share);
+}
+
+void tg_allocation_measure(struct tg_allocation *a, long long affinity, long long quota,
+                           long long node) {
     memset(a, 0, sizeof *a);
     a->cpus = NO_FIGURE;
     a->from = "unknown";
+    a->node_cpus = node;
 
     add(a, is_set("FLUX_JOB_ID") ? "affinity (Flux cpu-affinity)" : AFFINITY, affinity);
     add(a, QUOTA, quota);
@@ -298,11 +365,13 @@ void tg_allocation_measure(struct tg_allocation *a, long long affinity, long lon
         add(a, "PYTHON_CPU_COUNT", count_env("PYTHON_CPU_COUNT", W_PYTHON));
     a->omp_thread_limit = count_env("OMP_THREAD_LIMIT", W_OMP_LIMIT);
     add(a, "OMP_THREAD_LIMIT", a->omp_thread_limit);
-    torchrun(a);
+    launchers(a, affinity);
+    workers(a);
     if (a->cpus <= 0) {
         a->cpus = 1;
         a->from = "unknown (1 assumed)";
     }
+    tg_share_note_cpus(a->cpus); /* what this process's own children divide */
 }
 
 /* ---- a launcher's forced pool size ------------------------------------------ */

@@ -5,6 +5,8 @@
 
 #include "common.h"
 
+#include "share.h"
+
 /* One figure that bounds the CPUs this process may use, and where it came
  * from (a static string: reports print it long after). */
 struct tg_cpu_source {
@@ -21,14 +23,21 @@ struct tg_allocation {
     const char *from; /* its source */
     /* The raw figures the report has always carried (-1: unset). */
     long long slurm_cpus_per_task, slurm_cpus_on_node, omp_thread_limit;
+    /* The job's CPUs on this node that local ranks divide (the cgroup's
+     * cpuset, else the online CPUs), and the processes sharing them. */
+    long long node_cpus;
+    int local_ranks; /* a launcher's ranks on this node; 0: none */
+    struct tg_sharing sharing;
 };
 
 /* Every source in turn: affinity (the CPUs the kernel lets this process
- * run on) and quota (the cgroup's CPU quota, rounded up) as measured by
- * the caller (-1 when unknown), then the schedulers' and launchers'
- * variables.  Allocates nothing. */
+ * run on), quota (the cgroup's CPU quota, rounded up) and node (the job's
+ * CPUs on this node: its cpuset, else the online CPUs) as measured by the
+ * caller (-1 when unknown), then the schedulers' and launchers' variables,
+ * then the guarded parent's CPUs divided among its live children.
+ * Allocates nothing. */
 TG_HIDDEN void tg_allocation_measure(struct tg_allocation *a, long long affinity,
-                                     long long quota);
+                                     long long quota, long long node);
 
 /* At the process's start: remember whether a guarded ancestor started with
  * OMP_NUM_THREADS unset, and mark the same for this process's children

@@ -199,7 +199,7 @@ void tg_ledger_prepare(void) {
  * and has not started. */
 static long long outstanding(void) {
     long long sum = 0;
-    for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
+    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++) {
         long long promised = atomic_load_explicit(&tg_libs[i].promised, memory_order_relaxed);
         if (promised <= 0) continue;
         long long live = atomic_load_explicit(&tg_libs[i].c.live, memory_order_relaxed);

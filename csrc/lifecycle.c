@@ -4,24 +4,35 @@
  * the setters, import mode, the public functions) calls tg_init here, and
  * this file calls down into the state, policy and output modules, never up.
  *
+ * It also defines _exit and _Exit: a worker that multiprocessing forked ends
+ * through os._exit(), which runs no atexit handler and no destructor, yet
+ * its report is due and its published file and its place among its
+ * parent's children must go, as for a process that returns from main.
+ *
  * Layer: lifecycle.  Calls threads.c, registry.c, glibc.c, config.c,
- * shaping.c, failures.c, ledger.c, publish.c, report.c and error.c. */
+ * shaping.c, forked.c, share.c, failures.c, ledger.c, publish.c, report.c
+ * and error.c. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lifecycle.h"
 
 #include "config.h"
 #include "error.h"
 #include "failures.h"
+#include "forked.h"
 #include "glibc.h"
 #include "ledger.h"
 #include "publish.h"
 #include "registry.h"
 #include "report.h"
 #include "shaping.h"
+#include "share.h"
 #include "threads.h"
 
 /* 0: not started, 1: running, 2: done.  Not pthread_once: a signal handler
@@ -32,13 +43,25 @@ static _Atomic int init_state;
  * a getenv inside glibc) falls through to the real function. */
 static __thread volatile int initialising __attribute__((tls_model("initial-exec")));
 
+/* The process whose state this is: a vfork child shares its parent's
+ * memory, runs no fork handler, and must not end the parent's state. */
+static _Atomic int owner_pid;
+static _Atomic int ended;
+
+typedef void (*exit_fn)(int);
+static exit_fn real_exit, real_Exit;
+
 static void after_fork_in_child(void) {
+    atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&ended, 0, memory_order_relaxed);
     /* First: the counters reset below must be the child's own. */
     tg_publish_after_fork_in_child();
     tg_threads_after_fork_in_child();
     tg_registry_reset_counters();
     tg_failures_reset();
     tg_ledger_after_fork_in_child();
+    tg_share_register(0);
+    tg_forked_child(); /* the pools it inherited, resized to its share */
 }
 
 static void initialise(void) {
@@ -47,10 +70,14 @@ static void initialise(void) {
     tg_glibc_init();
     tg_config_load();
     tg_publish_init(); /* before any thread is counted: the block moves */
+    tg_share_register(1); /* before the first measurement: it counts siblings */
     tg_registry_init();
     tg_real_create(); /* resolved now, before any thread needs it */
+    real_exit = (exit_fn)dlsym(RTLD_NEXT, "_exit");
+    real_Exit = (exit_fn)dlsym(RTLD_NEXT, "_Exit");
+    atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
     tg_shaping_init();
-    pthread_atfork(NULL, NULL, after_fork_in_child);
+    pthread_atfork(tg_forked_prepare, NULL, after_fork_in_child);
     tg_report_publish();
 }
 
@@ -90,8 +117,27 @@ int tg_init(void) {
 
 __attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
 
-__attribute__((destructor)) static void threadguard_destructor(void) {
+/* What ending the process owes: once, and only in the process that owns
+ * this state. */
+static void end_process(void) {
+    if (atomic_load_explicit(&init_state, memory_order_acquire) != 2 ||
+        atomic_load_explicit(&owner_pid, memory_order_relaxed) != (int)getpid() ||
+        atomic_exchange_explicit(&ended, 1, memory_order_acq_rel))
+        return;
+    tg_share_release();
     tg_ledger_release();
     tg_report_at_exit();
     tg_publish_remove();
 }
+
+__attribute__((destructor)) static void threadguard_destructor(void) { end_process(); }
+
+__attribute__((noreturn)) static void leave(exit_fn fn, int status) {
+    end_process();
+    if (fn != NULL) fn(status);
+    syscall(SYS_exit_group, status);
+    for (;;) pause();
+}
+
+THREADGUARD_API void _exit(int status) { leave(real_exit, status); }
+THREADGUARD_API void _Exit(int status) { leave(real_Exit ? real_Exit : real_exit, status); }

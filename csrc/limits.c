@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/resource.h>
+#include <sys/sysinfo.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -271,6 +272,49 @@ static long long affinity_cpus(void) {
     return CPU_COUNT(&set);
 }
 
+/* CPUs in a list like "0-3,8-11" (cpuset.cpus.effective); -1: none. */
+static long long cpu_list_count(const char *s) {
+    long long count = 0;
+    while (*s >= '0' && *s <= '9') {
+        long long first = leading_number(s), last = first;
+        while (*s >= '0' && *s <= '9') s++;
+        if (*s == '-') {
+            last = leading_number(++s);
+            while (*s >= '0' && *s <= '9') s++;
+        }
+        if (last >= first) count += last - first + 1;
+        if (*s != ',') break;
+        s++;
+    }
+    return count > 0 ? count : -1;
+}
+
+static void visit_cpuset(const char *dir, void *ctx) {
+    long long *cpus = ctx;
+    char path[1100], buf[1024];
+    if (*cpus > 0) return; /* the innermost group's set is the one in force */
+    snprintf(path, sizeof path, "%s/cpuset.cpus.effective", dir); /* v2 */
+    if (read_file(path, buf, sizeof buf) <= 0) {
+        snprintf(path, sizeof path, "%s/cpuset.effective_cpus", dir); /* v1 */
+        if (read_file(path, buf, sizeof buf) <= 0) return;
+    }
+    *cpus = cpu_list_count(buf);
+}
+
+/* The job's CPUs on this node, which ranks started side by side divide:
+ * the cgroup's cpuset (a container's or a scheduler's), else the online
+ * CPUs.  A cpuset smaller than the affinity cannot be the job's (a test
+ * shim stands in for a bigger node): the online CPUs then. */
+static long long node_cpus(long long affinity) {
+    long long cpuset = -1;
+    static const char *const cpuset_mounts[] = {"/sys/fs/cgroup/cpuset", NULL};
+    for_each_cgroup("cpuset", cpuset_mounts, visit_cpuset, &cpuset);
+    /* Through the PLT on purpose, like the affinity. */
+    long long online = get_nprocs();
+    if (cpuset > 0 && cpuset >= affinity && (online <= 0 || cpuset <= online)) return cpuset;
+    return online > 0 ? online : -1;
+}
+
 static void consider(struct tg_headroom *h, long long free, const char *limit) {
     if (free >= 0 && (h->free < 0 || free < h->free)) {
         h->free = free;
@@ -340,7 +384,8 @@ void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack)
     long long quota = -1;
     for_each_cgroup("cpu", cpu_mounts, visit_cpu, &quota);
     h->cpus_quota = quota;
-    tg_allocation_measure(&h->allocation, h->cpus_affinity, h->cpus_quota);
+    tg_allocation_measure(&h->allocation, h->cpus_affinity, h->cpus_quota,
+                          node_cpus(h->cpus_affinity));
     h->cpus = h->allocation.cpus;
     h->cpus_from = h->allocation.from;
 }

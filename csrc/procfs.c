@@ -66,7 +66,8 @@ long long tg_count_tasks_of(int pid) {
     return read_tasks(path, NULL, 0);
 }
 
-long long tg_start_time_of(int pid) {
+/* Field 22 of /proc/PID/stat; *state: field 3 (R, S, Z, ...). */
+static long long stat_start_time(int pid, char *state) {
     char path[64], buf[1024];
     proc_path(path, sizeof path, pid, "/stat");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -77,11 +78,30 @@ long long tg_start_time_of(int pid) {
     buf[n] = '\0';
     const char *p = strrchr(buf, ')'); /* the command may hold spaces */
     if (p == NULL) return -1;
+    if (state) *state = p[1] == ' ' ? p[2] : '?';
     for (int field = 2; *p && field < 22; p++)
         if (*p == ' ') field++;
     long long v = 0;
     for (; *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
     return v;
+}
+
+long long tg_start_time_of(int pid) { return stat_start_time(pid, NULL); }
+
+long long tg_running_start_time_of(int pid) {
+    char state = '?';
+    long long start = stat_start_time(pid, &state);
+    return state == 'Z' || state == 'X' || state == 'x' ? -1 : start;
+}
+
+long long tg_read_small_file(const char *path, char *buf, size_t size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n < 0) return -1;
+    buf[n] = '\0';
+    return n;
 }
 
 int tg_list_tasks(int *tids, int max) {

@@ -15,6 +15,11 @@ TG_HIDDEN long long tg_count_tasks_of(int pid);
  * the pid, it names one process (a pid is reused, the pair is not); -1 if
  * the process is gone. */
 TG_HIDDEN long long tg_start_time_of(int pid);
+/* The same, -1 also for a process that has ended and not been reaped yet
+ * (a zombie): only a running process counts as one sharing the CPUs. */
+TG_HIDDEN long long tg_running_start_time_of(int pid);
+/* Up to size - 1 bytes of a file into buf, terminated: the bytes read, or -1. */
+TG_HIDDEN long long tg_read_small_file(const char *path, char *buf, size_t size);
 /* Path of the running executable into buf ("" if unknown). */
 TG_HIDDEN void tg_exe_path(char *buf, size_t size);
 

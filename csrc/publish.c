@@ -144,6 +144,20 @@ static void sweep(int dir) {
     }
 }
 
+/* Copy the parts of a counter block that hold something: a file's pages in
+ * /dev/shm take memory only once written, so a fresh process (or a forked
+ * worker, many of which a pool starts) pays for the rows it uses, not for
+ * the whole table. */
+static void copy_used(struct tg_counter_block *to, const struct tg_counter_block *from) {
+    memcpy(to, from, offsetof(struct tg_counter_block, libs));
+    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_block_past_end(from, i); i++)
+        memcpy(&to->libs[i], &from->libs[i], sizeof to->libs[i]);
+    int decisions = atomic_load_explicit(&from->decision_count, memory_order_relaxed);
+    if (decisions > TG_MAX_DECISIONS) decisions = TG_MAX_DECISIONS;
+    for (int i = 0; i < decisions; i++)
+        memcpy(&to->decisions[i], &from->decisions[i], sizeof to->decisions[i]);
+}
+
 /* Create, fill and name the file of this process, copying *from into it.
  * Returns the mapping, or NULL. */
 static struct tg_published *create_file(const struct tg_counter_block *from) {
@@ -175,8 +189,9 @@ static struct tg_published *create_file(const struct tg_counter_block *from) {
         h->uid = (unsigned)getuid();
         h->start_time = start;
         put_text(h->version, sizeof h->version, THREADGUARD_VERSION_STRING);
-        memcpy(&p->block, from, sizeof p->block);
+        copy_used(&p->block, from);
         atomic_store_explicit(&h->tasks_at_start, -1, memory_order_relaxed);
+        atomic_store_explicit(&h->cpus_now, -1, memory_order_relaxed);
         /* The magic last: a reader checks it first. */
         __atomic_store_n(&h->magic, TG_PUBLISH_MAGIC, __ATOMIC_RELEASE);
         /* Named only now: a reader never sees a file its process does not map. */
@@ -218,8 +233,9 @@ void tg_publish_after_fork_in_child(void) {
     if (published != NULL) {
         tg_block = &published->block;
         /* The document: the parent's, until the child's first rewrite. */
-        memcpy(published->doc, parent->doc, sizeof published->doc);
         struct tg_published_header *h = &published->header, *from = &parent->header;
+        unsigned length = atomic_load(&from->doc_length);
+        memcpy(published->doc, parent->doc, length < TG_DOC_SIZE ? length : TG_DOC_SIZE);
         atomic_store_explicit(&h->doc_at_start, atomic_load(&from->doc_at_start),
                               memory_order_relaxed);
         atomic_store_explicit(&h->doc_budget, atomic_load(&from->doc_budget),
@@ -231,7 +247,7 @@ void tg_publish_after_fork_in_child(void) {
         atomic_store_explicit(&h->tasks_at_start, 0, memory_order_relaxed);
         memcpy(h->program, from->program, sizeof h->program);
     } else {
-        memcpy(&tg_private_block, &parent->block, sizeof tg_private_block);
+        copy_used(&tg_private_block, &parent->block);
         tg_block = &tg_private_block;
     }
     /* The parent's file is the parent's: never written from here on. */
@@ -246,6 +262,15 @@ void tg_publish_remove(void) {
 }
 
 const char *tg_publish_path(void) { return file_path; }
+
+struct tg_published *tg_published_self(void) { return published; }
+
+void tg_publish_file_path(char *buf, size_t size, int pid, long long start) {
+    dir_path(buf, size);
+    size_t used = strlen(buf);
+    used += put_text(buf + used, size - used, "/");
+    file_name(buf + used, size - used, "", pid, start, ".live");
+}
 
 void tg_publish_changed(void) {
     atomic_fetch_add_explicit(&generation, 1, memory_order_acq_rel);
@@ -335,6 +360,7 @@ static const char *check(struct tg_published *c, int pid_in_name) {
         terminate(d->lowered_by, sizeof d->lowered_by);
         terminate(d->caller, sizeof d->caller);
         terminate(d->limit, sizeof d->limit);
+        terminate(d->cpus_from, sizeof d->cpus_from);
     }
     for (int i = 0; i < TG_MAX_LIBS; i++) {
         struct tg_lib *lib = &c->block.libs[i];

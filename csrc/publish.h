@@ -17,7 +17,7 @@ TG_HIDDEN int tg_shared_dir(int create);
 
 #define TG_PUBLISH_MAGIC 0x3162757067746774ULL /* "tgtgpub1" */
 /* Raised whenever the layout below changes: a reader rejects another. */
-#define TG_PUBLISH_LAYOUT 1
+#define TG_PUBLISH_LAYOUT 2
 #define TG_DOC_SIZE (128 * 1024)
 
 /* Written once, before the file gets its name, except the atomics. */
@@ -41,6 +41,36 @@ struct tg_published_header {
     unsigned pad;
     char version[16];
     char program[512];
+    /* Sharing the CPU allocation (share.c).  The CPUs this process's pools
+     * are sized for as last measured, which its children divide among
+     * themselves (-1: not measured yet). */
+    _Atomic long long cpus_now;
+    /* The guarded process this one registered with as a child (0: none). */
+    _Atomic int parent_pid;
+    int pad2;
+    _Atomic long long parent_start;
+};
+
+/* One guarded child of the process that publishes the file: claimed by the
+ * child itself (pid 0 -> its pid), released at its exit; a child killed by
+ * a signal leaves its entry, which a reader recognises by the start time. */
+struct tg_child {
+    _Atomic int pid;
+    int pad;
+    _Atomic long long start_time;
+};
+
+#define TG_MAX_CHILDREN 1024
+
+/* The children's table, in its own pages after the header: a child maps
+ * only these pages of its parent's file, and only the pages children have
+ * touched take memory. */
+struct tg_children {
+    _Atomic unsigned generation; /* bumped at every claim and release */
+    _Atomic unsigned overflow;   /* children that found the table full */
+    _Atomic int used;            /* entries ever claimed: the rest were never touched */
+    int pad;
+    struct tg_child entry[TG_MAX_CHILDREN];
 };
 
 /* The file: header, the live counter block, the document.  The document's
@@ -49,9 +79,15 @@ struct tg_published_header {
  * the exit table's lines about settings and start-up. */
 struct tg_published {
     struct tg_published_header header;
-    struct tg_counter_block block;
+    struct tg_children children __attribute__((aligned(4096)));
+    struct tg_counter_block block __attribute__((aligned(4096)));
     char doc[TG_DOC_SIZE];
 };
+
+/* This process's published file (NULL when nothing is published). */
+TG_HIDDEN struct tg_published *tg_published_self(void);
+/* The directory's path and a process's file name in it, without printf. */
+TG_HIDDEN void tg_publish_file_path(char *buf, size_t size, int pid, long long start);
 
 /* Create this process's file and move the counter block into it (at
  * initialisation, before any thread is counted).  Nothing under secure

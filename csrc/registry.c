@@ -262,6 +262,7 @@ static void reset(struct tg_counters *c) {
 }
 
 void tg_registry_reset_counters(void) {
-    for (unsigned i = 0; i < TG_MAX_LIBS; i++) reset(&tg_libs[i].c);
+    /* Only rows in use: a row written is a page of the published file. */
+    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++) reset(&tg_libs[i].c);
     reset(&tg_total);
 }

@@ -67,6 +67,7 @@ struct tg_decision {
     long long free;      /* headroom used */
     char limit[40];      /* the limit that gave it ("none") */
     long long cpus;
+    char cpus_from[64];      /* the CPU figure's source ("4 workers of pid 1234") */
     _Atomic long long count; /* how many times this same decision was made */
 };
 
@@ -103,6 +104,15 @@ TG_HIDDEN extern struct tg_counter_block tg_private_block;
 #define tg_decisions_dropped (tg_block->decisions_dropped)
 #define tg_decision_count (tg_block->decision_count)
 #define tg_decisions (tg_block->decisions)
+
+/* Slots fill in order: the first free one past slot 0 ends the rows in
+ * use.  Loops over the table stop there: a page of the published file
+ * takes memory once read or written, and most of the table is never used. */
+static inline int tg_block_past_end(const struct tg_counter_block *b, unsigned i) {
+    return i != TG_UNKNOWN_SLOT &&
+           atomic_load_explicit(&b->libs[i].base, memory_order_acquire) == 0;
+}
+#define tg_lib_past_end(i) tg_block_past_end(tg_block, (i))
 
 TG_HIDDEN void tg_registry_init(void);
 /* The slot of the library that asked for a thread, given the return address

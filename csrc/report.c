@@ -193,7 +193,18 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
         put_json_string(o, h->allocation.seen[i].name);
         put(o, ", \"cpus\": %lld}", h->allocation.seen[i].cpus);
     }
-    put(o, "]");
+    put(o, "], ");
+    put_json_number(o, "node_cpus", h->allocation.node_cpus, ", ");
+    put(o, "\"local_ranks\": %d, \"sharing\": ", h->allocation.local_ranks);
+    const struct tg_sharing *s = &h->allocation.sharing;
+    if (s->parent <= 0) {
+        put(o, "null");
+    } else {
+        put(o, "{\"parent\": %d, \"parent_cpus\": %lld, \"processes\": %d, \"pids\": [",
+            s->parent, s->parent_cpus, s->processes);
+        for (int i = 0; i < s->listed; i++) put(o, "%s%d", i ? ", " : "", s->pids[i]);
+        put(o, "]}");
+    }
     put(o, "}");
 }
 
@@ -255,8 +266,9 @@ static void put_json_pools(struct out *o, const struct tg_counter_block *b) {
         put_json_number(o, "free", d->free, ", ");
         put(o, "\"limit\": ");
         put_json_string(o, d->limit);
-        put(o, ", \"cpus\": %lld, \"count\": %lld}", d->cpus,
-            atomic_load_explicit(&d->count, memory_order_relaxed));
+        put(o, ", \"cpus\": %lld, \"cpus_from\": ", d->cpus);
+        put_json_string(o, d->cpus_from);
+        put(o, ", \"count\": %lld}", atomic_load_explicit(&d->count, memory_order_relaxed));
     }
     put(o, "%s],\n", first ? "" : "\n  ");
 }
@@ -457,6 +469,10 @@ static void put_table_pools(struct out *o, const struct tg_counter_block *b) {
             /* The headroom's limit is named next; a ceiling is named here. */
             if (d->lowered && d->lowered_by[0] && strcmp(d->lowered_by, d->limit) != 0)
                 put(o, " by %s", d->lowered_by);
+            /* Sized to a share of the CPUs: whose share. */
+            if (d->source == TG_SOURCE_THREADGUARD && d->value == d->cpus && d->cpus_from[0] &&
+                strcmp(d->cpus_from, "affinity") != 0)
+                put(o, ", %lld CPU%s: %s", d->cpus, tg_s(d->cpus), d->cpus_from);
             if (d->free >= 0) put(o, " (%lld free under %s)", d->free, d->limit);
             long long count = atomic_load_explicit(&d->count, memory_order_relaxed);
             if (count > 1) put(o, " x%lld", count);
@@ -490,6 +506,10 @@ static void write_table_rest(struct out *o) {
     put(o, " (%s)\n", tg_source_name(tg_applied.arenas_source));
     const struct tg_headroom *h = &tg_headroom_at_start;
     put(o, "  headroom at start: %lld CPU%s (%s);", h->cpus, tg_s(h->cpus), h->cpus_from);
+    if (h->allocation.sharing.parent > 0)
+        put(o, " pid %d's %lld CPU%s shared by %d process%s;", h->allocation.sharing.parent,
+            h->allocation.sharing.parent_cpus, tg_s(h->allocation.sharing.parent_cpus),
+            h->allocation.sharing.processes, h->allocation.sharing.processes == 1 ? "" : "es");
     if (h->free >= 0)
         put(o, " %lld thread%s free under %s;", h->free, tg_s(h->free), h->limit);
     put_figure(o, "RLIMIT_NPROC", h->nproc_soft);

@@ -53,7 +53,7 @@ static int shares_pool(int asking_kind, int other_kind) {
 static long long pool_fit(unsigned slot, int kind, const struct tg_headroom *h) {
     if (h->free < 0) return -1; /* no limit anywhere */
     long long outstanding = 0, own_live = 0;
-    for (unsigned i = 0; i < TG_MAX_LIBS; i++) {
+    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++) {
         if (!atomic_load_explicit(&tg_libs[i].ready, memory_order_acquire)) continue;
         long long live = atomic_load_explicit(&tg_libs[i].c.live, memory_order_relaxed);
         if (i == slot || shares_pool(kind, tg_libs[i].kind)) {
@@ -150,6 +150,7 @@ static int record(unsigned slot, const char *variable, const struct sizing *s,
     d->free = h->free;
     snprintf(d->limit, sizeof d->limit, "%s", h->limit);
     d->cpus = h->cpus;
+    snprintf(d->cpus_from, sizeof d->cpus_from, "%s", h->cpus_from);
     atomic_store_explicit(&d->count, 1, memory_order_relaxed);
     atomic_store_explicit(&d->ready, 1, memory_order_release);
     return i;
@@ -290,6 +291,38 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
     record(slot, variable, &s, &h);
     describe(slot, variable, &s, &h);
     return result;
+}
+
+/* A pool a forked child inherited, configured for `current` threads in the
+ * parent: what it gets in the child, sized as a pool the program leaves
+ * unsized would be now (the program's own variable stands where it fits),
+ * never more than it had.  Recorded when it changes. */
+long long tg_size_inherited(unsigned slot, int kind, const char *variable, const char *label,
+                            const char *fallback, long long current) {
+    int locked = sizing_begins();
+    struct tg_headroom h;
+    tg_headroom_measure(&h, kind);
+    long long fit = pool_fit(slot, kind, &h);
+    long long ceiling = tg_pool_threads();
+    struct sizing s = {user_pool_size(tg_environ_get(variable)), -1, TG_SOURCE_USER, NULL, slot};
+    if (s.value < 0 && fallback) s.value = user_pool_size(tg_environ_get(fallback));
+    if (s.value < 0) {
+        s.source = TG_SOURCE_THREADGUARD;
+        s.value = ceiling > 0 ? ceiling : h.cpus;
+    } else {
+        s.requested = s.value;
+    }
+    lower_to_fit(&s, fit, &h);
+    if (s.source != TG_SOURCE_USER) s.lowered_by = NULL;
+    if (s.value > current) s.value = current;
+    if (s.value < current && creates_threads(kind))
+        atomic_store_explicit(&tg_libs[slot].promised, s.value - 1, memory_order_relaxed);
+    sizing_ends(locked);
+    if (s.value < current) {
+        record(slot, label, &s, &h);
+        describe(slot, label, &s, &h);
+    }
+    return s.value;
 }
 
 /* OMP_THREAD_LIMIT caps every thread an OpenMP runtime starts, num_threads

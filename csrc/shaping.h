@@ -16,6 +16,12 @@ TG_HIDDEN void tg_shaping_init(void);
  * storage. */
 TG_HIDDEN char *tg_size_pool(unsigned slot, int kind, const char *variable,
                              const char *user_text, const char *fallback);
+/* A pool a forked child inherited with `current` threads: its size in the
+ * child (at most current), from `variable` (then `fallback`) where the
+ * program set one, else the allocation now; `label` names the decision. */
+TG_HIDDEN long long tg_size_inherited(unsigned slot, int kind, const char *variable,
+                                      const char *label, const char *fallback,
+                                      long long current);
 /* The answer to an OpenMP runtime's getenv("OMP_THREAD_LIMIT"). */
 TG_HIDDEN char *tg_limit_openmp(unsigned slot, const char *user_text);
 /* A pool-size setter `function` of library `slot`, called from library
