@@ -62,8 +62,8 @@ struct tg_child {
 
 #define TG_MAX_CHILDREN 1024
 
-/* The children's table, in its own pages after the header: a child maps
- * only these pages of its parent's file, and only the pages children have
+/* The children's table, after the header: a child maps only the header and
+ * this table of its parent's file, and only the pages children have
  * touched take memory. */
 struct tg_children {
     _Atomic unsigned generation; /* bumped at every claim and release */
@@ -79,8 +79,8 @@ struct tg_children {
  * the exit table's lines about settings and start-up. */
 struct tg_published {
     struct tg_published_header header;
-    struct tg_children children __attribute__((aligned(4096)));
-    struct tg_counter_block block __attribute__((aligned(4096)));
+    struct tg_children children;
+    struct tg_counter_block block;
     char doc[TG_DOC_SIZE];
 };
 
