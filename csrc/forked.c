@@ -23,7 +23,9 @@
  * thread's setting: the child's only thread).  The controls are found in
  * the parent before each fork, once per pool (dlopen RTLD_NOLOAD of a
  * library already loaded, then dlsym): never in the child, where the
- * loader's lock may be held by a thread that did not cross the fork.
+ * loader's lock may be held by a thread that did not cross the fork.  The
+ * handle is kept: the library then stays loaded, and the controls found in
+ * it stay valid.
  *
  * Layer: policy.  Calls shaping.c, share.c, registry.c and config.c. */
 #define _GNU_SOURCE
@@ -84,7 +86,6 @@ static void find_controls(unsigned slot) {
         c.omp_get = (get_fn)dlsym(handle, "omp_get_max_threads");
         if (c.omp_set && c.omp_get) pools[pool_count++] = c;
     }
-    dlclose(handle);
 }
 
 void tg_forked_prepare(void) {

@@ -60,7 +60,7 @@ static void after_fork_in_child(void) {
     tg_registry_reset_counters();
     tg_failures_reset();
     tg_ledger_after_fork_in_child();
-    tg_share_register(0);
+    tg_share_register(0, 0);
     tg_forked_child(); /* the pools it inherited, resized to its share */
 }
 
@@ -70,7 +70,7 @@ static void initialise(void) {
     tg_glibc_init();
     tg_config_load();
     tg_publish_init(); /* before any thread is counted: the block moves */
-    tg_share_register(1); /* before the first measurement: it counts siblings */
+    tg_share_register(1, tg_interposing()); /* before the first measurement: it counts siblings */
     tg_registry_init();
     tg_real_create(); /* resolved now, before any thread needs it */
     real_exit = (exit_fn)dlsym(RTLD_NEXT, "_exit");

@@ -17,7 +17,10 @@
  * included, which no wrapper in the parent can follow; every child
  * initialises.
  *
- * The parent keeps its own pools: it usually waits for its workers.  Its
+ * Only a preloaded process leads a job this way (`import threadguard` in a
+ * notebook or a test runner counts its own threads; its allocation is not
+ * its children's to divide).  The parent keeps its own pools: it usually
+ * waits for its workers.  Its
  * CPUs are its own allocation as last measured (cpus_now in its header),
  * which is itself divided when the parent is another process's child, so
  * nested pools compose.  multiprocessing's helpers (the resource tracker,
@@ -51,6 +54,7 @@ struct parent_file {
 static struct parent_file parent;
 static int my_entry = -1;
 static int my_pid;
+static int preloaded_process;
 
 static int map_file_of(int pid, long long start, struct parent_file *out) {
     if (pid <= 1 || start < 0) return -1;
@@ -135,7 +139,8 @@ static int claim(struct tg_children *c) {
     return -1;
 }
 
-void tg_share_register(int exec_start) {
+void tg_share_register(int exec_start, int preloaded) {
+    if (exec_start) preloaded_process = preloaded; /* a forked child keeps its parent's */
     /* A forked child inherits the parent's registration: not its own. */
     if (parent.map != NULL) munmap(parent.map, PARENT_MAP_SIZE);
     parent.map = NULL;
@@ -186,7 +191,7 @@ void tg_share_release(void) {
 
 void tg_share_note_cpus(long long cpus) {
     struct tg_published *self = tg_published_self();
-    if (self != NULL && cpus > 0)
+    if (self != NULL && cpus > 0 && preloaded_process)
         atomic_store_explicit(&self->header.cpus_now, cpus, memory_order_relaxed);
 }
 

@@ -17,11 +17,15 @@ struct tg_sharing {
 };
 
 /* Register with the guarded parent, if there is one: at initialisation
- * (exec'd: exec_start) and in a forked child.  Allocates nothing. */
-TG_HIDDEN void tg_share_register(int exec_start);
+ * (exec'd: exec_start; preloaded: this library was preloaded, so this
+ * process's children are a job's workers) and in a forked child.
+ * Allocates nothing. */
+TG_HIDDEN void tg_share_register(int exec_start, int preloaded);
 /* This process is ending: its entry in the parent's table goes. */
 TG_HIDDEN void tg_share_release(void);
-/* This process's CPU allocation, measured now: what its own children divide. */
+/* This process's CPU allocation, measured now: what its own children divide
+ * (published only by a preloaded process: `import threadguard` in a
+ * notebook or a test runner counts its own threads and leads no job). */
 TG_HIDDEN void tg_share_note_cpus(long long cpus);
 /* The parent's CPUs divided among its live guarded children (this one
  * among them), counted now: CPUs, or -1 where there is no guarded parent.
