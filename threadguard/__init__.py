@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from ._info import Info, PoolInfo, info, mode
     from ._limiting import Limit, dataloader_worker_init, limit, pool_initializer
-    from ._policy import Allocation, allocation
+    from ._policy import Allocation, Sharing, allocation
     from ._profile import profile_path
     from ._stats import Counters, LibraryStats, Stats, load_report, stats
 del TYPE_CHECKING
@@ -45,6 +45,7 @@ __all__ = [
     "PoolInfo",
     "PublishedFileError",
     "ReportError",
+    "Sharing",
     "Stats",
     "ThreadguardError",
     "allocation",
@@ -64,7 +65,7 @@ __version__ = "0.1.0"
 
 # Public name -> the internal module that defines it, imported on first use.
 _LAZY = {
-    "Allocation": "._policy",
+    "Allocation": "._policy", "Sharing": "._policy",
     "Counters": "._stats", "LibraryStats": "._stats", "Stats": "._stats",
     "load_report": "._stats", "stats": "._stats",
     "Info": "._info", "PoolInfo": "._info", "info": "._info", "mode": "._info",

@@ -12,8 +12,8 @@ from ._errors import LibraryNotFoundError
 from ._profile import read_profile
 from ._wording import count
 
-__all__ = ["Allocation", "Decision", "Threads", "allocation", "decide_threads", "headroom",
-           "native_report", "per_process_threads"]
+__all__ = ["Allocation", "Decision", "Sharing", "Threads", "allocation", "decide_threads",
+           "headroom", "native_report", "per_process_threads"]
 
 Threads = Union[int, str]
 
@@ -38,20 +38,52 @@ def headroom() -> Dict[str, Any]:
     return now
 
 
+@dataclass(frozen=True)
+class Sharing:
+    """The processes this one shares its guarded parent's CPUs with: the
+    parent's pid, the CPUs they divide, how many live guarded children the
+    parent has (this process among them) and the first few of their pids."""
+
+    parent: int
+    parent_cpus: int
+    processes: int
+    pids: Tuple[int, ...]
+
+    def __str__(self) -> str:
+        return (f"{count(self.processes, 'process', 'processes')} share pid {self.parent}'s "
+                f"{count(self.parent_cpus, 'CPU')} (pids "
+                f"{', '.join(map(str, self.pids))}{', ...' if len(self.pids) < self.processes else ''})")
+
+
+def _sharing(figures: Dict[str, Any]) -> Optional[Sharing]:
+    s = figures.get("sharing")
+    if not isinstance(s, dict):
+        return None
+    try:
+        return Sharing(int(s["parent"]), int(s["parent_cpus"]), int(s["processes"]),
+                       tuple(int(p) for p in s.get("pids") or ()))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class Allocation(int):
     """A CPU count that says where it came from: an int, so it is used as
     one, with `source` (the figure that decided: "affinity", "cgroup CPU
-    quota", "SLURM_CPUS_PER_TASK", "NCPUS (PBS Pro)", ...) and `sources`
-    (every figure seen, as (source, cpus) pairs, in the order read)."""
+    quota", "SLURM_CPUS_PER_TASK", "NCPUS (PBS Pro)", "Open MPI: 4 local
+    ranks", "4 workers of pid 1234", ...), `sources` (every figure seen, as
+    (source, cpus) pairs, in the order read) and `sharing` (the guarded
+    parent whose CPUs this process divides with its siblings, or None)."""
 
     source: str
     sources: Tuple[Tuple[str, int], ...]
+    sharing: Optional[Sharing]
 
-    def __new__(cls, cpus: int, source: str,
-                sources: Tuple[Tuple[str, int], ...] = ()) -> "Allocation":
+    def __new__(cls, cpus: int, source: str, sources: Tuple[Tuple[str, int], ...] = (),
+                sharing: Optional[Sharing] = None) -> "Allocation":
         self = super().__new__(cls, cpus)
         self.source = source
         self.sources = sources
+        self.sharing = sharing
         return self
 
     def __repr__(self) -> str:
@@ -63,7 +95,7 @@ class Allocation(int):
     __format__ = int.__format__  # (int's, not object's: "{:>4}" works)
 
     def __reduce__(self) -> Any:  # pickles as itself (to a worker and back)
-        return (Allocation, (int(self), self.source, self.sources))
+        return (Allocation, (int(self), self.source, self.sources, self.sharing))
 
 
 def _sources(figures: Dict[str, Any]) -> Tuple[Tuple[str, int], ...]:
@@ -77,13 +109,16 @@ def _sources(figures: Dict[str, Any]) -> Tuple[Tuple[str, int], ...]:
 def allocation(figures: Optional[Dict[str, Any]] = None) -> Allocation:
     """CPUs this process may use: the smallest figure among its affinity
     mask, the cgroup CPU quota, the scheduler's (Slurm, PBS, SGE, LSF,
-    Kubernetes' CPU_LIMIT), PYTHON_CPU_COUNT and OMP_THREAD_LIMIT, divided
-    among torchrun's local ranks.  An int; .source names the figure that
-    decided and .sources lists every one seen."""
+    Kubernetes' CPU_LIMIT), PYTHON_CPU_COUNT and OMP_THREAD_LIMIT, the job's
+    CPUs divided among a launcher's local ranks (Open MPI, MPICH, MVAPICH2,
+    Cray PALS, torchrun), and the guarded parent's CPUs divided among its
+    live guarded children.  An int; .source names the figure that decided,
+    .sources lists every one seen, .sharing says who shares the parent's."""
     figures = headroom() if figures is None else figures
     cpus = figures.get("cpus")
     if isinstance(cpus, int) and cpus > 0:
-        return Allocation(cpus, str(figures.get("cpus_from") or "unknown"), _sources(figures))
+        return Allocation(cpus, str(figures.get("cpus_from") or "unknown"), _sources(figures),
+                          _sharing(figures))
     affinity = max(1, len(os.sched_getaffinity(0)))
     return Allocation(affinity, "affinity (threadguard's library is not loaded)",
                       (("affinity", affinity),))

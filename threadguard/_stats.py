@@ -86,6 +86,7 @@ class PoolSize:
     count: int = 1  # how many times the same decision was made (a setter in a loop)
     lowered_by: Optional[str] = None
     caller: str = ""
+    cpus_from: str = ""  # the CPU figure's source: "affinity", "4 workers of pid 1234", ...
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ class Stats:
                                    limit=str(r["limit"]), cpus=int(r["cpus"]),
                                    count=int(r.get("count", 1)),
                                    lowered_by=_optional_str(r.get("lowered_by")),
-                                   caller=str(r.get("caller") or ""))
+                                   caller=str(r.get("caller") or ""),
+                                   cpus_from=str(r.get("cpus_from") or ""))
                           for r in data.get("pools", ()))
             headroom = data.get("headroom", {})
             failures = tuple(Failure.from_json(r) for r in data.get("failures", ()))

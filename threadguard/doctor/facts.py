@@ -306,6 +306,10 @@ def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
             # scheduler or launcher spoke, and what each one said.
             "sources": [{"source": x.get("source"), "cpus": x.get("cpus")}
                         for x in native.get("cpu_sources") or [] if isinstance(x, dict)],
+            # The processes this one divides its guarded parent's CPUs with.
+            "sharing": native.get("sharing") if isinstance(native.get("sharing"), dict)
+            else None,
+            "local_ranks": native.get("local_ranks") or 0,
         },
         "environment": _environment(env),
         "pools": sizes,

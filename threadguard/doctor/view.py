@@ -53,6 +53,14 @@ def _facts_lines(f: Dict[str, Any]) -> List[str]:
         "  sources seen        " + (", ".join(
             f"{x['source']} {x['cpus']}" for x in c.get("sources") or []) or "none"),
     ]
+    sharing = c.get("sharing")
+    if sharing:
+        lines.append(f"  sharing             pid {sharing['parent']}'s {sharing['parent_cpus']} "
+                     f"CPUs among {sharing['processes']} live guarded processes (pids "
+                     f"{', '.join(map(str, sharing['pids']))})")
+    if c.get("local_ranks"):
+        lines.append(f"  local ranks         {c['local_ranks']} (a launcher's ranks on this "
+                     f"node divide the job's CPUs)")
     lines += _platform_lines(f.get("platform") or {})
     lines.append("thread variables")
     lines += [f"  {e['name']}={e['value']}: {e['effect']}" for e in f["environment"]] or [

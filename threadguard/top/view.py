@@ -41,6 +41,9 @@ def _pools(process: Process) -> str:
         text = f"{pool.library} {pool.variable}={pool.value} ({pool.source}"
         if pool.lowered and pool.requested is not None:
             text += f", lowered from {pool.requested}"
+        if (pool.source == "threadguard" and pool.value == pool.cpus
+                and pool.cpus_from not in ("", "affinity")):
+            text += f", {pool.cpus} CPUs: {pool.cpus_from}"  # whose share it is
         if pool.free is not None:
             text += f", {pool.free} free under {pool.limit}"
         parts.append(text + ")")
