@@ -21,8 +21,8 @@ import pytest
 import threadguard
 from threadguard.bench.command import default_threads, default_workers
 from threadguard.bench.child import measure_windows, relative_spread
-from threadguard.bench.results import (grid_choices, profile_doubts, profile_figures, recommend,
-                                       summarize)
+from threadguard.bench.results import (grid_choices, loader_curves, profile_doubts,
+                                       profile_figures, recommend, summarize)
 from threadguard.bench.runner import QUICK, plan
 from threadguard.bench.workloads import WORKLOADS
 
@@ -396,3 +396,24 @@ def test_a_child_that_ends_its_output_before_exiting_is_reported_by_its_status(t
     child.start_reader()
     assert child.wait_for("never", time.monotonic() + hang_guard(1)) is None  # at EOF
     assert child.why_failed() == "the benchmark process exited with status 3: going"
+
+
+def test_a_cuda_workload_is_plotted_per_dataloader_worker_count(tmp_path):
+    """The run on an H200 (benchmarks/results/bench-h200-gpu.json): its
+    DataLoader workers, not its threads, decide the throughput, and the
+    PNG has a panel that shows it."""
+    pytest.importorskip("matplotlib")
+    from threadguard.bench.view import plot
+    result = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results" /
+                         "bench-h200-gpu.json").read_text())
+    curves = loader_curves(result["rows"])["gpu-train"]
+    assert sorted(curves) == [0, 2, 4, 8]
+    assert all([t for t, _ in points] == [1, 2, 4, 8, 16] for points in curves.values())
+    best = {k: max(rate for _, rate in points) for k, points in curves.items()}
+    assert best[8] > 4 * best[0]  # eight loader workers feed the GPU, one process does not
+    assert plot(result, tmp_path / "gpu.png") is None
+    assert (tmp_path / "gpu.png").stat().st_size > 10_000
+    # The unit rows: one line per worker count, its points in thread order.
+    rows = _rows("gpu-train", {2: 20.0, 1: 10.0}, 0) + _rows("gpu-train", {1: 40.0}, 4) + \
+        _rows("matmul", {1: 5.0})
+    assert loader_curves(rows) == {"gpu-train": {0: [(1, 10.0), (2, 20.0)], 4: [(1, 40.0)]}}

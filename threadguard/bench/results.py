@@ -63,6 +63,20 @@ def curves(rows: List[Dict[str, Any]]) -> Dict[str, Dict[int, Tuple[float, int]]
     return out
 
 
+def loader_curves(rows: List[Dict[str, Any]]) -> Dict[str, Dict[int, List[Tuple[int, float]]]]:
+    """Per CUDA workload, per DataLoader worker count, its (threads, median)
+    points: what the loader's workers change, which curves() folds away."""
+    out: Dict[str, Dict[int, List[Tuple[int, float]]]] = {}
+    for row in rows:
+        name = row["workload"]
+        if "rate" not in row or WORKLOADS[name].device != "cuda":
+            continue
+        points = out.setdefault(name, {}).setdefault(int(row["workers"]), [])
+        points.append((int(row["threads"]), float(row["rate"]["median"])))
+    return {name: {k: sorted(p) for k, p in sorted(by_workers.items())}
+            for name, by_workers in out.items()}
+
+
 def recommend(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """Per workload, from its one-process rows (see curves)."""
     out: Dict[str, Dict[str, Any]] = {}

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
-from .results import curves, grid_curves
+from .results import curves, grid_curves, loader_curves
 from .runner import Config
 from .workloads import GRID_WORKLOAD, WORKLOADS
 
@@ -129,8 +129,9 @@ def table(result: Dict[str, Any]) -> str:
 
 def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
     """Write the PNG: speed-up over 1 thread and parallel efficiency against
-    threads per workload, and the grid's total throughput. Returns why it
-    was not written (matplotlib missing, nothing measured), else None."""
+    threads per workload, the grid's total throughput, and a CUDA workload's
+    throughput per DataLoader worker count. Returns why it was not written
+    (matplotlib missing, nothing measured), else None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -142,7 +143,8 @@ def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
     if not medians:
         return "nothing was measured"
     grid = grid_curves(result["rows"])
-    panels = 3 if len(grid) > 1 else 2
+    loaders = loader_curves(result["rows"])
+    panels = 2 + (len(grid) > 1) + len(loaders)
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
     speedup, efficiency = axes[0], axes[1]
     all_threads: List[int] = sorted({t for c in medians.values() for t in c})
@@ -162,7 +164,7 @@ def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
         axis.set_xticks(all_threads, [str(t) for t in all_threads])
         axis.grid(True, alpha=0.3)
     speedup.legend(fontsize="small")
-    if panels == 3:
+    if len(grid) > 1:
         total = axes[2]
         for k, points in grid.items():
             total.plot([p[0] for p in points], [p[1] for p in points], marker="o",
@@ -173,9 +175,21 @@ def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
         total.set_xticks(all_threads, [str(t) for t in all_threads])
         total.grid(True, alpha=0.3)
         total.legend(fontsize="small")
+    for axis, (name, by_workers) in zip(axes[2 + (len(grid) > 1):], loaders.items()):
+        for k, points in by_workers.items():
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                      label=f"{k} DataLoader worker{'s' if k != 1 else ''}")
+        axis.set(xlabel="intra-op threads", ylabel=WORKLOADS[name].unit,
+                 title=f"{name} by DataLoader workers")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(all_threads, [str(t) for t in all_threads])
+        axis.set_ylim(bottom=0)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="small")
     machine = result["machine"]
+    gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
     figure.suptitle(f"{machine['host']}: {machine['cpu_model']}, {machine['allocation']} CPUs "
-                    f"allocated")
+                    f"allocated{gpu}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
