@@ -82,3 +82,23 @@ def test_engine_benchmark_compares_dask_default_with_the_plugin(tmp_path):
     # node's allocation (one worker) with the plugin.
     assert figures["blas_threads_per_worker"] == {"default": [1],
                                                   "threadguard": [figures["allocation"]]}
+
+
+def test_worker_pool_benchmark_compares_plain_threadguard_run_with_bare_and_tuned(tmp_path):
+    out = tmp_path / "workers.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_workers.py"),
+                           "--rounds", "2", "--tasks", "4", "--repeat", "2", "--size", "64",
+                           "--target-bare", "0", "--target-tuned", "0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for other in ("bare", "tuned"):
+        row = figures["guarded_vs"][other]
+        assert row["guarded"]["n"] == row[other]["n"] == 2
+        assert row["ratio_of_medians"] > 0
+        assert f"throughput ratio guarded/{other}" in proc.stdout
+    # Each way really ran as described: the default team per worker bare, a
+    # share under plain `threadguard run`, one thread by hand.
+    cpus, workers = figures["cpus"], figures["workers"]
+    assert figures["blas_threads_per_worker"] == {
+        "bare": [cpus], "guarded": [max(1, cpus // workers)], "tuned": [1]}
