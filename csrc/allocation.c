@@ -328,12 +328,30 @@ static void local_ranks(struct tg_allocation *a, long long affinity, const char 
     add(a, name, share);
 }
 
+/* Each launcher's count of this job's ranks on this node. */
+static const struct {
+    const char *variable;
+    unsigned warn_bit;
+    const char *launcher;
+} LAUNCHERS[] = {
+    {"OMPI_COMM_WORLD_LOCAL_SIZE", W_OMPI, "Open MPI"},
+    {"MPI_LOCALNRANKS", W_MPICH, "MPICH/Intel MPI"},
+    {"MV2_COMM_WORLD_LOCAL_SIZE", W_MV2, "MVAPICH2"},
+    {"PALS_LOCAL_SIZE", W_PALS, "Cray PALS"},
+    {"LOCAL_WORLD_SIZE", W_LOCAL_WORLD, "LOCAL_WORLD_SIZE"}, /* torchrun, DeepSpeed, Accelerate */
+};
+#define LAUNCHER_COUNT (sizeof LAUNCHERS / sizeof LAUNCHERS[0])
+
+int tg_local_ranks_set(void) {
+    for (size_t i = 0; i < LAUNCHER_COUNT; i++)
+        if (is_set(LAUNCHERS[i].variable)) return 1;
+    return 0;
+}
+
 static void launchers(struct tg_allocation *a, long long affinity) {
-    local_ranks(a, affinity, "OMPI_COMM_WORLD_LOCAL_SIZE", W_OMPI, "Open MPI");
-    local_ranks(a, affinity, "MPI_LOCALNRANKS", W_MPICH, "MPICH/Intel MPI");
-    local_ranks(a, affinity, "MV2_COMM_WORLD_LOCAL_SIZE", W_MV2, "MVAPICH2");
-    local_ranks(a, affinity, "PALS_LOCAL_SIZE", W_PALS, "Cray PALS");
-    local_ranks(a, affinity, "LOCAL_WORLD_SIZE", W_LOCAL_WORLD, "LOCAL_WORLD_SIZE");
+    for (size_t i = 0; i < LAUNCHER_COUNT; i++)
+        local_ranks(a, affinity, LAUNCHERS[i].variable, LAUNCHERS[i].warn_bit,
+                    LAUNCHERS[i].launcher);
 }
 
 /* The guarded parent's CPUs divided among its live guarded children. */

@@ -39,6 +39,10 @@ struct tg_allocation {
 TG_HIDDEN void tg_allocation_measure(struct tg_allocation *a, long long affinity,
                                      long long quota, long long node);
 
+/* True when a launcher says ranks run side by side here: only then is the
+ * job's node figure (node, above) needed. */
+TG_HIDDEN int tg_local_ranks_set(void);
+
 /* At the process's start: remember whether a guarded ancestor started with
  * OMP_NUM_THREADS unset, and mark the same for this process's children
  * (may_setenv: only where the process is still single-threaded, as when

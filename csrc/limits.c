@@ -385,7 +385,7 @@ void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack)
     for_each_cgroup("cpu", cpu_mounts, visit_cpu, &quota);
     h->cpus_quota = quota;
     tg_allocation_measure(&h->allocation, h->cpus_affinity, h->cpus_quota,
-                          node_cpus(h->cpus_affinity));
+                          tg_local_ranks_set() ? node_cpus(h->cpus_affinity) : -1);
     h->cpus = h->allocation.cpus;
     h->cpus_from = h->allocation.from;
 }

@@ -148,12 +148,11 @@ void tg_share_register(int exec_start, int preloaded) {
     my_pid = (int)getpid();
     struct tg_published *self = tg_published_self();
     if (self == NULL || tg_config.publish_off) return; /* nothing shared without publishing */
-    int helper = exec_start && multiprocessing_helper();
     int ppid = (int)getppid();
     if (map_file_of(ppid, tg_start_time_of(ppid), &parent) != 0) return;
     struct tg_children *c = &parent.map->children;
     int i = own_entry(c, self->header.start_time);
-    if (helper) {
+    if (exec_start && multiprocessing_helper()) {
         /* Registered by its fork handler before it exec'ed into the helper. */
         if (i >= 0) {
             my_entry = i;

@@ -27,7 +27,8 @@ from limits import Runner
 # Variables a scheduler on the test machine itself could have set.
 SCHEDULER_PREFIXES = ("SLURM_", "PBS_", "NCPUS", "NSLOTS", "NHOSTS", "PE_HOSTFILE", "JOB_ID",
                       "LSB_", "FLUX_", "KUBERNETES_", "CPU_LIMIT", "PYTHON_CPU_COUNT",
-                      "TORCHELASTIC_", "LOCAL_WORLD_SIZE")
+                      "TORCHELASTIC_", "LOCAL_WORLD_SIZE", "OMPI_", "MPI_LOCAL", "MV2_", "PALS_",
+                      "PMI_")
 
 READ_BACK = """
 import json, threadpoolctl, numpy, threadguard
@@ -112,6 +113,21 @@ CASES = {
     # torchrun --nproc_per_node=4 on the 64-CPU node
     "torchrun": ({"TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "4", "LOCAL_RANK": "1"},
                  16, "torchrun: the allocation / LOCAL_WORLD_SIZE"),
+    # Launchers that start ranks side by side (tests/test_workers.py runs Open
+    # MPI and MPICH for real; these are the others' variables).
+    "open mpi": ({"OMPI_COMM_WORLD_LOCAL_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+                 16, "Open MPI: 4 local ranks"),
+    "mpich": ({"MPI_LOCALNRANKS": "8", "MPI_LOCALRANKID": "3"}, 8,
+              "MPICH/Intel MPI: 8 local ranks"),
+    "mvapich2": ({"MV2_COMM_WORLD_LOCAL_SIZE": "2"}, 32, "MVAPICH2: 2 local ranks"),
+    "cray pals": ({"PALS_LOCAL_SIZE": "16", "PALS_LOCAL_RANKID": "0"}, 4,
+                  "Cray PALS: 16 local ranks"),
+    "deepspeed": ({"LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "0"}, 8,
+                  "LOCAL_WORLD_SIZE: 8 local ranks"),
+    # mpirun -np 4 inside a Slurm batch job of 8 CPUs on one node: the job's 8.
+    "open mpi in slurm": ({"SLURM_JOB_ID": "16", "SLURM_CPUS_ON_NODE": "8",
+                           "SLURM_JOB_NUM_NODES": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"},
+                          2, "Open MPI: 4 local ranks"),
 }
 
 
@@ -147,6 +163,12 @@ def test_sge_parallel_environment_over_two_hosts(runner, tmp_path):
     result = allocation_of(runner, env)
     assert (result["cpus"], result["source"]) == (3, "PE_HOSTFILE (SGE)")
     assert all(s[0] != "NSLOTS (SGE)" for s in result["sources"])
+
+
+def test_a_malformed_local_rank_count_is_named_and_skipped(runner):
+    result = allocation_of(runner, {"OMPI_COMM_WORLD_LOCAL_SIZE": "four"})
+    assert (result["cpus"], result["source"]) == (64, "affinity")
+    assert "OMPI_COMM_WORLD_LOCAL_SIZE='four' is not a whole number of CPUs" in result["stderr"]
 
 
 def test_variables_outside_their_scheduler_are_ignored(runner):
