@@ -146,6 +146,19 @@ def test_dataloader_workers_share_the_node(fakecpus, tmp_path):
     assert {w["pools"]["torch"] for w in default + guarded} == {1}
 
 
+@pytest.mark.parametrize("how", ["plain", "shell"])
+def test_scripts_started_side_by_side_share_the_node(how, fakecpus, tmp_path):
+    # Through a shell, each script is its shell's only child: the share is
+    # the shell's, recomputed from the parent's four children.
+    result = both(["fanout", how], node(fakecpus, 64), tmp_path)
+    assert len(result["guarded"]) == 4
+    assert blas(result["default"]) == [64] * 4, result
+    assert blas(result["guarded"]) == [16] * 4, result
+    # Read when each script reports (its siblings may have ended by then).
+    for w in result["guarded"]:
+        assert re.fullmatch(r"\d workers? of pid \d+", w["source"]), w
+
+
 def test_explicit_settings_still_decide(fakecpus, tmp_path):
     env = node(fakecpus, 64)
     env["OPENBLAS_NUM_THREADS"] = "8"

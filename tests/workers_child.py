@@ -5,6 +5,7 @@
     python workers_child.py dataloader
     python workers_child.py rank
     python workers_child.py ends METHOD
+    python workers_child.py fanout plain|shell
 
 Each worker (or rank) prints one JSON line, read from inside it after a
 matmul: its BLAS and OpenMP pool sizes (threadpoolctl), its live threads,
@@ -147,6 +148,20 @@ def run_ends(method: str) -> None:
                       "children": [child.pid for child in children]}), flush=True)
 
 
+def run_fanout(how: str) -> None:
+    """Four scripts started side by side with subprocess, directly or each
+    through a shell, their output passed on."""
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "rank"]
+    if how == "shell":
+        import shlex
+        procs = [subprocess.Popen(f"{shlex.join(cmd)}; true", shell=True) for _ in range(WORKERS)]
+    else:
+        procs = [subprocess.Popen(cmd) for _ in range(WORKERS)]
+    if any(p.wait() != 0 for p in procs):
+        raise SystemExit("a script failed")
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode == "pool":
@@ -164,6 +179,8 @@ def main() -> None:
                                                os.environ.get("MPI_LOCALRANKID")))), flush=True)
     elif mode == "ends":
         run_ends(sys.argv[2])
+    elif mode == "fanout":
+        run_fanout(sys.argv[2])
     else:
         raise SystemExit(f"workers_child.py: unknown mode {mode!r}")
 
