@@ -18,7 +18,10 @@
  * OpenBLAS's pool is resized through the variables its own setter uses
  * (blas_num_threads: the threads it starts; blas_cpu_number: the threads a
  * call uses), written only while its server is down (blas_server_avail is
- * 0 after fork): its setter would re-create every thread first.  An OpenMP
+ * 0 after fork): its setter would re-create every thread first.  Some
+ * builds export them (dlsym finds them); others keep them local, and the
+ * file's symbol table names them (elfsyms.c); a stripped build is left as
+ * it is.  An OpenMP
  * runtime's team is resized with its own omp_set_num_threads (the calling
  * thread's setting: the child's only thread).  The controls are found in
  * the parent before each fork, once per pool (dlopen RTLD_NOLOAD of a
@@ -27,9 +30,10 @@
  * handle is kept: the library then stays loaded, and the controls found in
  * it stay valid.
  *
- * Layer: policy.  Calls shaping.c, share.c, registry.c and config.c. */
+ * Layer: policy.  Calls shaping.c, share.c, registry.c, config.c and elfsyms.c. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <link.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +41,7 @@
 #include "forked.h"
 
 #include "config.h"
+#include "elfsyms.h"
 #include "registry.h"
 #include "shaping.h"
 #include "share.h"
@@ -52,7 +57,9 @@ struct pool_controls {
     unsigned slot;
     int kind;
     /* OpenBLAS */
-    int *num_threads, *cpu_number, *server_avail;
+    int *num_threads, *cpu_number;
+    const void *server_avail;
+    int avail_size; /* bytes: an int, or a long in some versions */
     /* OpenMP */
     set_fn omp_set;
     get_fn omp_get;
@@ -70,17 +77,42 @@ static pending_fn add_pending_call;
 static get_fn python_initialized;
 static int python_looked_up;
 
+/* OpenBLAS's variables from the file's symbol table, where it does not
+ * export them: 1 when all three were found with the sizes expected. */
+static int openblas_locals(void *handle, const char *path, struct pool_controls *c) {
+    struct link_map *map = NULL;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &map) != 0 || map == NULL) return 0;
+    struct tg_elf_symbol want[] = {
+        {"blas_num_threads", 0, 0}, {"blas_cpu_number", 0, 0}, {"blas_server_avail", 0, 0}};
+    if (tg_elf_lookup(path, want, 3) != 3 || want[0].size != sizeof(int) ||
+        want[1].size != sizeof(int) ||
+        (want[2].size != sizeof(int) && want[2].size != sizeof(long)))
+        return 0;
+    c->num_threads = (int *)(map->l_addr + want[0].value);
+    c->cpu_number = (int *)(map->l_addr + want[1].value);
+    c->server_avail = (const void *)(map->l_addr + want[2].value);
+    c->avail_size = (int)want[2].size;
+    return 1;
+}
+
+static int server_up(const struct pool_controls *c) {
+    return c->avail_size == sizeof(long) ? *(const volatile long *)c->server_avail != 0
+                                         : *(const volatile int *)c->server_avail != 0;
+}
+
 static void find_controls(unsigned slot) {
     struct tg_lib *lib = &tg_libs[slot];
     if (pool_count >= MAX_POOLS || lib->path[0] == '\0') return;
     void *handle = dlopen(lib->path, RTLD_LAZY | RTLD_NOLOAD);
     if (handle == NULL) return;
-    struct pool_controls c = {slot, lib->kind, NULL, NULL, NULL, NULL, NULL, 0, 0};
+    struct pool_controls c = {slot, lib->kind, NULL, NULL, NULL, sizeof(int), NULL, NULL, 0, 0};
     if (lib->kind == TG_KIND_OPENBLAS) {
         c.num_threads = dlsym(handle, "blas_num_threads");
         c.cpu_number = dlsym(handle, "blas_cpu_number");
         c.server_avail = dlsym(handle, "blas_server_avail");
-        if (c.num_threads && c.cpu_number && c.server_avail) pools[pool_count++] = c;
+        if ((c.num_threads && c.cpu_number && c.server_avail) ||
+            openblas_locals(handle, lib->path, &c))
+            pools[pool_count++] = c;
     } else {
         c.omp_set = (set_fn)dlsym(handle, "omp_set_num_threads");
         c.omp_get = (get_fn)dlsym(handle, "omp_get_max_threads");
@@ -113,7 +145,7 @@ static int resize(void) {
         struct pool_controls *c = &pools[i];
         if (c->inherited_threads <= 1) continue;
         if (c->kind == TG_KIND_OPENBLAS) {
-            if (*c->server_avail) continue; /* its threads are back: too late */
+            if (server_up(c)) continue; /* its threads are back: too late */
             long long n = tg_size_inherited(c->slot, c->kind, "OPENBLAS_NUM_THREADS",
                                             "OPENBLAS_NUM_THREADS (fork)",
                                             "OMP_NUM_THREADS", c->inherited_threads);
@@ -163,7 +195,7 @@ void tg_forked_child(void) {
         struct pool_controls *c = &pools[i];
         c->inherited_threads = 0;
         if (c->kind == TG_KIND_OPENBLAS) {
-            if (*c->server_avail) continue;
+            if (server_up(c)) continue;
             c->inherited_threads = *c->num_threads;
             c->inherited_cpus = *c->cpu_number;
         } else {

@@ -7,11 +7,15 @@
  *    read directly, no longer names them even before they are reaped); one
  *    killed by SIGKILL and not reaped yet (a zombie) keeps its entry but is
  *    not counted: a child forked afterwards is the only worker;
- *  - a child whose table entry is gone still finds its parent after a
- *    sibling was reaped, and the parent's own report names no sharing.
+ *  - the parent's own report names no sharing;
+ *  - a pool the parent configured (a stand-in OpenBLAS of 8, its variables
+ *    exported, or hidden and named only by the file's symbol table) is
+ *    resized in a forked child to the child's share, and left alone in the
+ *    parent.
  * Runs plain, under ASan/UBSan and TSan (the children register and count
  * while other children release). */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +86,40 @@ static void child(int ready, int go, int out, int linger) {
     _exit(0);
 }
 
+/* The "cpus" of the live report's headroom "now". */
+static long long cpus_now(void) {
+    long long n = threadguard_report_json(buffer, sizeof buffer);
+    const char *now = n > 0 ? strstr(buffer, "\"now\": {") : NULL;
+    const char *cpus = now ? strstr(now, ", \"cpus\": ") : NULL;
+    return cpus ? atoll(cpus + strlen(", \"cpus\": ")) : -1;
+}
+
+/* A forked child's view of a stand-in OpenBLAS pool of 8 loaded from path. */
+static void check_inherited_pool(const char *path) {
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    CHECK(lib != NULL, "dlopen %s: %s", path, dlerror());
+    if (lib == NULL) return;
+    int (*threads)(void) = (int (*)(void))dlsym(lib, "fake_openblas_threads");
+    CHECK(threads && threads() == 8008, "the pool of 8 as loaded: %d", threads ? threads() : -1);
+    int out[2];
+    CHECK(pipe(out) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        long long seen[2] = {threads(), cpus_now()};
+        _exit(write(out[1], seen, sizeof seen) == sizeof seen ? 0 : 1);
+    }
+    long long seen[2] = {-1, -1};
+    CHECK(read(out[0], seen, sizeof seen) == sizeof seen, "the child's answer");
+    waitpid(pid, NULL, 0);
+    long long share = seen[1] < 8 ? seen[1] : 8;
+    CHECK(seen[1] > 0 && seen[0] == share * 1000 + share,
+          "%s in a forked child: %lld (its share %lld CPUs), expected %lld", path, seen[0],
+          seen[1], share * 1001);
+    CHECK(threads() == 8008, "the parent's pool stays: %d", threads());
+    close(out[0]);
+    close(out[1]);
+}
+
 int main(void) {
     int ready[2], go[2], out[2];
     CHECK(pipe(ready) == 0 && pipe(go) == 0 && pipe(out) == 0 && pipe(bye) == 0, "pipes");
@@ -146,5 +184,8 @@ int main(void) {
     CHECK(read_share(from, sizeof from, &processes) == 0 && processes == 0 &&
               strstr(from, "worker") == NULL,
           "the parent's own share: '%s', %d processes", from, processes);
+
+    check_inherited_pool(FAKE_OPENBLAS_EXPORTED);
+    check_inherited_pool(FAKE_OPENBLAS_HIDDEN);
     return check_failures;
 }
