@@ -37,28 +37,12 @@ from typing import Dict, List, Optional, Tuple
 
 import threadguard
 from benchstats import alternate, compare, machine, summary, write_json
+from pool_job import blas_task, blas_threads
 
 HERE = Path(__file__).resolve().parent
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "BLIS_NUM_THREADS", "THREADGUARD_POOL_THREADS")
 POLICIES = ("default", "ones", "auto", "best")
-
-
-def blas_task(job: Tuple[int, int]) -> float:
-    """One unit of work in a worker: `repeat` matmuls of size x size."""
-    import numpy
-    size, repeat = job
-    a = numpy.random.default_rng(0).random((size, size))
-    total = 0.0
-    for _ in range(repeat):
-        total += float((a @ a)[0, 0])
-    return total
-
-
-def blas_threads(_: int) -> int:
-    from threadpoolctl import threadpool_info
-    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
-               default=0)
 
 
 def run_pool(workers: int, tasks: int, size: int, repeat: int, policy: str,

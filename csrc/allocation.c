@@ -90,7 +90,7 @@ enum {
 /* Names that carry a figure ("4 workers of pid 1234") live in a ring: a
  * report prints a source's name long after the measurement. */
 #define LABELS 32
-static char labels[LABELS][64];
+static char labels[LABELS][80];
 static _Atomic unsigned next_label;
 
 
@@ -321,8 +321,10 @@ static void local_ranks(struct tg_allocation *a, long long affinity, const char 
         name = "torchrun: the allocation / LOCAL_WORLD_SIZE";
     } else {
         unsigned i = atomic_fetch_add_explicit(&next_label, 1, memory_order_relaxed) % LABELS;
-        snprintf(labels[i], sizeof labels[i], "%s: %lld local ranks%s", launcher, ranks,
-                 bound && affinity <= share ? " (bound: the affinity stands)" : "");
+        /* Fits: a launcher's name, a count of at most 7 digits, the note. */
+        if (snprintf(labels[i], sizeof labels[i], "%s: %lld local ranks%s", launcher, ranks,
+                     bound && affinity <= share ? " (bound: the affinity stands)" : "") < 0)
+            labels[i][0] = '\0';
         name = labels[i];
     }
     add(a, name, share);
@@ -359,8 +361,9 @@ static void workers(struct tg_allocation *a) {
     long long share = tg_share_workers(&a->sharing);
     if (share <= 0) return;
     unsigned i = atomic_fetch_add_explicit(&next_label, 1, memory_order_relaxed) % LABELS;
-    snprintf(labels[i], sizeof labels[i], "%d worker%s of pid %d", a->sharing.processes,
-             a->sharing.processes == 1 ? "" : "s", a->sharing.parent);
+    if (snprintf(labels[i], sizeof labels[i], "%d worker%s of pid %d", a->sharing.processes,
+                 a->sharing.processes == 1 ? "" : "s", a->sharing.parent) < 0)
+        labels[i][0] = '\0';
     add(a, labels[i], share);
 }
 
