@@ -97,15 +97,26 @@ int tg_init(void) {
     int state = atomic_load_explicit(&init_state, memory_order_acquire);
     if (state == 2) return 1;
     if (initialising) return 0;
-    int expected = 0;
-    if (state == 0 && atomic_compare_exchange_strong_explicit(&init_state, &expected, 1,
-                                                              memory_order_acq_rel,
-                                                              memory_order_acquire)) {
+    if (state == 0) {
+        /* The flag is up before the state says "running" and comes down only
+         * after it says "done": a signal handler that reads a variable in
+         * between would otherwise wait for an initialisation its own thread
+         * cannot finish, and a timer firing faster than that wait (20 ms)
+         * livelocked the process (test_signals, reentry). */
         initialising = 1;
-        initialise();
+        atomic_signal_fence(memory_order_seq_cst);
+        int expected = 0;
+        if (atomic_compare_exchange_strong_explicit(&init_state, &expected, 1,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            initialise();
+            atomic_store_explicit(&init_state, 2, memory_order_release);
+            atomic_signal_fence(memory_order_seq_cst);
+            initialising = 0;
+            return 1;
+        }
+        atomic_signal_fence(memory_order_seq_cst);
         initialising = 0;
-        atomic_store_explicit(&init_state, 2, memory_order_release);
-        return 1;
     }
     long long until = monotonic_us() + 20000;
     while (atomic_load_explicit(&init_state, memory_order_acquire) != 2) {
