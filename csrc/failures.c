@@ -70,7 +70,7 @@ void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, lon
     f->error = error;
     f->thread = thread;
     f->stack = needed_stack(attr);
-    tg_headroom_measure(&f->h, tg_libs[slot].kind);
+    tg_headroom_measure_exact(&f->h, tg_libs[slot].kind);
     f->cause = tg_failure_cause(error, f->stack, &f->h);
     tg_publish_changed();
     atomic_store_explicit(&f->ready, 1, memory_order_release);

@@ -66,6 +66,10 @@ struct ledger {
     _Atomic int lock; /* pid of the holder, 0 when free */
     int pad;
     struct ledger_entry entries[LEDGER_ENTRIES];
+    /* The user's last count of its tasks (limits.c packs it with the node's
+     * task creations then).  Added after the entries: a file an older
+     * version made is extended, and the older version never reads it. */
+    _Atomic unsigned long long uid_count;
 };
 
 static struct ledger *_Atomic shared;
@@ -190,6 +194,16 @@ long long tg_ledger_others(void) {
     return sum;
 }
 
+unsigned long long tg_ledger_uid_count(void) {
+    struct ledger *l = ledger();
+    return l == NULL ? 0 : atomic_load_explicit(&l->uid_count, memory_order_relaxed);
+}
+
+void tg_ledger_note_uid_count(unsigned long long packed) {
+    struct ledger *l = ledger();
+    if (l != NULL) atomic_store_explicit(&l->uid_count, packed, memory_order_relaxed);
+}
+
 void tg_ledger_prepare(void) {
     struct ledger *l = atomic_load_explicit(&shared, memory_order_acquire);
     if (l != NULL && holding) reclaim(l, 0);
@@ -217,7 +231,7 @@ static struct ledger_entry *claim_entry(struct ledger *l) {
         if (atomic_compare_exchange_strong_explicit(&e->pid, &expected, self,
                                                     memory_order_acq_rel,
                                                     memory_order_relaxed)) {
-            atomic_store_explicit(&e->start_time, tg_start_time_of(self), memory_order_relaxed);
+            atomic_store_explicit(&e->start_time, tg_own_stat(NULL), memory_order_relaxed);
             atomic_store_explicit(&mine, e, memory_order_release);
             return e;
         }

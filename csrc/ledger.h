@@ -15,6 +15,11 @@ TG_HIDDEN void tg_ledger_prepare(void);
 /* Pool workers other guarded processes of this user promised and have not
  * started (0 without a ledger). */
 TG_HIDDEN long long tg_ledger_others(void);
+/* The user's last count of its tasks, as limits.c packed it (0: none
+ * yet, or no ledger), and a new one.  Read and written whole, lock or not:
+ * every count it holds is a true one. */
+TG_HIDDEN unsigned long long tg_ledger_uid_count(void);
+TG_HIDDEN void tg_ledger_note_uid_count(unsigned long long packed);
 /* Publish this process's promised, unstarted workers. */
 TG_HIDDEN void tg_ledger_update(void);
 /* At exit: this process's promises end. */

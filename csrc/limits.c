@@ -48,6 +48,9 @@ static long read_file(const char *path, char *buf, size_t size) {
         ssize_t n = read(fd, buf + used, size - 1 - used);
         if (n <= 0) break;
         used += (size_t)n;
+        /* /proc and /sys fill a read as far as they can: a short one is
+         * the end (one read call fewer per file, on every measurement). */
+        if (used < size - 1) break;
     }
     close(fd);
     buf[used] = '\0';
@@ -75,6 +78,26 @@ static void take_min(long long *acc, long long value) {
 }
 
 /* ---- tasks of the real uid -------------------------------------------- */
+
+/* RLIMIT_NPROC counts every task of the real uid, in every process.
+ * Counting them walks /proc: one fstatat per process on the node, whoever
+ * owns it (about 3 us each here: 30 ms with 10,000 processes of another
+ * user), and pool decisions are made under the ledger's lock, so a burst of
+ * processes paid it one after another.  A decision needs the count only
+ * when the tasks left may be fewer than its pool wants, so the count is
+ * bounded from above, cheapest first, and walked only when the bound leaves
+ * the decision in doubt (the decision calls tg_headroom_refine):
+ *   1. every task on the node: /proc/loadavg's total, read anyway;
+ *   2. the last walk's count plus every task created on the node since:
+ *      the kernel counts each task it creates ("processes" in /proc/stat,
+ *      whose length grows with CPUs, never with processes), so the uid
+ *      cannot have gained more.  The last walk of this process or of any
+ *      guarded process of the user (kept in the ledger), whichever bound
+ *      is smaller;
+ *   3. a walk, which refreshes both.
+ * Tasks that end only loosen a bound.  What a bound misses: a process
+ * created before the last walk that takes this uid after it (a daemon's
+ * setuid), a window of a few tasks that the reserve covers. */
 
 /* "Uid:\t<real>\t..." and "Threads:\t<n>" of /proc/<pid>/status. */
 static long long threads_if_uid(const char *pid, uid_t uid) {
@@ -118,21 +141,126 @@ static long long other_processes_tasks(uid_t uid) {
     return count;
 }
 
-/* RLIMIT_NPROC counts every task (thread) of the real uid: this process's
- * and the other processes', read fresh each time a pool is sized (a cached
- * figure was stale exactly when processes start together). */
-static long long uid_tasks(uid_t uid) {
+/* Tasks the kernel has created on the node since boot, "processes N" in
+ * /proc/stat (after a line per CPU and the interrupt counts, so it is read
+ * a block at a time); -1 when there is no such line. */
+static long long tasks_created(void) {
+    static const char key[] = "\nprocesses ";
+    int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[4096 + 64];
+    size_t kept = 0;
+    long long created = -1;
+    for (;;) {
+        ssize_t n = read(fd, buf + kept, sizeof buf - 1 - kept);
+        if (n <= 0) break;
+        size_t used = kept + (size_t)n;
+        buf[used] = '\0';
+        const char *at = strstr(buf, key);
+        if (at != NULL && strchr(at + sizeof key - 1, '\n') != NULL) {
+            created = leading_number(at + sizeof key - 1);
+            break;
+        }
+        /* The line may straddle two blocks: the last 64 bytes hold its start. */
+        kept = used < 64 ? used : 64;
+        memmove(buf, buf + used - kept, kept);
+    }
+    close(fd);
+    return created;
+}
+
+/* A walk's count and the node's creations before it, in one word (count in
+ * the low 24 bits, creations modulo 2^40 above them), so that a reader in
+ * another process never sees half of one; 0 is none. */
+#define COUNT_BITS 24
+#define COUNT_MASK ((1ULL << COUNT_BITS) - 1)
+#define CREATED_MASK ((1ULL << (64 - COUNT_BITS)) - 1)
+
+static unsigned long long pack_count(long long created, long long count) {
+    if (created < 0 || count <= 0 || (unsigned long long)count >= COUNT_MASK) return 0;
+    return ((unsigned long long)created << COUNT_BITS) | (unsigned long long)count;
+}
+
+/* The uid's tasks now are at most the count plus every task created since
+ * (modulo 2^40: a counter that started again, after a reboot, reads as a
+ * bound too large to help). */
+static long long bound_since(unsigned long long packed, long long created_now) {
+    if (packed == 0) return -1;
+    unsigned long long since =
+        ((unsigned long long)created_now - (packed >> COUNT_BITS)) & CREATED_MASK;
+    return (long long)((packed & COUNT_MASK) + since);
+}
+
+static _Atomic unsigned long long last_count; /* this process's last walk */
+static _Atomic long long walks;
+
+/* The exact count: every task of the uid, this process's included. */
+static long long count_uid_tasks(uid_t uid) {
+    long long created = tasks_created(); /* before: a task made during the walk counts twice */
     long long others = other_processes_tasks(uid);
     long long own = tg_count_tasks();
+    atomic_fetch_add_explicit(&walks, 1, memory_order_relaxed);
     if (others < 0 || own < 0) return -1;
+    unsigned long long packed = pack_count(created, others + own);
+    if (packed != 0) {
+        atomic_store_explicit(&last_count, packed, memory_order_relaxed);
+        tg_ledger_note_uid_count(packed);
+    }
     return others + own;
+}
+
+long long tg_uid_task_walks(void) { return atomic_load_explicit(&walks, memory_order_relaxed); }
+
+/* Bound 2: the smaller of this process's last count and the user's (the
+ * ledger) plus the tasks created since; -1 without either. */
+static long long bound_by_last_count(void) {
+    unsigned long long own = atomic_load_explicit(&last_count, memory_order_relaxed);
+    unsigned long long shared = tg_ledger_uid_count();
+    if (own == 0 && shared == 0) return -1;
+    long long created = tasks_created();
+    if (created < 0) return -1;
+    long long a = bound_since(own, created), b = bound_since(shared, created);
+    return a < 0 || (b >= 0 && b < a) ? b : a;
+}
+
+static void set_uid_tasks(struct tg_headroom *h, long long tasks, int from) {
+    h->uid_tasks = tasks;
+    h->uid_tasks_from = from;
+    h->nproc_free = -1;
+    if (tasks < 0) return;
+    h->nproc_free = h->nproc_soft > tasks ? h->nproc_soft - tasks : 0;
+    /* Workers other guarded processes of this user promised and have not
+     * started yet are taken, though no task shows them yet. */
+    if (h->nproc_free > 0)
+        h->nproc_free = h->nproc_free > h->reserved_others ? h->nproc_free - h->reserved_others : 0;
+}
+
+/* Bound 3, the count (a bound is kept where /proc cannot be walked). */
+static void walk_uid_tasks(struct tg_headroom *h) {
+    h->uid_tasks_walked = 1;
+    long long counted = count_uid_tasks(getuid());
+    if (counted >= 0) set_uid_tasks(h, counted, TG_TASKS_COUNTED);
+}
+
+/* The next tighter figure for the uid's tasks: bound 2 where it is
+ * tighter, else a walk (tried once).  0 when nothing is left to try. */
+static int tighten_uid_tasks(struct tg_headroom *h) {
+    if (h->uid_tasks_from == TG_TASKS_NONE || h->uid_tasks_from == TG_TASKS_COUNTED ||
+        h->uid_tasks_walked)
+        return 0;
+    if (h->uid_tasks_from != TG_TASKS_CREATED) {
+        long long bound = bound_by_last_count();
+        if (bound >= 0 && (h->uid_tasks < 0 || bound < h->uid_tasks)) {
+            set_uid_tasks(h, bound, TG_TASKS_CREATED);
+            return 1;
+        }
+    }
+    walk_uid_tasks(h);
+    return 1;
 }
 
 /* ---- cgroups (v1 and v2) ---------------------------------------------- */
 
-/* For each cgroup hierarchy line of /proc/self/cgroup whose controllers
- * include `controller` (v1) or the unified one (v2), call visit with the
- * cgroup's directory and each of its ancestors. */
 typedef void (*cgroup_visit)(const char *dir, void *ctx);
 
 static int has_controller(const char *list, size_t len, const char *controller) {
@@ -147,9 +275,10 @@ static int has_controller(const char *list, size_t len, const char *controller) 
     return 0;
 }
 
-static void walk_up(const char *mount, const char *path, cgroup_visit visit, void *ctx) {
+static void walk_up(const char *mount, const char *path, size_t path_len, cgroup_visit visit,
+                    void *ctx) {
     char dir[1024];
-    int n = snprintf(dir, sizeof dir, "%s%s", mount, path);
+    int n = snprintf(dir, sizeof dir, "%s%.*s", mount, (int)path_len, path);
     if (n <= 0 || (size_t)n >= sizeof dir) return;
     size_t root = strlen(mount);
     for (;;) {
@@ -161,32 +290,93 @@ static void walk_up(const char *mount, const char *path, cgroup_visit visit, voi
     }
 }
 
-static void for_each_cgroup(const char *controller, const char *const *v1_mounts,
-                            cgroup_visit visit, void *ctx) {
-    char buf[4096];
-    if (read_file("/proc/self/cgroup", buf, sizeof buf) <= 0) return;
-    for (char *line = buf; *line;) {
-        char *next = strchr(line, '\n');
-        if (next) *next = '\0';
-        char *c1 = strchr(line, ':');
-        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+/* A v1 hierarchy's mount point, tried in order: the first that exists is
+ * looked up once per process (mounts do not move while it runs; two
+ * threads racing both look, and find the same). */
+struct v1_mount {
+    const char *path;
+};
+struct v1_mounts {
+    _Atomic int found; /* 0: not looked up; else 1 + the index, or -1: none */
+    const struct v1_mount *list;
+};
+
+static const char *v1_mount_path(struct v1_mounts *m) {
+    int found = atomic_load_explicit(&m->found, memory_order_relaxed);
+    if (found == 0) {
+        found = -1;
+        for (int i = 0; m->list[i].path; i++)
+            if (access(m->list[i].path, F_OK) == 0) {
+                found = 1 + i;
+                break;
+            }
+        atomic_store_explicit(&m->found, found, memory_order_relaxed);
+    }
+    return found > 0 ? m->list[found - 1].path : NULL;
+}
+
+/* Does a v1 line of /proc/self/cgroup carry the controller? */
+static int on_v1(const char *lines, const char *controller) {
+    for (const char *line = lines; *line;) {
+        const char *next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        const char *c1 = memchr(line, ':', len);
+        const char *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - line)) : NULL;
+        if (c2 != NULL && has_controller(c1 + 1, (size_t)(c2 - c1 - 1), controller)) return 1;
+        if (!next) break;
+        line = next + 1;
+    }
+    return 0;
+}
+
+/* For the line of /proc/self/cgroup (`lines`, read once per measurement)
+ * whose hierarchy has `controller`, call visit with the cgroup's directory
+ * and each of its ancestors.  The hierarchy is read from the lines alone:
+ * only a "0::" line is a pure v2 host (/sys/fs/cgroup); beside v1 lines it
+ * is the unified hierarchy of a hybrid one (.../unified), which has the
+ * controller only where no v1 hierarchy does.  root_counts: whether the
+ * real root's directory can hold the figure (a cpuset's does; pids.max and
+ * a CPU quota never exist there). */
+/* 1 when this process's cgroup namespace is the initial one (whose root
+ * is the real root): looked up once per process. */
+static _Atomic int initial_namespace = -1;
+
+static int in_initial_cgroup_namespace(void) {
+    int known = atomic_load_explicit(&initial_namespace, memory_order_relaxed);
+    if (known >= 0) return known;
+    char link[64];
+    ssize_t n = readlink("/proc/self/ns/cgroup", link, sizeof link - 1);
+    link[n > 0 ? n : 0] = '\0';
+    /* PROC_CGROUP_INIT_INO in the kernel's proc_ns.h. */
+    known = strcmp(link, "cgroup:[4026531835]") == 0;
+    atomic_store_explicit(&initial_namespace, known, memory_order_relaxed);
+    return known;
+}
+
+static void for_each_cgroup(const char *lines, const char *controller, int root_counts,
+                            struct v1_mounts *v1, cgroup_visit visit, void *ctx) {
+    int v1_host = lines[0] != '\0' && strncmp(lines, "0::", 3) != 0;
+    int controller_on_v1 = on_v1(lines, controller);
+    for (const char *line = lines; *line;) {
+        const char *next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        const char *c1 = memchr(line, ':', len);
+        const char *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - line)) : NULL;
         if (c2 != NULL) {
             const char *path = c2 + 1;
-            if (strcmp(path, "/") == 0) path = "";
+            size_t path_len = len - (size_t)(path - line);
+            if (path_len == 1 && path[0] == '/') path_len = 0;
             size_t list_len = (size_t)(c2 - c1 - 1);
-            if (list_len == 0 && strncmp(line, "0:", 2) == 0) {
-                /* v2: /sys/fs/cgroup on a pure v2 host, .../unified on a
-                 * hybrid one. */
-                walk_up(access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0
-                            ? "/sys/fs/cgroup"
-                            : "/sys/fs/cgroup/unified",
-                        path, visit, ctx);
+            if (path_len == 0 && !root_counts && in_initial_cgroup_namespace()) {
+                /* The real root: no pids.max and no quota there (the
+                 * kernel refuses both), so nothing to read. */
+            } else if (list_len == 0 && strncmp(line, "0:", 2) == 0) {
+                if (!controller_on_v1)
+                    walk_up(v1_host ? "/sys/fs/cgroup/unified" : "/sys/fs/cgroup", path,
+                            path_len, visit, ctx);
             } else if (has_controller(c1 + 1, list_len, controller)) {
-                for (const char *const *m = v1_mounts; *m; m++)
-                    if (access(*m, F_OK) == 0) {
-                        walk_up(*m, path, visit, ctx);
-                        break;
-                    }
+                const char *mount = v1_mount_path(v1);
+                if (mount != NULL) walk_up(mount, path, path_len, visit, ctx);
             }
         }
         if (!next) break;
@@ -222,9 +412,9 @@ static void visit_cpu(const char *dir, void *ctx) {
         period = space ? leading_number(space + 1) : -1;
     } else {
         snprintf(path, sizeof path, "%s/cpu.cfs_quota_us", dir);
-        quota = read_number(path); /* -1: no quota */
+        quota = read_number(path); /* -1: no quota, and no period to read */
         snprintf(path, sizeof path, "%s/cpu.cfs_period_us", dir);
-        period = read_number(path);
+        if (quota > 0) period = read_number(path);
     }
     if (quota > 0 && period > 0) take_min(cpus, (quota + period - 1) / period);
 }
@@ -305,15 +495,18 @@ static void visit_cpuset(const char *dir, void *ctx) {
  * the cgroup's cpuset (a container's or a scheduler's), else the online
  * CPUs.  A cpuset smaller than the affinity cannot be the job's (a test
  * shim stands in for a bigger node): the online CPUs then. */
-static long long node_cpus(long long affinity) {
+static long long node_cpus(const char *cgroups, long long affinity) {
     long long cpuset = -1;
-    static const char *const cpuset_mounts[] = {"/sys/fs/cgroup/cpuset", NULL};
-    for_each_cgroup("cpuset", cpuset_mounts, visit_cpuset, &cpuset);
+    static const struct v1_mount list[] = {{"/sys/fs/cgroup/cpuset"}, {NULL}};
+    static struct v1_mounts cpuset_mounts = {0, list};
+    for_each_cgroup(cgroups, "cpuset", 1, &cpuset_mounts, visit_cpuset, &cpuset);
     /* Through the PLT on purpose, like the affinity. */
     long long online = get_nprocs();
     if (cpuset > 0 && cpuset >= affinity && (online <= 0 || cpuset <= online)) return cpuset;
     return online > 0 ? online : -1;
 }
+
+static const char NPROC_LIMIT[] = "RLIMIT_NPROC";
 
 static void consider(struct tg_headroom *h, long long free, const char *limit) {
     if (free >= 0 && (h->free < 0 || free < h->free)) {
@@ -322,39 +515,22 @@ static void consider(struct tg_headroom *h, long long free, const char *limit) {
     }
 }
 
-void tg_headroom_measure(struct tg_headroom *h, int kind) {
-    tg_headroom_measure_stack(h, kind, tg_default_stack());
+/* free and limit: the smallest of the *_free figures, ties to the first. */
+static void choose_free(struct tg_headroom *h) {
+    h->free = -1;
+    h->limit = "none";
+    consider(h, h->nproc_free, NPROC_LIMIT);
+    consider(h, h->pids_free, "cgroup pids.max");
+    consider(h, h->threads_free, "kernel threads-max");
+    consider(h, h->as_free_threads, "RLIMIT_AS");
+    consider(h, h->budget_free, "THREADGUARD_MAX_THREADS");
 }
 
-void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack) {
+static void measure(struct tg_headroom *h, int kind, long long stack, int exact) {
     memset(h, 0xff, sizeof *h); /* every figure -1 */
-    h->limit = "none";
+    h->uid_tasks_from = TG_TASKS_NONE;
+    h->uid_tasks_walked = 0;
     h->cpus_from = "unknown";
-
-    struct rlimit nproc;
-    if (getrlimit(RLIMIT_NPROC, &nproc) == 0) {
-        h->nproc_soft = nproc.rlim_cur == RLIM_INFINITY ? -1 : (long long)nproc.rlim_cur;
-        h->nproc_hard = nproc.rlim_max == RLIM_INFINITY ? -1 : (long long)nproc.rlim_max;
-        uid_t uid = getuid();
-        /* The kernel never applies RLIMIT_NPROC to root. */
-        if (h->nproc_soft >= 0 && uid != 0) {
-            h->uid_tasks = uid_tasks(uid);
-            if (h->uid_tasks >= 0)
-                h->nproc_free = h->nproc_soft > h->uid_tasks ? h->nproc_soft - h->uid_tasks : 0;
-        }
-    }
-    /* Workers other guarded processes of this user promised and have not
-     * started yet are taken, though no task shows them yet. */
-    h->reserved_others = tg_ledger_others();
-    if (h->nproc_free > 0)
-        h->nproc_free = h->nproc_free > h->reserved_others ? h->nproc_free - h->reserved_others : 0;
-    consider(h, h->nproc_free, "RLIMIT_NPROC");
-
-    static const char *const pids_mounts[] = {"/sys/fs/cgroup/pids", NULL};
-    for_each_cgroup("pids", pids_mounts, visit_pids, h);
-    if (h->pids_free > 0)
-        h->pids_free = h->pids_free > h->reserved_others ? h->pids_free - h->reserved_others : 0;
-    consider(h, h->pids_free, "cgroup pids.max");
 
     char buf[128];
     h->threads_max = read_number("/proc/sys/kernel/threads-max");
@@ -364,28 +540,83 @@ void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack)
     }
     if (h->threads_max > 0 && h->threads_total >= 0)
         h->threads_free = h->threads_max > h->threads_total ? h->threads_max - h->threads_total : 0;
-    consider(h, h->threads_free, "kernel threads-max");
+
+    h->reserved_others = tg_ledger_others();
+    struct rlimit nproc;
+    if (getrlimit(RLIMIT_NPROC, &nproc) == 0) {
+        h->nproc_soft = nproc.rlim_cur == RLIM_INFINITY ? -1 : (long long)nproc.rlim_cur;
+        h->nproc_hard = nproc.rlim_max == RLIM_INFINITY ? -1 : (long long)nproc.rlim_max;
+        /* The kernel never applies RLIMIT_NPROC to root. */
+        if (h->nproc_soft >= 0 && getuid() != 0) {
+            set_uid_tasks(h, h->threads_total, TG_TASKS_NODE); /* bound 1 */
+            if (exact) walk_uid_tasks(h);
+            else if (h->threads_total < 0) tighten_uid_tasks(h); /* no bound 1 */
+        }
+    }
+
+    char cgroups[4096];
+    if (read_file("/proc/self/cgroup", cgroups, sizeof cgroups) <= 0) cgroups[0] = '\0';
+    static const struct v1_mount pids_list[] = {{"/sys/fs/cgroup/pids"}, {NULL}};
+    static struct v1_mounts pids_mounts = {0, pids_list};
+    for_each_cgroup(cgroups, "pids", 0, &pids_mounts, visit_pids, h);
+    if (h->pids_free > 0)
+        h->pids_free = h->pids_free > h->reserved_others ? h->pids_free - h->reserved_others : 0;
 
     measure_address_space(h, kind, stack);
-    consider(h, h->as_free_threads, "RLIMIT_AS");
 
-    long long tasks = tg_count_tasks();
-    h->process_threads = tasks > 0 ? tasks - 1 : tasks;
+    /* This process's threads: for THREADGUARD_MAX_THREADS, and shown by a
+     * report. */
+    if (exact || tg_config.max_threads > 0) {
+        long long tasks = tg_count_tasks();
+        h->process_threads = tasks > 0 ? tasks - 1 : tasks;
+    }
     if (tg_config.max_threads > 0) {
         h->budget = tg_config.max_threads;
         if (h->process_threads >= 0)
             h->budget_free = h->budget > h->process_threads ? h->budget - h->process_threads : 0;
     }
-    consider(h, h->budget_free, "THREADGUARD_MAX_THREADS");
+    choose_free(h);
 
     h->cpus_affinity = affinity_cpus();
-    static const char *const cpu_mounts[] = {"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu",
-                                             NULL};
+    static const struct v1_mount cpu_list[] = {
+        {"/sys/fs/cgroup/cpu,cpuacct"}, {"/sys/fs/cgroup/cpu"}, {NULL}};
+    static struct v1_mounts cpu_mounts = {0, cpu_list};
     long long quota = -1;
-    for_each_cgroup("cpu", cpu_mounts, visit_cpu, &quota);
+    for_each_cgroup(cgroups, "cpu", 0, &cpu_mounts, visit_cpu, &quota);
     h->cpus_quota = quota;
     tg_allocation_measure(&h->allocation, h->cpus_affinity, h->cpus_quota,
-                          tg_local_ranks_set() ? node_cpus(h->cpus_affinity) : -1);
+                          tg_local_ranks_set() ? node_cpus(cgroups, h->cpus_affinity) : -1);
     h->cpus = h->allocation.cpus;
     h->cpus_from = h->allocation.from;
+}
+
+void tg_headroom_measure(struct tg_headroom *h, int kind) {
+    measure(h, kind, tg_default_stack(), 0);
+}
+
+void tg_headroom_measure_stack(struct tg_headroom *h, int kind, long long stack) {
+    measure(h, kind, stack, 0);
+}
+
+void tg_headroom_measure_exact(struct tg_headroom *h, int kind) {
+    measure(h, kind, tg_default_stack(), 1);
+}
+
+int tg_headroom_refine(struct tg_headroom *h) {
+    if (h->limit != NPROC_LIMIT || !tighten_uid_tasks(h)) return 0;
+    choose_free(h);
+    return 1;
+}
+
+int tg_headroom_free_at_least(const struct tg_headroom *h) {
+    return h->free >= 0 && h->limit == NPROC_LIMIT && h->uid_tasks_from != TG_TASKS_COUNTED;
+}
+
+const char *tg_tasks_from_name(int from) {
+    switch (from) {
+    case TG_TASKS_NODE: return "node";
+    case TG_TASKS_CREATED: return "created";
+    case TG_TASKS_COUNTED: return "counted";
+    default: return NULL;
+    }
 }

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -66,8 +67,9 @@ long long tg_count_tasks_of(int pid) {
     return read_tasks(path, NULL, 0);
 }
 
-/* Field 22 of /proc/PID/stat; *state: field 3 (R, S, Z, ...). */
-static long long stat_start_time(int pid, char *state) {
+/* Field 22 of /proc/PID/stat; *state: field 3 (R, S, Z, ...); *threads:
+ * field 20. */
+static long long stat_fields(int pid, char *state, long long *threads) {
     char path[64], buf[1024];
     proc_path(path, sizeof path, pid, "/stat");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -79,14 +81,39 @@ static long long stat_start_time(int pid, char *state) {
     const char *p = strrchr(buf, ')'); /* the command may hold spaces */
     if (p == NULL) return -1;
     if (state) *state = p[1] == ' ' ? p[2] : '?';
-    for (int field = 2; *p && field < 22; p++)
-        if (*p == ' ') field++;
+    for (int field = 2; *p && field < 22; p++) {
+        if (*p != ' ') continue;
+        if (++field == 20 && threads) {
+            long long n = 0;
+            for (const char *d = p + 1; *d >= '0' && *d <= '9'; d++) n = n * 10 + (*d - '0');
+            *threads = n;
+        }
+    }
     long long v = 0;
     for (; *p >= '0' && *p <= '9'; p++) v = v * 10 + (*p - '0');
     return v;
 }
 
+static long long stat_start_time(int pid, char *state) { return stat_fields(pid, state, NULL); }
+
 long long tg_start_time_of(int pid) { return stat_start_time(pid, NULL); }
+
+/* This process's start time never changes: read once per process (a forked
+ * child, with another pid, reads its own). */
+static _Atomic long long own_start = -1;
+static _Atomic int own_pid;
+
+long long tg_own_stat(long long *threads) {
+    int pid = (int)getpid();
+    if (threads == NULL && atomic_load_explicit(&own_pid, memory_order_acquire) == pid)
+        return atomic_load_explicit(&own_start, memory_order_relaxed);
+    long long start = stat_fields(pid, NULL, threads);
+    if (start >= 0) {
+        atomic_store_explicit(&own_start, start, memory_order_relaxed);
+        atomic_store_explicit(&own_pid, pid, memory_order_release);
+    }
+    return start;
+}
 
 long long tg_running_start_time_of(int pid) {
     char state = '?';

@@ -23,4 +23,8 @@ TG_HIDDEN long long tg_read_small_file(const char *path, char *buf, size_t size)
 /* Path of the running executable into buf ("" if unknown). */
 TG_HIDDEN void tg_exe_path(char *buf, size_t size);
 
+/* This process's start time (field 22 of /proc/self/stat), read once per
+ * process; with threads, read now, and *threads set to its thread count. */
+TG_HIDDEN long long tg_own_stat(long long *threads);
+
 #endif

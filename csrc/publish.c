@@ -95,8 +95,10 @@ static void dir_path(char *buf, size_t size) {
 int tg_shared_dir(int create) {
     char path[64];
     dir_path(path, sizeof path);
-    if (create && mkdir(path, 0700) != 0 && errno != EEXIST) return -1;
+    /* Made once per user and boot: opened first, made only when missing. */
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && create && errno == ENOENT && (mkdir(path, 0700) == 0 || errno == EEXIST))
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return -1;
     struct stat st;
     /* Another user's directory (made first, to read ours) is never used. */
@@ -122,14 +124,20 @@ static int parse_name(const char *name, int *pid, long long *start, const char *
     return 0;
 }
 
+/* Whether the last listing of the directory showed a file of the parent
+ * (1), showed every file and none of it (0), or cannot say (-1): share.c
+ * reads the parent's start time and opens its file only where there may be
+ * one.  Written at initialisation and in a forked child, single-threaded. */
+static int parent_listed = -1, listed_parent_pid;
+
 /* Remove a few files of processes that are gone (SIGKILL, _exit in a forked
  * child): the same test readers make, without reading maps (a process that
  * exec'ed into an unguarded program is left to the readers). */
 static void sweep(int dir) {
     char buf[4096] __attribute__((aligned(8)));
-    int removed = 0, looks = 0;
+    int removed = 0, looks = 0, parent = (int)getppid(), seen = 0;
     long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
-    for (long off = 0; off < n && removed < SWEEP_MAX && looks < SWEEP_LOOKS;) {
+    for (long off = 0; off < n;) {
         struct dirent64 *d = (struct dirent64 *)(void *)(buf + off);
         off += d->d_reclen;
         int pid;
@@ -138,10 +146,20 @@ static void sweep(int dir) {
         int temporary = name[0] == '.';
         if (parse_name(name + temporary, &pid, &start, temporary ? ".new" : ".live") != 0)
             continue;
+        if (pid == parent) seen = 1;
+        if (removed >= SWEEP_MAX || looks >= SWEEP_LOOKS) continue;
         looks++;
         if (tg_start_time_of(pid) == start) continue;
         if (unlinkat(dir, name, 0) == 0) removed++;
     }
+    /* A listing is whole when the buffer had room for one more entry (a
+     * 255-byte name takes 280). */
+    listed_parent_pid = parent;
+    parent_listed = seen ? 1 : n >= 0 && n + 280 <= (long)sizeof buf ? 0 : -1;
+}
+
+int tg_publish_listed_parent(int pid) {
+    return pid == listed_parent_pid ? parent_listed : -1;
 }
 
 /* Copy the parts of a counter block that hold something: a file's pages in
@@ -163,7 +181,7 @@ static void copy_used(struct tg_counter_block *to, const struct tg_counter_block
 static struct tg_published *create_file(const struct tg_counter_block *from) {
     if (tg_config.publish_off || getauxval(AT_SECURE)) return NULL;
     int pid = (int)getpid();
-    long long start = tg_start_time_of(pid);
+    long long start = tg_own_stat(NULL);
     if (start < 0) return NULL;
     int dir = tg_shared_dir(1);
     if (dir < 0) return NULL;
@@ -171,8 +189,12 @@ static struct tg_published *create_file(const struct tg_counter_block *from) {
     char temp[64], name[64];
     file_name(temp, sizeof temp, ".", pid, start, ".new");
     file_name(name, sizeof name, "", pid, start, ".live");
-    unlinkat(dir, temp, 0); /* left by this pid's earlier image, killed while creating */
     int fd = openat(dir, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        /* Left by this pid's earlier image, killed while creating. */
+        unlinkat(dir, temp, 0);
+        fd = openat(dir, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    }
     struct tg_published *p = NULL;
     if (fd >= 0) {
         if (ftruncate(fd, sizeof *p) == 0) {

@@ -17,7 +17,7 @@ TG_HIDDEN int tg_shared_dir(int create);
 
 #define TG_PUBLISH_MAGIC 0x3162757067746774ULL /* "tgtgpub1" */
 /* Raised whenever the layout below changes: a reader rejects another. */
-#define TG_PUBLISH_LAYOUT 2
+#define TG_PUBLISH_LAYOUT 3
 #define TG_DOC_SIZE (128 * 1024)
 
 /* Written once, before the file gets its name, except the atomics. */
@@ -131,5 +131,10 @@ struct tg_doc_view {
     int acted;
 };
 TG_HIDDEN void tg_publish_doc_view(const struct tg_published *copy, struct tg_doc_view *view);
+
+/* Whether this process's last listing of the shared directory (at start,
+ * and in a forked child) showed a file of its parent `pid`: 1, 0 (every
+ * file was listed, none is the parent's), -1 (cannot say). */
+TG_HIDDEN int tg_publish_listed_parent(int pid);
 
 #endif

@@ -168,12 +168,26 @@ static _Atomic(get_ip_fn) unwind_get_ip;
  * dlsym(RTLD_DEFAULT) would not; a caller in libstdc++ means it is there.
  * This runs once per process; the reference it takes is never dropped, so
  * the pointers stay valid. */
+static int find_libgcc_s(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    const char *name = info->dlpi_name, *slash = name ? strrchr(name, '/') : NULL;
+    if (name == NULL || !tg_starts_with(slash ? slash + 1 : name, "libgcc_s.so")) return 0;
+    *(const char **)arg = name;
+    return 1;
+}
+
 static int resolve_unwinder(void) {
     if (atomic_load_explicit(&unwind_backtrace, memory_order_acquire) != NULL) return 1;
     /* Only thread creation unwinds (getenv never does: a signal handler's
      * tail call into getenv would otherwise dlopen here each time), and
-     * libgcc_s may arrive later (with libstdc++), so look again each time. */
-    void *gcc_s = dlopen("libgcc_s.so.1", RTLD_LAZY | RTLD_NOLOAD);
+     * libgcc_s may arrive later (with libstdc++), so look again each time.
+     * Looked for in the loaded objects first, by file name: dlopen of a
+     * soname that is not loaded searches the disk (ld.so.cache, the file)
+     * and starts malloc for dlerror, in every process that has none. */
+    const char *loaded = NULL;
+    dl_iterate_phdr(find_libgcc_s, &loaded);
+    if (loaded == NULL) return 0;
+    void *gcc_s = dlopen(loaded, RTLD_LAZY | RTLD_NOLOAD);
     if (gcc_s == NULL) return 0;
     get_ip_fn ip = (get_ip_fn)dlsym(gcc_s, "_Unwind_GetIP");
     backtrace_fn bt = (backtrace_fn)dlsym(gcc_s, "_Unwind_Backtrace");

@@ -65,6 +65,7 @@ struct tg_decision {
     char lowered_by[40]; /* THREADGUARD_POOL_THREADS or the headroom's limit; "" */
     char caller[64];     /* the library that made the call (a setter's call site) */
     long long free;      /* headroom used */
+    int free_at_least;   /* free is a lower bound (the uid's tasks were not counted) */
     char limit[40];      /* the limit that gave it ("none") */
     long long cpus;
     char cpus_from[64];      /* the CPU figure's source ("4 workers of pid 1234") */

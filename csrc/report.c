@@ -150,16 +150,27 @@ static void put_json_counters(struct out *o, const threadguard_stats *s, int row
         put(o, "%s\"%s\": %lld", f ? ", " : "", field_names[f], threadguard_stats_get(s, row, f));
 }
 
+static void put_json_string_or_null(struct out *o, const char *str) {
+    if (str == NULL) put(o, "null");
+    else put_json_string(o, str);
+}
+
 static void put_json_number(struct out *o, const char *key, long long v, const char *sep) {
     if (v < 0) put(o, "\"%s\": null%s", key, sep);
     else put(o, "\"%s\": %lld%s", key, v, sep);
 }
 
-static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
+/* walks: the /proc walks this process made to count the uid's tasks,
+ * shown with the headroom now (-1: not shown). */
+static void put_json_headroom(struct out *o, const struct tg_headroom *h, long long walks) {
     put(o, "{");
+    if (walks >= 0) put(o, "\"uid_task_walks\": %lld, ", walks);
     put_json_number(o, "rlimit_nproc_soft", h->nproc_soft, ", ");
     put_json_number(o, "rlimit_nproc_hard", h->nproc_hard, ", ");
     put_json_number(o, "uid_tasks", h->uid_tasks, ", ");
+    put(o, "\"uid_tasks_from\": ");
+    put_json_string_or_null(o, tg_tasks_from_name(h->uid_tasks_from));
+    put(o, ", ");
     put_json_number(o, "nproc_free", h->nproc_free, ", ");
     put_json_number(o, "reserved_by_others", h->reserved_others, ",\n      ");
     put_json_number(o, "pids_max", h->pids_max, ", ");
@@ -176,7 +187,8 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h) {
     put_json_number(o, "process_threads", h->process_threads, ", ");
     put_json_number(o, "budget_free", h->budget_free, ",\n      ");
     put_json_number(o, "free", h->free, ", ");
-    put(o, "\"limit\": ");
+    put(o, "\"free_at_least\": %s, \"limit\": ",
+        tg_headroom_free_at_least(h) ? "true" : "false");
     put_json_string(o, h->limit);
     put(o, ",\n      ");
     put_json_number(o, "cpus_affinity", h->cpus_affinity, ", ");
@@ -264,7 +276,7 @@ static void put_json_pools(struct out *o, const struct tg_counter_block *b) {
         put_json_string(o, d->caller);
         put(o, ", ");
         put_json_number(o, "free", d->free, ", ");
-        put(o, "\"limit\": ");
+        put(o, "\"free_at_least\": %s, \"limit\": ", d->free_at_least ? "true" : "false");
         put_json_string(o, d->limit);
         put(o, ", \"cpus\": %lld, \"cpus_from\": ", d->cpus);
         put_json_string(o, d->cpus_from);
@@ -343,7 +355,7 @@ static void put_json_failures(struct out *o) {
         put(o, ",\n      \"cause\": ");
         put_json_string(o, f->cause);
         put(o, ", \"stack\": %lld, \"limits\": ", f->stack);
-        put_json_headroom(o, &f->h);
+        put_json_headroom(o, &f->h, -1);
         put(o, "}");
     }
     put(o, "%s],\n", first ? "" : "\n  ");
@@ -421,12 +433,15 @@ static void write_json(struct out *o, const threadguard_stats *s, const struct s
     put_json_overflow(o, who->block);
     if (who->doc == NULL) {
         put_json_failures(o);
+        /* What counting the uid's tasks cost this process, before the
+         * count the report itself makes. */
+        long long walks = tg_uid_task_walks();
         struct tg_headroom now;
-        tg_headroom_measure(&now, TG_KIND_UNKNOWN);
+        tg_headroom_measure_exact(&now, TG_KIND_UNKNOWN);
         put(o, "  \"headroom\": {\n    \"at_start\": ");
-        put_json_headroom(o, &tg_headroom_at_start);
+        put_json_headroom(o, &tg_headroom_at_start, -1);
         put(o, ",\n    \"now\": ");
-        put_json_headroom(o, &now);
+        put_json_headroom(o, &now, walks);
     } else {
         /* platform, settings, applied and failures, as the process wrote
          * them; the headroom now is the process's to measure. */
@@ -473,7 +488,9 @@ static void put_table_pools(struct out *o, const struct tg_counter_block *b) {
             if (d->source == TG_SOURCE_THREADGUARD && d->value == d->cpus && d->cpus_from[0] &&
                 strcmp(d->cpus_from, "affinity") != 0)
                 put(o, ", %lld CPU%s: %s", d->cpus, tg_s(d->cpus), d->cpus_from);
-            if (d->free >= 0) put(o, " (%lld free under %s)", d->free, d->limit);
+            if (d->free >= 0)
+                put(o, " (%s%lld free under %s)", d->free_at_least ? "at least " : "", d->free,
+                    d->limit);
             long long count = atomic_load_explicit(&d->count, memory_order_relaxed);
             if (count > 1) put(o, " x%lld", count);
             put(o, "\n");
@@ -511,9 +528,11 @@ static void write_table_rest(struct out *o) {
             h->allocation.sharing.parent_cpus, tg_s(h->allocation.sharing.parent_cpus),
             h->allocation.sharing.processes, h->allocation.sharing.processes == 1 ? "" : "es");
     if (h->free >= 0)
-        put(o, " %lld thread%s free under %s;", h->free, tg_s(h->free), h->limit);
+        put(o, " %s%lld thread%s free under %s;", tg_headroom_free_at_least(h) ? "at least " : "",
+            h->free, tg_s(h->free), h->limit);
     put_figure(o, "RLIMIT_NPROC", h->nproc_soft);
-    put_figure(o, "uid tasks", h->uid_tasks);
+    put_figure(o, h->uid_tasks_from == TG_TASKS_COUNTED ? "uid tasks" : "uid tasks at most",
+               h->uid_tasks);
     put_figure(o, "pids.max", h->pids_max);
     put_figure(o, "pids.current", h->pids_current);
     put_figure(o, "threads-max", h->threads_max);
@@ -819,7 +838,7 @@ static void doc_json(struct out *o) {
     put_json_failures(o);
 }
 
-static void doc_at_start(struct out *o) { put_json_headroom(o, &tg_headroom_at_start); }
+static void doc_at_start(struct out *o) { put_json_headroom(o, &tg_headroom_at_start, -1); }
 
 static void doc_truncated(struct out *o) {
     put(o, "  \"document_truncated\": true,\n");

@@ -67,6 +67,16 @@ static long long pool_fit(unsigned slot, int kind, const struct tg_headroom *h) 
     return fit > 1 ? fit : 1;
 }
 
+/* The fit for a pool that wants `want` (workers + caller).  The headroom
+ * bounds the uid's tasks from above (limits.c): the bound is tightened, to
+ * a count at last, only while it is what keeps the pool from fitting - a
+ * decision that fits under the bound is the one the count would give. */
+static long long settled_fit(unsigned slot, int kind, struct tg_headroom *h, long long want) {
+    long long fit = pool_fit(slot, kind, h);
+    while (fit >= 0 && fit < want && tg_headroom_refine(h)) fit = pool_fit(slot, kind, h);
+    return fit;
+}
+
 /* A pool size the way the libraries read one: the leading positive number
  * ("4", "4,2" for nested OpenMP); -1 when there is none. */
 static long long user_pool_size(const char *value) {
@@ -94,6 +104,11 @@ struct sizing {
 /* The operator's ceiling, THREADGUARD_POOL_THREADS (or limit()), then the
  * headroom: *s is lowered to the first that is below it. */
 static const char CEILING[] = "THREADGUARD_POOL_THREADS";
+
+/* What a pool of `value` asks of the headroom: the ceiling comes first. */
+static long long wanted(long long value, long long ceiling) {
+    return ceiling > 0 && value > ceiling ? ceiling : value;
+}
 
 static void lower_to_fit(struct sizing *s, long long fit, const struct tg_headroom *h) {
     long long ceiling = tg_pool_threads();
@@ -148,6 +163,7 @@ static int record(unsigned slot, const char *variable, const struct sizing *s,
     d->lowered = s->lowered_by != NULL;
     snprintf(d->lowered_by, sizeof d->lowered_by, "%s", s->lowered_by ? s->lowered_by : "");
     d->free = h->free;
+    d->free_at_least = tg_headroom_free_at_least(h);
     snprintf(d->limit, sizeof d->limit, "%s", h->limit);
     d->cpus = h->cpus;
     snprintf(d->cpus_from, sizeof d->cpus_from, "%s", h->cpus_from);
@@ -202,7 +218,7 @@ static void shrink_pool_stack(unsigned slot, int kind, long long want, struct tg
         return;
     struct tg_headroom small;
     tg_headroom_measure_stack(&small, kind, POOL_STACK);
-    long long small_fit = pool_fit(slot, kind, &small);
+    long long small_fit = settled_fit(slot, kind, &small, want);
     if (small_fit <= *fit) return;
     long long before = *fit;
     *h = small;
@@ -250,7 +266,6 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
                               const char *user_text, const char *fallback) {
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
-    long long fit = pool_fit(slot, kind, &h);
     /* The program's own value, then THREADGUARD_POOL_THREADS (the size of
      * every pool the program leaves unsized, and the ceiling of those it
      * sizes), then the CPU allocation; lowered to fit the headroom. */
@@ -270,6 +285,7 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
     } else {
         s.requested = s.value;
     }
+    long long fit = settled_fit(slot, kind, &h, wanted(s.value, ceiling));
     if (!tg_config.observe) shrink_pool_stack(slot, kind, s.value, &h, &fit);
     lower_to_fit(&s, fit, &h);
     char *result;
@@ -302,7 +318,6 @@ long long tg_size_inherited(unsigned slot, int kind, const char *variable, const
     int locked = sizing_begins();
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
-    long long fit = pool_fit(slot, kind, &h);
     long long ceiling = tg_pool_threads();
     struct sizing s = {user_pool_size(tg_environ_get(variable)), -1, TG_SOURCE_USER, NULL, slot};
     if (s.value < 0 && fallback) s.value = user_pool_size(tg_environ_get(fallback));
@@ -312,6 +327,8 @@ long long tg_size_inherited(unsigned slot, int kind, const char *variable, const
     } else {
         s.requested = s.value;
     }
+    long long want = wanted(s.value, ceiling);
+    long long fit = settled_fit(slot, kind, &h, want < current ? want : current);
     lower_to_fit(&s, fit, &h);
     if (s.source != TG_SOURCE_USER) s.lowered_by = NULL;
     if (s.value > current) s.value = current;
@@ -331,8 +348,12 @@ long long tg_size_inherited(unsigned slot, int kind, const char *variable, const
 char *tg_limit_openmp(unsigned slot, const char *user_text) {
     struct tg_headroom h;
     tg_headroom_measure(&h, TG_KIND_OPENMP);
-    long long fit = pool_fit(slot, TG_KIND_OPENMP, &h);
     long long user = user_pool_size(user_text);
+    /* The cap never cuts the pool the runtime gets (the program's value or
+     * the CPUs): the uid's tasks are counted only where the bound on them
+     * would; above that, a cap from the bound is a net a few tasks lower. */
+    long long pool = user > h.cpus ? user : h.cpus;
+    long long fit = settled_fit(slot, TG_KIND_OPENMP, &h, pool > 4096 ? 4097 : pool);
     /* Only a limit within reach is worth a cap (threads-max alone is not). */
     if (fit < 0 || fit > 4096 || (user > 0 && user <= fit)) return (char *)user_text;
     struct sizing s = {fit, user, user > 0 ? TG_SOURCE_USER : TG_SOURCE_THREADGUARD,
@@ -376,7 +397,8 @@ int tg_size_setter(unsigned slot, unsigned caller, const char *function, int kin
     struct tg_headroom h;
     int locked = sizing_begins();
     tg_headroom_measure(&h, kind);
-    long long fit = pool_fit(slot, kind, &h);
+    /* n threads of `cost` tasks each (fit counts the caller once). */
+    long long fit = settled_fit(slot, kind, &h, 1 + ((long long)n - 1) * cost);
     if (fit > 0) fit = 1 + (fit - 1) / cost;
     lower_to_fit(&s, fit, &h);
     int granted = (int)s.value;
@@ -462,8 +484,9 @@ static void apply_arenas(void) {
 static void size_numexpr(void) {
     if (tg_config.observe) return;
     const char *user = tg_environ_get("NUMEXPR_MAX_THREADS");
+    /* Tightened in place: the headroom at start shows the figures this
+     * first decision needed. */
     struct tg_headroom *h = &tg_headroom_at_start;
-    long long fit = pool_fit(TG_UNKNOWN_SLOT, TG_KIND_OTHER, h);
     long long ceiling = tg_pool_threads();
     struct sizing s = {user_pool_size(user), -1, TG_SOURCE_USER, NULL, TG_UNKNOWN_SLOT};
     if (s.value < 0) {
@@ -472,6 +495,7 @@ static void size_numexpr(void) {
     } else {
         s.requested = s.value;
     }
+    long long fit = settled_fit(TG_UNKNOWN_SLOT, TG_KIND_OTHER, h, wanted(s.value, ceiling));
     lower_to_fit(&s, fit, h);
     if (s.source == TG_SOURCE_USER && s.lowered_by == NULL) return; /* the program's, kept */
     if (s.source == TG_SOURCE_THREADGUARD && ceiling < 0 && s.value >= h->cpus_affinity)

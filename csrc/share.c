@@ -149,7 +149,11 @@ void tg_share_register(int exec_start, int preloaded) {
     struct tg_published *self = tg_published_self();
     if (self == NULL || tg_config.publish_off) return; /* nothing shared without publishing */
     int ppid = (int)getppid();
-    if (map_file_of(ppid, tg_start_time_of(ppid), &parent) != 0) return;
+    /* The parent's start time is read only where it may have a file: most
+     * processes are started by a shell. */
+    if (tg_publish_listed_parent(ppid) == 0 ||
+        map_file_of(ppid, tg_start_time_of(ppid), &parent) != 0)
+        return;
     struct tg_children *c = &parent.map->children;
     int i = own_entry(c, self->header.start_time);
     if (exec_start && multiprocessing_helper()) {

@@ -292,7 +292,9 @@ static long long tasks_at_start = -1;
 long long tg_tasks_at_start(void) { return tasks_at_start; }
 
 void tg_threads_init(void) {
-    long long tasks = tg_count_tasks();
+    /* One read for both: the start time names the published file. */
+    long long tasks = -1;
+    if (tg_own_stat(&tasks) < 0) tasks = tg_count_tasks();
     tasks_at_start = tasks > 0 ? tasks - 1 : tasks;
 }
 

@@ -170,15 +170,19 @@ def test_openblas_64_threads_under_a_cgroup_pids_limit(runner, pids_cgroup):
 
 def test_cgroup_v2_files_are_read(runner):
     """cgroup v2 (pids.max, cpu.max), on a machine whose pids controller is v1:
-    a private mount namespace puts a v2-shaped tree over /sys/fs/cgroup.  It
-    checks the parsing and the sizing, not the kernel's enforcement (the
-    v1 test above does that)."""
+    a private mount namespace puts a v2-shaped tree over /sys/fs/cgroup, and
+    the process's /proc/PID/cgroup (bound over) says "0::/job", as on a pure
+    v2 host.  It checks the parsing and the sizing, not the kernel's
+    enforcement (the v1 test above does that).  Every command of the chain
+    execs the next, so the pid whose file is bound over is the guarded one's."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
     root = "/sys/fs/cgroup"
-    script = (f"mount -t tmpfs threadguard-test {root} && touch {root}/cgroup.controllers && "
-              f"echo 7 > {root}/pids.max && echo 1 > {root}/pids.current && "
-              f"echo '150000 100000' > {root}/cpu.max && exec \"$@\"")
+    script = (f"mount -t tmpfs threadguard-test {root} && mkdir {root}/job && "
+              f"echo 7 > {root}/job/pids.max && echo 1 > {root}/job/pids.current && "
+              f"echo '150000 100000' > {root}/job/cpu.max && "
+              f"echo 0::/job > {root}/lines && mount --bind {root}/lines /proc/$$/cgroup && "
+              f"exec \"$@\"")
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
     probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=300)
     if probe.returncode != 0:

@@ -70,8 +70,10 @@ class PoolSize:
     any, whether it was lowered and by what (lowered_by:
     "THREADGUARD_POOL_THREADS", the operator's ceiling, or the limit that left
     too few threads), and the headroom used (free threads and the limit that
-    set them, None/"none" when nothing limits). caller: the library that made
-    the call (a setter's call site; the library itself for a variable)."""
+    set them, None/"none" when nothing limits; free_at_least: free is a lower
+    bound, RLIMIT_NPROC's from a bound on the user's tasks, which left room
+    enough that they were not counted). caller: the library that made the
+    call (a setter's call site; the library itself for a variable)."""
 
     library: str
     kind: str
@@ -87,6 +89,7 @@ class PoolSize:
     lowered_by: Optional[str] = None
     caller: str = ""
     cpus_from: str = ""  # the CPU figure's source: "affinity", "4 workers of pid 1234", ...
+    free_at_least: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,8 @@ class Stats:
                                    count=int(r.get("count", 1)),
                                    lowered_by=_optional_str(r.get("lowered_by")),
                                    caller=str(r.get("caller") or ""),
-                                   cpus_from=str(r.get("cpus_from") or ""))
+                                   cpus_from=str(r.get("cpus_from") or ""),
+                                   free_at_least=bool(r.get("free_at_least", False)))
                           for r in data.get("pools", ()))
             headroom = data.get("headroom", {})
             failures = tuple(Failure.from_json(r) for r in data.get("failures", ()))

@@ -52,6 +52,7 @@ class Process:
             "pools": [{"library": p.library, "variable": p.variable, "value": p.value,
                        "source": p.source, "requested": p.requested,
                        "lowered_by": p.lowered_by, "limit": p.limit, "free": p.free,
+                       "free_at_least": p.free_at_least,
                        "cpus": p.cpus, "cpus_from": p.cpus_from,
                        "count": p.count} for p in s.pools],
             "failures_total": s.failures_total,

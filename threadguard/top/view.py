@@ -45,7 +45,8 @@ def _pools(process: Process) -> str:
                 and pool.cpus_from not in ("", "affinity")):
             text += f", {pool.cpus} CPUs: {pool.cpus_from}"  # whose share it is
         if pool.free is not None:
-            text += f", {pool.free} free under {pool.limit}"
+            at_least = "at least " if pool.free_at_least else ""
+            text += f", {at_least}{pool.free} free under {pool.limit}"
         parts.append(text + ")")
     return "; ".join(parts)
 
