@@ -201,12 +201,13 @@ def test_malformed_variable_is_named_once_and_skipped(runner):
 def _unshare_works() -> bool:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
-    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    return subprocess.run(["unshare", "-m", "--cgroup", "true"],
+                          capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare -m (a private mount "
-                                                 "namespace to lay a cgroup v2 tree over "
-                                                 "/sys/fs/cgroup)")
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare -m --cgroup (private "
+                                                 "mount and cgroup namespaces to lay a cgroup "
+                                                 "v2 tree over /sys/fs/cgroup)")
 @pytest.mark.parametrize("cpu_limit, cpus, source", [
     (None, 2, "cgroup CPU quota"),
     ("1", 1, "CPU_LIMIT (Kubernetes)"),
@@ -214,16 +215,23 @@ def _unshare_works() -> bool:
 def test_kubernetes_pod(runner, tmp_path, cpu_limit, cpus, source):
     """A pod with limits.cpu 1500m: the container's cgroup v2 cpu.max is
     "150000 100000" (2 CPUs, rounded up); the downward API's CPU_LIMIT,
-    where the pod spec sets it, may say less."""
+    where the pod spec sets it, may say less.  As in a container on a pure
+    v2 host: its own cgroup namespace, whose root is the container's group
+    ("0::/", bound over this process's /proc/PID/cgroup; every command of
+    the chain execs the next, so the pid stays the guarded one's)."""
     fake = tmp_path / "cgroup2"
     fake.mkdir()
     (fake / "cgroup.controllers").write_text("cpu pids memory\n")
     (fake / "cpu.max").write_text("150000 100000\n")
-    script = f"mount --bind {fake} /sys/fs/cgroup && exec \"$@\""
+    lines = tmp_path / "cgroup-lines"
+    lines.write_text("0::/\n")
+    script = (f"mount --bind {fake} /sys/fs/cgroup && mount --bind {lines} /proc/$$/cgroup && "
+              f"exec \"$@\"")
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
     if cpu_limit:
         env["CPU_LIMIT"] = cpu_limit
-    result = allocation_of(runner, env, prefix=["unshare", "-m", "sh", "-c", script, "sh"])
+    result = allocation_of(runner, env,
+                           prefix=["unshare", "-m", "--cgroup", "sh", "-c", script, "sh"])
     assert (result["cpus"], result["source"]) == (cpus, source)
     assert ["cgroup CPU quota", 2] in result["sources"]
 

@@ -25,3 +25,12 @@ __attribute__((constructor)) static void load(void) {
 __attribute__((visibility("default"))) int fake_openblas_threads(void) {
     return blas_num_threads * 1000 + blas_cpu_number;
 }
+
+/* Reads the variable again, as a library sizing a pool does: each call is a
+ * pool decision threadguard makes for this library (test_node_count). */
+__attribute__((visibility("default"))) int fake_openblas_ask(void) {
+    /* Not a tail call: threadguard names the asking library by the return
+     * address, which must be in this file. */
+    const char *volatile value = getenv("OPENBLAS_NUM_THREADS");
+    return value != NULL;
+}
