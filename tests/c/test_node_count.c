@@ -15,11 +15,14 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,6 +99,20 @@ static int child(void) {
     return check_failures;
 }
 
+/* After setuid from root (with PR_SET_KEEPCAPS): keep only
+ * CAP_DAC_READ_SEARCH, ambient so that it survives the exec, to read this
+ * program and the library wherever the build lives (a directory only root
+ * may enter).  The kernel exempts only CAP_SYS_RESOURCE and CAP_SYS_ADMIN
+ * from RLIMIT_NPROC, so the limit applies in full. */
+static int keep_read_search(void) {
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = data[0].inheritable = 1u << CAP_DAC_READ_SEARCH;
+    if (syscall(SYS_capset, &header, data) != 0) return -1;
+    return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "child") == 0) return child();
     if (geteuid() != 0) {
@@ -113,8 +130,9 @@ int main(int argc, char **argv) {
     pid_t pid = fork();
     if (pid == 0) {
         struct rlimit r = {(rlim_t)limit, (rlim_t)limit};
-        if (setrlimit(RLIMIT_NPROC, &r) != 0 || setgroups(0, NULL) != 0 || setgid(uid) != 0 ||
-            setuid(uid) != 0)
+        if (setrlimit(RLIMIT_NPROC, &r) != 0 || prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 ||
+            setgroups(0, NULL) != 0 || setgid(uid) != 0 || setuid(uid) != 0 ||
+            keep_read_search() != 0)
             _exit(120);
         execl("/proc/self/exe", argv[0], "child", (char *)NULL);
         _exit(121);
