@@ -290,53 +290,57 @@ static void walk_up(const char *mount, const char *path, size_t path_len, cgroup
     }
 }
 
-/* A v1 hierarchy's mount point, tried in order: the first that exists is
+/* A v1 hierarchy's mount points, tried in order: the first that exists is
  * looked up once per process (mounts do not move while it runs; two
  * threads racing both look, and find the same). */
-struct v1_mount {
-    const char *path;
-};
 struct v1_mounts {
-    _Atomic int found; /* 0: not looked up; else 1 + the index, or -1: none */
-    const struct v1_mount *list;
+    _Atomic int found;        /* 0: not looked up; else 1 + the index, or -1: none */
+    const char *const *paths; /* NULL-terminated */
 };
 
 static const char *v1_mount_path(struct v1_mounts *m) {
     int found = atomic_load_explicit(&m->found, memory_order_relaxed);
     if (found == 0) {
         found = -1;
-        for (int i = 0; m->list[i].path; i++)
-            if (access(m->list[i].path, F_OK) == 0) {
+        for (int i = 0; m->paths[i]; i++)
+            if (access(m->paths[i], F_OK) == 0) {
                 found = 1 + i;
                 break;
             }
         atomic_store_explicit(&m->found, found, memory_order_relaxed);
     }
-    return found > 0 ? m->list[found - 1].path : NULL;
+    return found > 0 ? m->paths[found - 1] : NULL;
 }
 
-/* Does a v1 line of /proc/self/cgroup carry the controller? */
-static int on_v1(const char *lines, const char *controller) {
-    for (const char *line = lines; *line;) {
-        const char *next = strchr(line, '\n');
-        size_t len = next ? (size_t)(next - line) : strlen(line);
-        const char *c1 = memchr(line, ':', len);
-        const char *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - line)) : NULL;
-        if (c2 != NULL && has_controller(c1 + 1, (size_t)(c2 - c1 - 1), controller)) return 1;
-        if (!next) break;
-        line = next + 1;
-    }
-    return 0;
+/* One line of /proc/self/cgroup, "ID:CONTROLLERS:PATH" (a path of "/" has
+ * length 0). */
+struct cgroup_line {
+    int v2; /* "0::" */
+    const char *controllers, *path;
+    size_t controllers_len, path_len;
+};
+
+/* The line at *cursor into *line, *cursor moved past it; 0 at the end.
+ * A line without two colons comes back with controllers NULL. */
+static int next_cgroup_line(const char **cursor, struct cgroup_line *line) {
+    const char *at = *cursor;
+    if (*at == '\0') return 0;
+    const char *next = strchr(at, '\n');
+    size_t len = next ? (size_t)(next - at) : strlen(at);
+    *cursor = next ? next + 1 : at + len;
+    const char *c1 = memchr(at, ':', len);
+    const char *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - at)) : NULL;
+    memset(line, 0, sizeof *line);
+    if (c2 == NULL) return 1;
+    line->controllers = c1 + 1;
+    line->controllers_len = (size_t)(c2 - c1 - 1);
+    line->v2 = line->controllers_len == 0 && strncmp(at, "0:", 2) == 0;
+    line->path = c2 + 1;
+    line->path_len = len - (size_t)(line->path - at);
+    if (line->path_len == 1 && line->path[0] == '/') line->path_len = 0;
+    return 1;
 }
 
-/* For the line of /proc/self/cgroup (`lines`, read once per measurement)
- * whose hierarchy has `controller`, call visit with the cgroup's directory
- * and each of its ancestors.  The hierarchy is read from the lines alone:
- * only a "0::" line is a pure v2 host (/sys/fs/cgroup); beside v1 lines it
- * is the unified hierarchy of a hybrid one (.../unified), which has the
- * controller only where no v1 hierarchy does.  root_counts: whether the
- * real root's directory can hold the figure (a cpuset's does; pids.max and
- * a CPU quota never exist there). */
 /* 1 when this process's cgroup namespace is the initial one (whose root
  * is the real root): looked up once per process. */
 static _Atomic int initial_namespace = -1;
@@ -353,34 +357,37 @@ static int in_initial_cgroup_namespace(void) {
     return known;
 }
 
+/* For the line of /proc/self/cgroup (`lines`, read once per measurement)
+ * whose hierarchy has `controller`, call visit with the cgroup's directory
+ * and each of its ancestors.  The hierarchy is read from the lines alone:
+ * only a "0::" line is a pure v2 host (/sys/fs/cgroup); beside v1 lines it
+ * is the unified hierarchy of a hybrid one (.../unified), which has the
+ * controller only where no v1 hierarchy does.  root_counts: whether the
+ * real root's directory can hold the figure (a cpuset's does; pids.max and
+ * a CPU quota never exist there). */
 static void for_each_cgroup(const char *lines, const char *controller, int root_counts,
                             struct v1_mounts *v1, cgroup_visit visit, void *ctx) {
-    int v1_host = lines[0] != '\0' && strncmp(lines, "0::", 3) != 0;
-    int controller_on_v1 = on_v1(lines, controller);
-    for (const char *line = lines; *line;) {
-        const char *next = strchr(line, '\n');
-        size_t len = next ? (size_t)(next - line) : strlen(line);
-        const char *c1 = memchr(line, ':', len);
-        const char *c2 = c1 ? memchr(c1 + 1, ':', len - (size_t)(c1 + 1 - line)) : NULL;
-        if (c2 != NULL) {
-            const char *path = c2 + 1;
-            size_t path_len = len - (size_t)(path - line);
-            if (path_len == 1 && path[0] == '/') path_len = 0;
-            size_t list_len = (size_t)(c2 - c1 - 1);
-            if (path_len == 0 && !root_counts && in_initial_cgroup_namespace()) {
-                /* The real root: no pids.max and no quota there (the
-                 * kernel refuses both), so nothing to read. */
-            } else if (list_len == 0 && strncmp(line, "0:", 2) == 0) {
-                if (!controller_on_v1)
-                    walk_up(v1_host ? "/sys/fs/cgroup/unified" : "/sys/fs/cgroup", path,
-                            path_len, visit, ctx);
-            } else if (has_controller(c1 + 1, list_len, controller)) {
-                const char *mount = v1_mount_path(v1);
-                if (mount != NULL) walk_up(mount, path, path_len, visit, ctx);
-            }
+    int v1_host = 0, controller_on_v1 = 0;
+    struct cgroup_line line;
+    for (const char *cursor = lines; next_cgroup_line(&cursor, &line);) {
+        if (line.controllers == NULL || line.v2) continue;
+        v1_host = 1;
+        if (has_controller(line.controllers, line.controllers_len, controller))
+            controller_on_v1 = 1;
+    }
+    for (const char *cursor = lines; next_cgroup_line(&cursor, &line);) {
+        if (line.controllers == NULL) continue;
+        if (line.path_len == 0 && !root_counts && in_initial_cgroup_namespace()) {
+            /* The real root: no pids.max and no quota there (the kernel
+             * refuses both), so nothing to read. */
+        } else if (line.v2) {
+            if (!controller_on_v1)
+                walk_up(v1_host ? "/sys/fs/cgroup/unified" : "/sys/fs/cgroup", line.path,
+                        line.path_len, visit, ctx);
+        } else if (has_controller(line.controllers, line.controllers_len, controller)) {
+            const char *mount = v1_mount_path(v1);
+            if (mount != NULL) walk_up(mount, line.path, line.path_len, visit, ctx);
         }
-        if (!next) break;
-        line = next + 1;
     }
 }
 
@@ -413,8 +420,10 @@ static void visit_cpu(const char *dir, void *ctx) {
     } else {
         snprintf(path, sizeof path, "%s/cpu.cfs_quota_us", dir);
         quota = read_number(path); /* -1: no quota, and no period to read */
-        snprintf(path, sizeof path, "%s/cpu.cfs_period_us", dir);
-        if (quota > 0) period = read_number(path);
+        if (quota > 0) {
+            snprintf(path, sizeof path, "%s/cpu.cfs_period_us", dir);
+            period = read_number(path);
+        }
     }
     if (quota > 0 && period > 0) take_min(cpus, (quota + period - 1) / period);
 }
@@ -497,8 +506,8 @@ static void visit_cpuset(const char *dir, void *ctx) {
  * shim stands in for a bigger node): the online CPUs then. */
 static long long node_cpus(const char *cgroups, long long affinity) {
     long long cpuset = -1;
-    static const struct v1_mount list[] = {{"/sys/fs/cgroup/cpuset"}, {NULL}};
-    static struct v1_mounts cpuset_mounts = {0, list};
+    static const char *const paths[] = {"/sys/fs/cgroup/cpuset", NULL};
+    static struct v1_mounts cpuset_mounts = {0, paths};
     for_each_cgroup(cgroups, "cpuset", 1, &cpuset_mounts, visit_cpuset, &cpuset);
     /* Through the PLT on purpose, like the affinity. */
     long long online = get_nprocs();
@@ -556,8 +565,8 @@ static void measure(struct tg_headroom *h, int kind, long long stack, int exact)
 
     char cgroups[4096];
     if (read_file("/proc/self/cgroup", cgroups, sizeof cgroups) <= 0) cgroups[0] = '\0';
-    static const struct v1_mount pids_list[] = {{"/sys/fs/cgroup/pids"}, {NULL}};
-    static struct v1_mounts pids_mounts = {0, pids_list};
+    static const char *const pids_paths[] = {"/sys/fs/cgroup/pids", NULL};
+    static struct v1_mounts pids_mounts = {0, pids_paths};
     for_each_cgroup(cgroups, "pids", 0, &pids_mounts, visit_pids, h);
     if (h->pids_free > 0)
         h->pids_free = h->pids_free > h->reserved_others ? h->pids_free - h->reserved_others : 0;
@@ -578,9 +587,9 @@ static void measure(struct tg_headroom *h, int kind, long long stack, int exact)
     choose_free(h);
 
     h->cpus_affinity = affinity_cpus();
-    static const struct v1_mount cpu_list[] = {
-        {"/sys/fs/cgroup/cpu,cpuacct"}, {"/sys/fs/cgroup/cpu"}, {NULL}};
-    static struct v1_mounts cpu_mounts = {0, cpu_list};
+    static const char *const cpu_paths[] = {"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu",
+                                            NULL};
+    static struct v1_mounts cpu_mounts = {0, cpu_paths};
     long long quota = -1;
     for_each_cgroup(cgroups, "cpu", 0, &cpu_mounts, visit_cpu, &quota);
     h->cpus_quota = quota;
