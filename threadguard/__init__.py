@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 del TYPE_CHECKING
 
 __all__ = [
-    "__version__",
     "Allocation",
     "Counters",
     "Info",
@@ -48,6 +47,7 @@ __all__ = [
     "Sharing",
     "Stats",
     "ThreadguardError",
+    "__version__",
     "allocation",
     "dataloader_worker_init",
     "info",

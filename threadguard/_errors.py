@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ThreadguardError", "LibraryNotFoundError", "ReportError", "PublishedFileError"]
+__all__ = ["LibraryNotFoundError", "PublishedFileError", "ReportError", "ThreadguardError"]
 
 
 class ThreadguardError(Exception):

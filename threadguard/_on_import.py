@@ -62,7 +62,7 @@ def _run(then: Callable[[], None], name: str) -> None:
     # fail its import.
     try:
         then()
-    except Exception as exc:  # noqa: BLE001 - anything, reported once
+    except Exception as exc:
         import warnings
         warnings.warn(f"threadguard: could not register with {name}: {exc!r}", RuntimeWarning,
                       stacklevel=2)

@@ -50,9 +50,9 @@ class Sharing:
     pids: Tuple[int, ...]
 
     def __str__(self) -> str:
+        more = ", ..." if len(self.pids) < self.processes else ""
         return (f"{count(self.processes, 'process', 'processes')} share pid {self.parent}'s "
-                f"{count(self.parent_cpus, 'CPU')} (pids "
-                f"{', '.join(map(str, self.pids))}{', ...' if len(self.pids) < self.processes else ''})")
+                f"{count(self.parent_cpus, 'CPU')} (pids {', '.join(map(str, self.pids))}{more})")
 
 
 def _sharing(figures: Dict[str, Any]) -> Optional[Sharing]:

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from . import _native
 from ._errors import PublishedFileError
 
-__all__ = ["Published", "Scan", "scan", "read_pid", "shared_dir"]
+__all__ = ["Published", "Scan", "read_pid", "scan", "shared_dir"]
 
 SHM = Path("/dev/shm")
 _DIR = re.compile(r"threadguard-(\d+)")

@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing's: `threadguard run` reads this module (see 
 if TYPE_CHECKING:
     from typing import Tuple
 
-__all__ = ["Option", "OPTIONS", "check_setting"]
+__all__ = ["OPTIONS", "Option", "check_setting"]
 
 
 class Option(namedtuple("Option", "variable flag metavar help")):

@@ -15,8 +15,16 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from . import _native
 from ._errors import ReportError
 
-__all__ = ["Counters", "Failure", "LibraryStats", "PoolSize", "Setting", "Stats", "stats",
-           "load_report"]
+__all__ = [
+    "Counters",
+    "Failure",
+    "LibraryStats",
+    "PoolSize",
+    "Setting",
+    "Stats",
+    "load_report",
+    "stats",
+]
 
 # A headroom snapshot: the native figures by name (None = unknown or
 # unlimited), e.g. "free", "limit", "cpus", "rlimit_nproc_soft", "pids_free".

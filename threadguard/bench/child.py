@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .workloads import WORKLOADS, Skip, Step
 
-__all__ = ["RESULT_MARK", "READY_MARK", "relative_spread", "measure_windows", "main"]
+__all__ = ["READY_MARK", "RESULT_MARK", "main", "measure_windows", "relative_spread"]
 
 RESULT_MARK = "threadguard-bench-result "
 READY_MARK = "threadguard-bench-ready"

@@ -16,14 +16,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Dict, List, Optional
 
+from .._policy import allocation
+from .._profile import cpu_model, profile_path, write_profile
 from .results import grid_choices, profile_doubts, profile_figures, recommend, summarize
 from .runner import FULL, QUICK, gpu_absent, missing_package, plan, sweep
 from .view import Progress, plot, table
 from .workloads import WORKLOADS
-from .._policy import allocation
-from .._profile import cpu_model, profile_path, write_profile
 
-__all__ = ["BenchOptions", "default_threads", "default_workers", "bench"]
+__all__ = ["BenchOptions", "bench", "default_threads", "default_workers"]
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,20 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .._wording import count
 from .child import relative_spread
 from .workloads import GRID_WORKLOAD, WORKLOADS
-from .._wording import count
 
-__all__ = ["TOLERANCE", "summarize", "curves", "recommend", "grid_curves", "grid_choices",
-           "profile_figures", "profile_doubts"]
+__all__ = [
+    "TOLERANCE",
+    "curves",
+    "grid_choices",
+    "grid_curves",
+    "profile_doubts",
+    "profile_figures",
+    "recommend",
+    "summarize",
+]
 
 TOLERANCE = 0.05
 

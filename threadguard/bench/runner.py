@@ -23,13 +23,22 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
+from .._preload import preload_environment
+from ..doctor.facts import installed
 from .child import READY_MARK, RESULT_MARK
 from .workloads import GRID_WORKLOAD, WORKLOADS
-from ..doctor.facts import installed
-from .._preload import preload_environment
 
-__all__ = ["Config", "Timing", "QUICK", "FULL", "plan", "gpu_absent", "missing_package",
-           "run_config", "sweep"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "Config",
+    "Timing",
+    "gpu_absent",
+    "missing_package",
+    "plan",
+    "run_config",
+    "sweep",
+]
 
 # Variables of the caller that would change what a configuration measures.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
@@ -190,7 +199,8 @@ def run_config(config: Config, timing: Timing, quick: bool) -> Dict[str, Any]:
     deadline = time.monotonic() + timing.timeout
     try:
         for _ in range(config.processes):
-            stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
+            # closed by _Child when the child is reaped
+            stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
             proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=stderr, text=True)
             children.append(_Child(proc, stderr))

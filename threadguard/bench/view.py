@@ -12,7 +12,7 @@ from .results import curves, grid_curves, loader_curves
 from .runner import Config
 from .workloads import GRID_WORKLOAD, WORKLOADS
 
-__all__ = ["Progress", "table", "plot"]
+__all__ = ["Progress", "plot", "table"]
 
 MiB = 1024 * 1024
 
@@ -176,9 +176,10 @@ def plot(result: Dict[str, Any], path: Path) -> Optional[str]:
         total.grid(True, alpha=0.3)
         total.legend(fontsize="small")
     for axis, (name, by_workers) in zip(axes[2 + (len(grid) > 1):], loaders.items()):
-        for k, points in by_workers.items():
+        for loader_workers, points in by_workers.items():
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                      label=f"{k} DataLoader worker{'s' if k != 1 else ''}")
+                      label=f"{loader_workers} DataLoader worker"
+                            f"{'s' if loader_workers != 1 else ''}")
         axis.set(xlabel="intra-op threads", ylabel=WORKLOADS[name].unit,
                  title=f"{name} by DataLoader workers")
         axis.set_xscale("log", base=2)

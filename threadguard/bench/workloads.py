@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
-__all__ = ["Skip", "Workload", "WORKLOADS", "GRID_WORKLOAD", "loader_training"]
+__all__ = ["GRID_WORKLOAD", "WORKLOADS", "Skip", "Workload", "loader_training"]
 
 Step = Callable[[], None]
 

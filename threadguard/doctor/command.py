@@ -28,11 +28,11 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import psutil
 
 from .. import _native
+from .._preload import preload_environment
+from .._stats import Failure, Stats
 from .diagnosis import WORKLOADS, explain_run, no_room_verdict, predict
 from .facts import gather, installed
 from .messages import find_messages
-from .._preload import preload_environment
-from .._stats import Failure, Stats
 
 __all__ = ["check_command", "check_node"]
 

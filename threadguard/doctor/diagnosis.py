@@ -11,13 +11,13 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .facts import MIB, thread_cost
-from .messages import MEMORY, POLICY, TASKS, Match
 from .._policy import RESERVE
 from .._stats import Failure
 from .._wording import count
+from .facts import MIB, thread_cost
+from .messages import MEMORY, POLICY, TASKS, Match
 
-__all__ = ["Workload", "WORKLOADS", "predict", "explain_run", "env_command", "no_room_verdict"]
+__all__ = ["WORKLOADS", "Workload", "env_command", "explain_run", "no_room_verdict", "predict"]
 
 # Of the address space left after the threads, a quarter stays for data.
 DATA_SHARE = 0.25
@@ -102,7 +102,7 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
     costs = {p: thread_cost(p, stack, capped) for p in workload.pools}
     if as_limit is not None and base_vmsize is not None:
         used = base_vmsize
-        for index, (kind, n) in enumerate(((k, n) for k, n in workers for _ in range(n)), 1):
+        for index, kind in enumerate((k for k, n in workers for _ in range(n)), 1):
             used += costs[kind]
             if used > as_limit:
                 hits.append((index, "RLIMIT_AS"))

@@ -20,8 +20,15 @@ import psutil
 
 from .._policy import native_report
 
-__all__ = ["gather", "default_thread_stack", "installed", "pool_sizes", "read_int",
-           "thread_cost", "THREAD_VARIABLES"]
+__all__ = [
+    "THREAD_VARIABLES",
+    "default_thread_stack",
+    "gather",
+    "installed",
+    "pool_sizes",
+    "read_int",
+    "thread_cost",
+]
 
 MIB = 1024 * 1024
 # Each OpenBLAS worker maps a 32 MiB buffer (BUFFER_SIZE in its sources).
@@ -215,7 +222,7 @@ def _site_dirs(package: str) -> Optional[Path]:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _libraries(sizes: Dict[str, int], stack: int, arenas_capped: bool) -> List[Dict[str, Any]]:

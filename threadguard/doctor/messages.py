@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Pattern, Tuple
 
-__all__ = ["Message", "Match", "MESSAGES", "find_messages"]
+__all__ = ["MESSAGES", "Match", "Message", "find_messages"]
 
 # What can cause a message: a task limit (RLIMIT_NPROC, pids.max,
 # threads-max), the address space or memory, either, or a security policy.

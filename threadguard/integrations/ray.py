@@ -44,7 +44,8 @@ def sized(target: T) -> T:
         def work(x): ...
     """
     if isinstance(target, type):
-        init = cast(Callable[..., None], getattr(target, "__init__"))
+        # The class's own __init__ is replaced on purpose (mypy warns of subclasses).
+        init = cast(Callable[..., None], target.__init__)  # type: ignore[misc]
 
         # Not functools.wraps: Ray unwraps __wrapped__ to inspect methods,
         # and object.__init__ (a class without its own) cannot be inspected.
@@ -54,7 +55,7 @@ def sized(target: T) -> T:
 
         __init__.__qualname__ = f"{target.__qualname__}.__init__"
         __init__.__doc__ = init.__doc__
-        setattr(target, "__init__", __init__)
+        target.__init__ = __init__  # type: ignore[misc]
         return target
     func = cast(Callable[..., Any], target)
 
