@@ -38,8 +38,7 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NPROC, &nproc);
     }
     setpgid(0, 0); /* the children are killed as one group */
-    if (setgroups(0, NULL) != 0 ||
-        setgid((gid_t)uid) != 0 || setuid((uid_t)uid) != 0) {
+    if (setgroups(0, NULL) != 0 || setgid((gid_t)uid) != 0 || setuid((uid_t)uid) != 0) {
         perror("crowd: cannot become the uid (run as root)");
         return 1;
     }
@@ -60,11 +59,9 @@ int main(int argc, char **argv) {
     printf("%ld\n", made);
     fflush(stdout);
     char c;
-    while (read(0, &c, 1) > 0) {
-    }
+    while (read(0, &c, 1) > 0) {}
     signal(SIGTERM, SIG_IGN);
     kill(0, SIGTERM);
-    while (wait(NULL) > 0) {
-    }
+    while (wait(NULL) > 0) {}
     return made == n ? 0 : 1;
 }

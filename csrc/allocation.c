@@ -83,8 +83,20 @@ static void malformed(unsigned bit, const char *name, const char *value, const c
 }
 
 enum {
-    W_SLURM_PER_TASK, W_SLURM_ON_NODE, W_PBS_PPN, W_PBS_NCPUS, W_SGE_NSLOTS, W_LSF_NUMPROC,
-    W_K8S_CPU_LIMIT, W_PYTHON, W_OMP_LIMIT, W_LOCAL_WORLD, W_OMPI, W_MPICH, W_MV2, W_PALS
+    W_SLURM_PER_TASK,
+    W_SLURM_ON_NODE,
+    W_PBS_PPN,
+    W_PBS_NCPUS,
+    W_SGE_NSLOTS,
+    W_LSF_NUMPROC,
+    W_K8S_CPU_LIMIT,
+    W_PYTHON,
+    W_OMP_LIMIT,
+    W_LOCAL_WORLD,
+    W_OMPI,
+    W_MPICH,
+    W_MV2,
+    W_PALS
 };
 
 /* Names that carry a figure ("4 workers of pid 1234") live in a ring: a
@@ -92,7 +104,6 @@ enum {
 #define LABELS 32
 static char labels[LABELS][80];
 static _Atomic unsigned next_label;
-
 
 /* A variable holding a count of CPUs ("4", trailing blanks allowed):
  * -1 when unset or malformed (named once). */
@@ -281,8 +292,10 @@ static void kubernetes(struct tg_allocation *a) {
     if (v == NULL) return;
     const char *end;
     long long n = number_at(v, &end);
-    if (n > 0 && *end == 'm' && end[1] == '\0') n = (n + 999) / 1000;
-    else if (*end != '\0') n = NO_FIGURE;
+    if (n > 0 && *end == 'm' && end[1] == '\0')
+        n = (n + 999) / 1000;
+    else if (*end != '\0')
+        n = NO_FIGURE;
     if (n < 1 || n > MAX_CPUS) {
         malformed(W_K8S_CPU_LIMIT, "CPU_LIMIT", v, "a number of CPUs like 2 or 1500m");
         return;
@@ -413,8 +426,10 @@ void tg_allocation_note_start(int may_setenv) {
     omp_one_at_start = omp != NULL && strcmp(omp, "1") == 0;
     /* Only at the process's start: setenv races getenv in other threads. */
     if (!may_setenv) return;
-    if (omp == NULL && !omp_unset_above) setenv(OMP_UNSET_MARK, "1", 1);
-    else if (omp != NULL && omp_unset_above) unsetenv(OMP_UNSET_MARK);
+    if (omp == NULL && !omp_unset_above)
+        setenv(OMP_UNSET_MARK, "1", 1);
+    else if (omp != NULL && omp_unset_above)
+        unsetenv(OMP_UNSET_MARK);
 }
 
 int tg_launcher_forced(const char *variable, const char *value) {

@@ -36,8 +36,8 @@ struct tg_allocation {
  * caller (-1 when unknown), then the schedulers' and launchers' variables,
  * then the guarded parent's CPUs divided among its live children.
  * Allocates nothing. */
-TG_HIDDEN void tg_allocation_measure(struct tg_allocation *a, long long affinity,
-                                     long long quota, long long node);
+TG_HIDDEN void tg_allocation_measure(struct tg_allocation *a, long long affinity, long long quota,
+                                     long long node);
 
 /* True when a launcher says ranks run side by side here: only then is the
  * job's node figure (node, above) needed. */

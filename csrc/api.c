@@ -43,8 +43,7 @@ THREADGUARD_API const char *threadguard_published_path(void) {
     return tg_publish_path();
 }
 
-THREADGUARD_API long long threadguard_read_published(const char *path, char *buffer,
-                                                     size_t size) {
+THREADGUARD_API long long threadguard_read_published(const char *path, char *buffer, size_t size) {
     tg_init();
     return tg_report_published_json(path, buffer, size);
 }

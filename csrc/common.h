@@ -42,8 +42,7 @@ static inline int tg_is_sanitizer_runtime(const char *name) {
 static inline void tg_raise_peak(_Atomic long long *peak, long long v) {
     long long p = atomic_load_explicit(peak, memory_order_relaxed);
     while (v > p && !atomic_compare_exchange_weak_explicit(peak, &p, v, memory_order_relaxed,
-                                                           memory_order_relaxed)) {
-    }
+                                                           memory_order_relaxed)) {}
 }
 
 #endif

@@ -21,7 +21,6 @@
 
 struct tg_config tg_config;
 
-
 static int secure_execution(void) { return getauxval(AT_SECURE) != 0; }
 
 /* ---- value parsers: 0 = accepted, -1 = rejected with a message -------- */
@@ -58,9 +57,21 @@ static int parse_size(const char *value, long long *out) {
     if (take_digits(&p, &n) != 0) return -1;
     long long unit = 1;
     switch (*p) {
-    case 'k': case 'K': unit = TG_KIB; p++; break;
-    case 'm': case 'M': unit = TG_MIB; p++; break;
-    case 'g': case 'G': unit = TG_GIB; p++; break;
+    case 'k':
+    case 'K':
+        unit = TG_KIB;
+        p++;
+        break;
+    case 'm':
+    case 'M':
+        unit = TG_MIB;
+        p++;
+        break;
+    case 'g':
+    case 'G':
+        unit = TG_GIB;
+        p++;
+        break;
     default: break;
     }
     if (unit > 1 && *p == 'i') p++;
@@ -157,13 +168,16 @@ static int parse_debug(const char *value, struct parsed *out, char *why, size_t 
 }
 
 static const struct setting settings[TG_SETTING_COUNT] = {
-    [TG_SET_MAX_THREADS] = {"THREADGUARD_MAX_THREADS", "a whole number of threads from 1 to 1000000",
-                            "no budget", parse_max_threads},
+    [TG_SET_MAX_THREADS] = {"THREADGUARD_MAX_THREADS",
+                            "a whole number of threads from 1 to 1000000", "no budget",
+                            parse_max_threads},
     [TG_SET_POOL_THREADS] = {"THREADGUARD_POOL_THREADS", "a whole number of threads from 1 to 4096",
                              "pools sized by CPU allocation and headroom", parse_pool_threads},
     [TG_SET_ON_LIMIT] = {"THREADGUARD_ON_LIMIT", "'warn' or 'deny'", "warn", parse_on_limit},
-    [TG_SET_STACK] = {"THREADGUARD_STACK", "a size like 512k or 2M, at least 256k and at most 1G",
-                      "the system's thread stack; under an address-space limit, 1M for the pools that need it", parse_stack},
+    [TG_SET_STACK] =
+        {"THREADGUARD_STACK", "a size like 512k or 2M, at least 256k and at most 1G",
+         "the system's thread stack; under an address-space limit, 1M for the pools that need it",
+         parse_stack},
     [TG_SET_ARENAS] = {"THREADGUARD_ARENAS", "a whole number of malloc arenas from 1 to 1024",
                        "glibc's, or 2 under an address-space limit", parse_arenas},
     [TG_SET_NPROC] = {"THREADGUARD_NPROC", "'max' or a whole number of tasks",
@@ -205,8 +219,10 @@ const char *tg_environ_get(const char *name) {
 static void printable(const char *value, char *out, size_t size) {
     size_t used = 0;
     for (const unsigned char *p = (const unsigned char *)value; *p && used + 8 < size; p++) {
-        if (*p >= 0x20 && *p < 0x7f) out[used++] = (char)*p;
-        else used += (size_t)snprintf(out + used, size - used, "\\x%02x", *p);
+        if (*p >= 0x20 && *p < 0x7f)
+            out[used++] = (char)*p;
+        else
+            used += (size_t)snprintf(out + used, size - used, "\\x%02x", *p);
     }
     if (*value && used + 8 >= size) {
         memcpy(out + used, "...", 3);
@@ -217,15 +233,14 @@ static void printable(const char *value, char *out, size_t size) {
 
 /* Parse one setting.  On rejection, message says what was wrong in one
  * line (without the "threadguard: " prefix). */
-static int parse_one(int which, const char *value, struct parsed *out, char *message,
-                     size_t size) {
+static int parse_one(int which, const char *value, struct parsed *out, char *message, size_t size) {
     const struct setting *s = &settings[which];
     char shown[96], why[96] = "";
     memset(out, 0, sizeof *out);
     printable(value, shown, sizeof shown);
     if (value[0] == '\0') {
-        snprintf(message, size, "%s is set but empty; expected %s; using the default (%s)",
-                 s->name, s->expected, s->default_doc);
+        snprintf(message, size, "%s is set but empty; expected %s; using the default (%s)", s->name,
+                 s->expected, s->default_doc);
         return -1;
     }
     if (s->parse(value, out, why, sizeof why) == 0) return 0;

@@ -33,12 +33,12 @@ struct tg_config {
     long long max_threads;  /* -1: no budget */
     long long pool_threads; /* -1: not set */
     int on_limit;
-    long long stack; /* bytes; 0: not set */
+    long long stack;  /* bytes; 0: not set */
     long long arenas; /* 0: not set */
-    long long nproc; /* -1: not set; TG_NPROC_MAX: the hard limit */
+    long long nproc;  /* -1: not set; TG_NPROC_MAX: the hard limit */
     int debug;
-    int import_off; /* THREADGUARD_IMPORT=off: import threadguard patches nothing */
-    int observe;    /* THREADGUARD_OBSERVE=1: count and report, change nothing */
+    int import_off;  /* THREADGUARD_IMPORT=off: import threadguard patches nothing */
+    int observe;     /* THREADGUARD_OBSERVE=1: count and report, change nothing */
     int publish_off; /* THREADGUARD_PUBLISH=0: no file for `threadguard top` */
     int report_mode;
     char report_path[1024];

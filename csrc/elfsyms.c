@@ -21,15 +21,15 @@
 #include "elfsyms.h"
 
 /* The section table entry `index`, or NULL when it lies outside the file. */
-static const ElfW(Shdr) *section(const unsigned char *file, size_t size, const ElfW(Ehdr) *eh,
-                                 unsigned index) {
+static const ElfW(Shdr) *
+    section(const unsigned char *file, size_t size, const ElfW(Ehdr) * eh, unsigned index) {
     if (index >= eh->e_shnum || eh->e_shentsize != sizeof(ElfW(Shdr))) return NULL;
     size_t at = (size_t)eh->e_shoff + (size_t)index * sizeof(ElfW(Shdr));
     if (eh->e_shoff == 0 || at + sizeof(ElfW(Shdr)) > size) return NULL;
     return (const ElfW(Shdr) *)(const void *)(file + at);
 }
 
-static int inside(const ElfW(Shdr) *s, size_t size) {
+static int inside(const ElfW(Shdr) * s, size_t size) {
     return s->sh_offset <= size && s->sh_size <= size - s->sh_offset;
 }
 

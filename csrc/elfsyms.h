@@ -6,9 +6,9 @@
 #include "common.h"
 
 struct tg_elf_symbol {
-    const char *name;     /* in: the symbol's name */
-    unsigned long value;  /* out: its address in the file (0: not found) */
-    unsigned long size;   /* out: its size in bytes */
+    const char *name;    /* in: the symbol's name */
+    unsigned long value; /* out: its address in the file (0: not found) */
+    unsigned long size;  /* out: its size in bytes */
 };
 
 /* Look up each of symbols[0..count) in the .symtab of the ELF file at

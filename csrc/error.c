@@ -90,8 +90,7 @@ int tg_write_quietly(int fd, const char *buf, size_t len) {
         if (error == EPIPE && !was_pending) {
             struct timespec zero = {0, 0};
             int saved = errno;
-            while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {
-            }
+            while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR) {}
             errno = saved;
         }
         pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -12,12 +12,12 @@
 
 struct tg_failure {
     _Atomic int ready;
-    unsigned slot;      /* the library that asked */
-    int error;          /* what pthread_create returned */
-    long long thread;   /* the library's nth thread (created + failed, this one included) */
-    long long stack;    /* bytes of stack the new thread needed (0: caller's own stack) */
+    unsigned slot;    /* the library that asked */
+    int error;        /* what pthread_create returned */
+    long long thread; /* the library's nth thread (created + failed, this one included) */
+    long long stack;  /* bytes of stack the new thread needed (0: caller's own stack) */
     struct tg_headroom h;
-    const char *cause;  /* "RLIMIT_NPROC", "cgroup pids.max", "RLIMIT_AS", ... */
+    const char *cause; /* "RLIMIT_NPROC", "cgroup pids.max", "RLIMIT_AS", ... */
 };
 
 TG_HIDDEN extern struct tg_failure tg_failures[TG_MAX_FAILURES];

@@ -147,15 +147,14 @@ static int resize(void) {
         if (c->kind == TG_KIND_OPENBLAS) {
             if (server_up(c)) continue; /* its threads are back: too late */
             long long n = tg_size_inherited(c->slot, c->kind, "OPENBLAS_NUM_THREADS",
-                                            "OPENBLAS_NUM_THREADS (fork)",
-                                            "OMP_NUM_THREADS", c->inherited_threads);
+                                            "OPENBLAS_NUM_THREADS (fork)", "OMP_NUM_THREADS",
+                                            c->inherited_threads);
             *c->num_threads = (int)n;
             *c->cpu_number = (int)(n < c->inherited_cpus ? n : c->inherited_cpus);
             waiting = 1;
         } else {
             long long n = tg_size_inherited(c->slot, c->kind, "OMP_NUM_THREADS",
-                                            "OMP_NUM_THREADS (fork)", NULL,
-                                            c->inherited_threads);
+                                            "OMP_NUM_THREADS (fork)", NULL, c->inherited_threads);
             c->omp_set((int)n);
             waiting = 1;
         }

@@ -54,8 +54,7 @@ static int minor_of(const char *version) {
 /* The symbol at the glibc version that introduced it, or NULL when the
  * running glibc (or the one the tests pretend to run) is older. */
 static void *facility(const char *name, const char *version) {
-    if (tg_glibc.pretend_minor >= 0 && minor_of(version + 6) > tg_glibc.pretend_minor)
-        return NULL;
+    if (tg_glibc.pretend_minor >= 0 && minor_of(version + 6) > tg_glibc.pretend_minor) return NULL;
     return dlvsym(RTLD_DEFAULT, name, version);
 }
 
@@ -142,7 +141,7 @@ const pthread_attr_t *tg_glibc_attr_for(const pthread_attr_t *attr, pthread_attr
     /* pthread_attr_init and setstacksize only fill the caller's struct:
      * nothing is allocated on the create path. */
     if (pthread_attr_init(scratch) != 0) return NULL;
-    if (pthread_attr_setstacksize(scratch, (size_t)override) != 0) {
+    if (pthread_attr_setstacksize(scratch, (size_t) override) != 0) {
         pthread_attr_destroy(scratch);
         return NULL;
     }
@@ -223,7 +222,6 @@ int tg_glibc_fallbacks(const char **lines, int max) {
         lines[n++] = "pthread_setattr_default_np (2.18): stack given at pthread_create";
     return n;
 }
-
 
 int tg_glibc_limitations(const char **lines, int max) {
     int n = 0;

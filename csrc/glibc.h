@@ -25,15 +25,15 @@ typedef int (*tg_setattr_fn)(const pthread_attr_t *);
 /* Facilities newer than the 2.17 baseline, NULL where the running glibc
  * lacks them.  Written once by tg_glibc_init, before anything reads them. */
 struct tg_glibc {
-    char version[24];                 /* gnu_get_libc_version() */
-    int pretend_minor;                /* THREADGUARD_TEST_GLIBC, -1: not set */
-    tg_find_object_fn find_object;    /* _dl_find_object, 2.35 */
-    tg_errno_text_fn errno_name;      /* strerrorname_np, 2.32 */
-    tg_errno_text_fn errno_desc;      /* strerrordesc_np, 2.32 */
-    tg_getattr_fn getattr_default;    /* pthread_getattr_default_np, 2.18 */
-    tg_setattr_fn setattr_default;    /* pthread_setattr_default_np, 2.18 */
-    long long stack_at_start;         /* glibc's default stack, from RLIMIT_STACK */
-    long long stack_override;         /* < 2.18: stack for threads without attributes */
+    char version[24];              /* gnu_get_libc_version() */
+    int pretend_minor;             /* THREADGUARD_TEST_GLIBC, -1: not set */
+    tg_find_object_fn find_object; /* _dl_find_object, 2.35 */
+    tg_errno_text_fn errno_name;   /* strerrorname_np, 2.32 */
+    tg_errno_text_fn errno_desc;   /* strerrordesc_np, 2.32 */
+    tg_getattr_fn getattr_default; /* pthread_getattr_default_np, 2.18 */
+    tg_setattr_fn setattr_default; /* pthread_setattr_default_np, 2.18 */
+    long long stack_at_start;      /* glibc's default stack, from RLIMIT_STACK */
+    long long stack_override;      /* < 2.18: stack for threads without attributes */
 };
 
 TG_HIDDEN extern struct tg_glibc tg_glibc;

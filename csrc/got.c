@@ -69,8 +69,8 @@ static _Atomic int patch_lock;
 
 static void lock(void) {
     int self = (int)getpid(), held = 0;
-    while (!atomic_compare_exchange_weak_explicit(&patch_lock, &held, self,
-                                                  memory_order_acquire, memory_order_relaxed)) {
+    while (!atomic_compare_exchange_weak_explicit(&patch_lock, &held, self, memory_order_acquire,
+                                                  memory_order_relaxed)) {
         if (held != 0 && held != self) continue; /* a parent's: retry with held as expected */
         held = 0;
         sched_yield();
@@ -180,11 +180,11 @@ static int skipped(const char *path) {
 }
 
 struct dynamic_info {
-    const ElfW(Sym) *symtab;
+    const ElfW(Sym) * symtab;
     const char *strtab;
-    const ElfW(Rela) *jmprel;
+    const ElfW(Rela) * jmprel;
     size_t jmprel_size;
-    const ElfW(Rela) *rela;
+    const ElfW(Rela) * rela;
     size_t rela_size;
 };
 
@@ -229,7 +229,7 @@ static struct target targets[2];
 
 /* Rewrites the slots of one relocation table; returns how many name
  * pthread_create (whether rewritten now or before). */
-static int patch_table(uintptr_t base, const struct dynamic_info *d, const ElfW(Rela) *table,
+static int patch_table(uintptr_t base, const struct dynamic_info *d, const ElfW(Rela) * table,
                        size_t size) {
     int creates = 0;
     if (table == NULL) return 0;
@@ -348,10 +348,11 @@ static unsigned creator_of_load(void *opened) {
         if (!new_creates[i]) continue;
         unsigned slot = tg_slot_for_address((void *)new_objects[i]);
         int kind = tg_libs[slot].kind;
-        int score = kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP ||
-                            kind == TG_KIND_MKL || kind == TG_KIND_BLIS
+        int score = kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP || kind == TG_KIND_MKL ||
+                            kind == TG_KIND_BLIS
                         ? 3
-                        : kind == TG_KIND_SYSTEM ? 1 : 2;
+                    : kind == TG_KIND_SYSTEM ? 1
+                                             : 2;
         if (score > best_score) {
             best_score = score;
             best = new_objects[i];

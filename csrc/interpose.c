@@ -83,8 +83,10 @@ static int call_real(tg_create_fn real, unsigned slot, pthread_t *thread,
     long long pool_stack = atomic_load_explicit(&tg_libs[slot].pool_stack, memory_order_relaxed);
     int destroy = given == &scratch;
     if (pool_stack > 0 && default_stack_attr(attr)) {
-        if (attr == NULL && !destroy) destroy = pthread_attr_init(&scratch) == 0;
-        else if (attr != NULL) memcpy(&scratch, attr, sizeof scratch);
+        if (attr == NULL && !destroy)
+            destroy = pthread_attr_init(&scratch) == 0;
+        else if (attr != NULL)
+            memcpy(&scratch, attr, sizeof scratch);
         if (attr != NULL || destroy) {
             pthread_attr_setstacksize(&scratch, (size_t)pool_stack);
             given = &scratch;
@@ -145,8 +147,7 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     atomic_fetch_add_explicit(&tg_total.created, 1, memory_order_relaxed);
     /* A promised pool worker started: it now counts as a task, not as a
      * promise in the per-user ledger. */
-    if (atomic_load_explicit(&tg_libs[slot].promised, memory_order_relaxed) > 0)
-        tg_ledger_update();
+    if (atomic_load_explicit(&tg_libs[slot].promised, memory_order_relaxed) > 0) tg_ledger_update();
     tg_raise_peak(&lib->peak, live_lib);
     tg_raise_peak(&tg_total.peak, live_total);
     return 0;

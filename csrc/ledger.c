@@ -129,15 +129,15 @@ int tg_ledger_lock(void) {
     int spins = 0;
     for (;;) {
         int expected = 0;
-        if (atomic_compare_exchange_weak_explicit(&l->lock, &expected, self,
-                                                  memory_order_acquire, memory_order_relaxed)) {
+        if (atomic_compare_exchange_weak_explicit(&l->lock, &expected, self, memory_order_acquire,
+                                                  memory_order_relaxed)) {
             holding = 1;
             return 1;
         }
         /* A holder that died (or this process before an exec) frees it. */
         if (expected != 0 && (expected == self || (kill(expected, 0) != 0 && errno == ESRCH)))
-            atomic_compare_exchange_strong_explicit(&l->lock, &expected, 0,
-                                                    memory_order_acq_rel, memory_order_relaxed);
+            atomic_compare_exchange_strong_explicit(&l->lock, &expected, 0, memory_order_acq_rel,
+                                                    memory_order_relaxed);
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((now.tv_sec - start.tv_sec) * 1000000LL + (now.tv_nsec - start.tv_nsec) / 1000 >
             LOCK_WAIT_US)
@@ -169,8 +169,7 @@ static void reclaim(struct ledger *l, int every_entry) {
         struct ledger_entry *e = &l->entries[i];
         int pid = atomic_load_explicit(&e->pid, memory_order_acquire);
         if (pid == 0 || e == own) continue;
-        if (!every_entry && atomic_load_explicit(&e->promised, memory_order_relaxed) <= 0)
-            continue;
+        if (!every_entry && atomic_load_explicit(&e->promised, memory_order_relaxed) <= 0) continue;
         /* Our own pid in another entry: left by this process before exec. */
         if (pid == self || !alive(e, pid)) {
             atomic_store_explicit(&e->promised, 0, memory_order_relaxed);
@@ -228,8 +227,7 @@ static struct ledger_entry *claim_entry(struct ledger *l) {
         if (i == LEDGER_ENTRIES) reclaim(l, 1); /* full: free what the dead left */
         struct ledger_entry *e = &l->entries[i % LEDGER_ENTRIES];
         int expected = 0;
-        if (atomic_compare_exchange_strong_explicit(&e->pid, &expected, self,
-                                                    memory_order_acq_rel,
+        if (atomic_compare_exchange_strong_explicit(&e->pid, &expected, self, memory_order_acq_rel,
                                                     memory_order_relaxed)) {
             atomic_store_explicit(&e->start_time, tg_own_stat(NULL), memory_order_relaxed);
             atomic_store_explicit(&mine, e, memory_order_release);

@@ -69,7 +69,7 @@ static void initialise(void) {
     tg_threads_init();
     tg_glibc_init();
     tg_config_load();
-    tg_publish_init(); /* before any thread is counted: the block moves */
+    tg_publish_init();                      /* before any thread is counted: the block moves */
     tg_share_register(1, tg_interposing()); /* before the first measurement: it counts siblings */
     tg_registry_init();
     tg_real_create(); /* resolved now, before any thread needs it */
@@ -106,8 +106,7 @@ int tg_init(void) {
         initialising = 1;
         atomic_signal_fence(memory_order_seq_cst);
         int expected = 0;
-        if (atomic_compare_exchange_strong_explicit(&init_state, &expected, 1,
-                                                    memory_order_acq_rel,
+        if (atomic_compare_exchange_strong_explicit(&init_state, &expected, 1, memory_order_acq_rel,
                                                     memory_order_acquire)) {
             initialise();
             atomic_store_explicit(&init_state, 2, memory_order_release);

@@ -451,8 +451,10 @@ static void measure_address_space(struct tg_headroom *h, int kind, long long sta
     h->vmsize = vmsize_bytes();
     long long cost = stack + sysconf(_SC_PAGESIZE);
     long long reserved = 0;
-    if (tg_arenas_capped()) reserved = (tg_applied.arenas > 0 ? tg_applied.arenas : 2) * ARENA_COST;
-    else cost += ARENA_COST;
+    if (tg_arenas_capped())
+        reserved = (tg_applied.arenas > 0 ? tg_applied.arenas : 2) * ARENA_COST;
+    else
+        cost += ARENA_COST;
     if (kind == TG_KIND_OPENBLAS) cost += OPENBLAS_BUFFER_COST;
     h->thread_cost = cost;
     if (h->vmsize < 0) return;
@@ -558,8 +560,10 @@ static void measure(struct tg_headroom *h, int kind, long long stack, int exact)
         /* The kernel never applies RLIMIT_NPROC to root. */
         if (h->nproc_soft >= 0 && getuid() != 0) {
             set_uid_tasks(h, h->threads_total, TG_TASKS_NODE); /* bound 1 */
-            if (exact) walk_uid_tasks(h);
-            else if (h->threads_total < 0) tighten_uid_tasks(h); /* no bound 1 */
+            if (exact)
+                walk_uid_tasks(h);
+            else if (h->threads_total < 0)
+                tighten_uid_tasks(h); /* no bound 1 */
         }
     }
 

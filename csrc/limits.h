@@ -21,19 +21,19 @@ struct tg_headroom {
     /* uid_tasks is an upper bound unless uid_tasks_from is TG_TASKS_COUNTED,
      * and nproc_free (and free, where it is RLIMIT_NPROC's) a lower bound. */
     long long nproc_soft, nproc_hard, uid_tasks, nproc_free;
-    int uid_tasks_from;   /* enum tg_tasks_from */
-    int uid_tasks_walked; /* a walk was tried (refining ends there) */
+    int uid_tasks_from;        /* enum tg_tasks_from */
+    int uid_tasks_walked;      /* a walk was tried (refining ends there) */
     long long reserved_others; /* workers other guarded processes promised (the ledger) */
     long long pids_max, pids_current, pids_free;
     long long threads_max, threads_total, threads_free;
     long long as_limit, vmsize, thread_cost, as_free_threads;
     long long budget, process_threads, budget_free;
-    long long free;      /* the smallest of the *_free figures */
-    const char *limit;   /* which limit gave it ("none") */
+    long long free;    /* the smallest of the *_free figures */
+    const char *limit; /* which limit gave it ("none") */
     long long cpus_affinity, cpus_quota;
     struct tg_allocation allocation; /* every CPU figure seen, with its source */
-    long long cpus;        /* the CPU allocation: the smallest figure */
-    const char *cpus_from; /* which source gave it */
+    long long cpus;                  /* the CPU allocation: the smallest figure */
+    const char *cpus_from;           /* which source gave it */
 };
 
 /* Measure every limit now, each at the cost of a file read or two: the

@@ -144,8 +144,7 @@ static void sweep(int dir) {
         long long start;
         const char *name = d->d_name;
         int temporary = name[0] == '.';
-        if (parse_name(name + temporary, &pid, &start, temporary ? ".new" : ".live") != 0)
-            continue;
+        if (parse_name(name + temporary, &pid, &start, temporary ? ".new" : ".live") != 0) continue;
         if (pid == parent) seen = 1;
         if (removed >= SWEEP_MAX || looks >= SWEEP_LOOKS) continue;
         looks++;
@@ -158,9 +157,7 @@ static void sweep(int dir) {
     parent_listed = seen ? 1 : n >= 0 && n + 280 <= (long)sizeof buf ? 0 : -1;
 }
 
-int tg_publish_listed_parent(int pid) {
-    return pid == listed_parent_pid ? parent_listed : -1;
-}
+int tg_publish_listed_parent(int pid) { return pid == listed_parent_pid ? parent_listed : -1; }
 
 /* Copy the parts of a counter block that hold something: a file's pages in
  * /dev/shm take memory only once written, so a fresh process (or a forked
@@ -260,10 +257,8 @@ void tg_publish_after_fork_in_child(void) {
         memcpy(published->doc, parent->doc, length < TG_DOC_SIZE ? length : TG_DOC_SIZE);
         atomic_store_explicit(&h->doc_at_start, atomic_load(&from->doc_at_start),
                               memory_order_relaxed);
-        atomic_store_explicit(&h->doc_budget, atomic_load(&from->doc_budget),
-                              memory_order_relaxed);
-        atomic_store_explicit(&h->doc_length, atomic_load(&from->doc_length),
-                              memory_order_relaxed);
+        atomic_store_explicit(&h->doc_budget, atomic_load(&from->doc_budget), memory_order_relaxed);
+        atomic_store_explicit(&h->doc_length, atomic_load(&from->doc_length), memory_order_relaxed);
         atomic_store_explicit(&h->mode, atomic_load(&from->mode), memory_order_relaxed);
         atomic_store_explicit(&h->acted, atomic_load(&from->acted), memory_order_relaxed);
         atomic_store_explicit(&h->tasks_at_start, 0, memory_order_relaxed);
@@ -285,7 +280,9 @@ void tg_publish_remove(void) {
 
 const char *tg_publish_path(void) { return file_path; }
 
-struct tg_published *tg_published_self(void) { return published; }
+struct tg_published *tg_published_self(void) {
+    return published;
+}
 
 void tg_publish_file_path(char *buf, size_t size, int pid, long long start) {
     dir_path(buf, size);
@@ -294,9 +291,7 @@ void tg_publish_file_path(char *buf, size_t size, int pid, long long start) {
     file_name(buf + used, size - used, "", pid, start, ".live");
 }
 
-void tg_publish_changed(void) {
-    atomic_fetch_add_explicit(&generation, 1, memory_order_acq_rel);
-}
+void tg_publish_changed(void) { atomic_fetch_add_explicit(&generation, 1, memory_order_acq_rel); }
 
 unsigned long long tg_publish_generation(void) {
     return atomic_load_explicit(&generation, memory_order_acquire);
@@ -368,9 +363,9 @@ static const char *check(struct tg_published *c, int pid_in_name) {
         return "its pid does not match its name";
     unsigned length = atomic_load(&h->doc_length), at_start = atomic_load(&h->doc_at_start),
              budget = atomic_load(&h->doc_budget);
-    if (length > TG_DOC_SIZE || (length > 0 && (at_start == 0 || at_start > budget ||
-                                                 budget >= length || c->doc[at_start - 1] ||
-                                                 c->doc[budget - 1] || c->doc[length - 1])))
+    if (length > TG_DOC_SIZE ||
+        (length > 0 && (at_start == 0 || at_start > budget || budget >= length ||
+                        c->doc[at_start - 1] || c->doc[budget - 1] || c->doc[length - 1])))
         return "its document is malformed";
     int decisions = atomic_load(&c->block.decision_count);
     if (decisions < 0) return "its decision count is negative";

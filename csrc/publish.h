@@ -113,8 +113,8 @@ TG_HIDDEN char *tg_publish_doc_begin(size_t *size);
 /* Finish: where the texts start and end, and the header's figures.
  * Returns 1 when the caller must write it again, still holding it
  * (something changed while it wrote). */
-TG_HIDDEN int tg_publish_doc_end(unsigned at_start, unsigned budget, unsigned length,
-                                 int acted, int mode, long long tasks_at_start);
+TG_HIDDEN int tg_publish_doc_end(unsigned at_start, unsigned budget, unsigned length, int acted,
+                                 int mode, long long tasks_at_start);
 
 /* ---- reading another process's file ---------------------------------- */
 

@@ -137,8 +137,7 @@ static unsigned slot_for(uintptr_t base, const char *path) {
         if (current != 0) continue;
         uintptr_t expected = 0;
         if (atomic_compare_exchange_strong_explicit(&tg_libs[i].base, &expected, base,
-                                                    memory_order_acq_rel,
-                                                    memory_order_acquire)) {
+                                                    memory_order_acq_rel, memory_order_acquire)) {
             fill_slot(&tg_libs[i], base, path);
             return i;
         }
@@ -151,8 +150,7 @@ static unsigned slot_for(uintptr_t base, const char *path) {
 }
 
 static int kind_of(unsigned slot, uintptr_t base, const char *path) {
-    if (slot != TG_UNKNOWN_SLOT &&
-        atomic_load_explicit(&tg_libs[slot].ready, memory_order_acquire))
+    if (slot != TG_UNKNOWN_SLOT && atomic_load_explicit(&tg_libs[slot].ready, memory_order_acquire))
         return tg_libs[slot].kind;
     return classify(base, path);
 }
@@ -224,8 +222,7 @@ static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *context, void *arg
 unsigned tg_creator_slot(void *return_address) {
     uintptr_t base;
     const char *path;
-    if (return_address == NULL ||
-        find_object((char *)return_address - 1, &base, &path) != 0)
+    if (return_address == NULL || find_object((char *)return_address - 1, &base, &path) != 0)
         return TG_UNKNOWN_SLOT;
     unsigned slot = slot_for(base, path);
     int kind = kind_of(slot, base, path);

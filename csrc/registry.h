@@ -80,11 +80,11 @@ struct tg_decision {
 struct tg_counter_block {
     struct tg_counters total;
     /* What did not fit in a fixed table, or was started uncounted. */
-    _Atomic long long registry_overflow;  /* lookups that found the library table full */
+    _Atomic long long registry_overflow; /* lookups that found the library table full */
     _Atomic long long started_during_init;
-    _Atomic long long records_mapped;     /* start records mapped beyond the static ones */
-    _Atomic long long started_uncounted;  /* no memory for a start record */
-    _Atomic long long decisions_dropped;  /* distinct decisions that found the table full */
+    _Atomic long long records_mapped;    /* start records mapped beyond the static ones */
+    _Atomic long long started_uncounted; /* no memory for a start record */
+    _Atomic long long decisions_dropped; /* distinct decisions that found the table full */
     _Atomic int decision_count;
     int pad;
     struct tg_lib libs[TG_MAX_LIBS];

@@ -76,8 +76,10 @@ static void put(struct out *o, const char *fmt, ...) {
     int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    if (o->in_string) append_escaped(o, line);
-    else append(o, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    if (o->in_string)
+        append_escaped(o, line);
+    else
+        append(o, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
 /* Length of the valid UTF-8 sequence at s (1-4), 0 when the bytes there
@@ -86,10 +88,14 @@ static int utf8_length(const unsigned char *s) {
     unsigned c = s[0];
     int n;
     unsigned min;
-    if (c >= 0xc2 && c <= 0xdf) n = 2, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef) n = 3, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4) n = 4, min = 0x10000;
-    else return 0;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4, min = 0x10000;
+    else
+        return 0;
     unsigned cp = c & (0x3f >> (n - 1));
     for (int i = 1; i < n; i++) {
         if ((s[i] & 0xc0) != 0x80) return 0;
@@ -109,12 +115,18 @@ static void append_escaped(struct out *o, const char *text) {
     while (*s) {
         unsigned char c = *s;
         int n = 1;
-        if (c == '"' || c == '\\') snprintf(piece, sizeof piece, "\\%c", c);
-        else if (c == '\n') snprintf(piece, sizeof piece, "\\n");
-        else if (c < 0x20 || c == 0x7f) snprintf(piece, sizeof piece, "\\u%04x", c);
-        else if (c < 0x80) snprintf(piece, sizeof piece, "%c", c);
-        else if ((n = utf8_length(s)) == 0) n = 1, snprintf(piece, sizeof piece, "\\udc%02x", c);
-        else snprintf(piece, sizeof piece, "%.*s", n, (const char *)s);
+        if (c == '"' || c == '\\')
+            snprintf(piece, sizeof piece, "\\%c", c);
+        else if (c == '\n')
+            snprintf(piece, sizeof piece, "\\n");
+        else if (c < 0x20 || c == 0x7f)
+            snprintf(piece, sizeof piece, "\\u%04x", c);
+        else if (c < 0x80)
+            snprintf(piece, sizeof piece, "%c", c);
+        else if ((n = utf8_length(s)) == 0)
+            n = 1, snprintf(piece, sizeof piece, "\\udc%02x", c);
+        else
+            snprintf(piece, sizeof piece, "%.*s", n, (const char *)s);
         append(o, piece, strlen(piece));
         s += n;
     }
@@ -122,8 +134,10 @@ static void append_escaped(struct out *o, const char *text) {
 
 /* Text that may be longer than put()'s line. */
 static void put_text(struct out *o, const char *text) {
-    if (o->in_string) append_escaped(o, text);
-    else append(o, text, strlen(text));
+    if (o->in_string)
+        append_escaped(o, text);
+    else
+        append(o, text, strlen(text));
 }
 
 /* Whose report this is: this process (doc NULL: its state is read
@@ -142,8 +156,8 @@ static void put_json_string(struct out *o, const char *str) {
     append(o, "\"", 1);
 }
 
-static const char *const field_names[THREADGUARD_FIELD_COUNT] = {
-    "created", "live", "peak", "failed", "denied", "last_errno"};
+static const char *const field_names[THREADGUARD_FIELD_COUNT] = {"created", "live",   "peak",
+                                                                 "failed",  "denied", "last_errno"};
 
 static void put_json_counters(struct out *o, const threadguard_stats *s, int row) {
     for (int f = 0; f < THREADGUARD_FIELD_COUNT; f++)
@@ -151,13 +165,17 @@ static void put_json_counters(struct out *o, const threadguard_stats *s, int row
 }
 
 static void put_json_string_or_null(struct out *o, const char *str) {
-    if (str == NULL) put(o, "null");
-    else put_json_string(o, str);
+    if (str == NULL)
+        put(o, "null");
+    else
+        put_json_string(o, str);
 }
 
 static void put_json_number(struct out *o, const char *key, long long v, const char *sep) {
-    if (v < 0) put(o, "\"%s\": null%s", key, sep);
-    else put(o, "\"%s\": %lld%s", key, v, sep);
+    if (v < 0)
+        put(o, "\"%s\": null%s", key, sep);
+    else
+        put(o, "\"%s\": %lld%s", key, v, sep);
 }
 
 /* walks: the /proc walks this process made to count the uid's tasks,
@@ -187,8 +205,7 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h, long l
     put_json_number(o, "process_threads", h->process_threads, ", ");
     put_json_number(o, "budget_free", h->budget_free, ",\n      ");
     put_json_number(o, "free", h->free, ", ");
-    put(o, "\"free_at_least\": %s, \"limit\": ",
-        tg_headroom_free_at_least(h) ? "true" : "false");
+    put(o, "\"free_at_least\": %s, \"limit\": ", tg_headroom_free_at_least(h) ? "true" : "false");
     put_json_string(o, h->limit);
     put(o, ",\n      ");
     put_json_number(o, "cpus_affinity", h->cpus_affinity, ", ");
@@ -212,8 +229,8 @@ static void put_json_headroom(struct out *o, const struct tg_headroom *h, long l
     if (s->parent <= 0) {
         put(o, "null");
     } else {
-        put(o, "{\"parent\": %d, \"parent_cpus\": %lld, \"processes\": %d, \"pids\": [",
-            s->parent, s->parent_cpus, s->processes);
+        put(o, "{\"parent\": %d, \"parent_cpus\": %lld, \"processes\": %d, \"pids\": [", s->parent,
+            s->parent_cpus, s->processes);
         for (int i = 0; i < s->listed; i++) put(o, "%s%d", i ? ", " : "", s->pids[i]);
         put(o, "]}");
     }
@@ -268,10 +285,12 @@ static void put_json_pools(struct out *o, const struct tg_counter_block *b) {
         put_json_string(o, d->variable);
         put(o, ", \"value\": %lld, ", d->value);
         put_json_number(o, "requested", d->requested, ", ");
-        put(o, "\"source\": \"%s\", \"lowered\": %s, \"lowered_by\": ",
-            tg_source_name(d->source), d->lowered ? "true" : "false");
-        if (d->lowered_by[0]) put_json_string(o, d->lowered_by);
-        else put(o, "null");
+        put(o, "\"source\": \"%s\", \"lowered\": %s, \"lowered_by\": ", tg_source_name(d->source),
+            d->lowered ? "true" : "false");
+        if (d->lowered_by[0])
+            put_json_string(o, d->lowered_by);
+        else
+            put(o, "null");
         put(o, ", \"caller\": ");
         put_json_string(o, d->caller);
         put(o, ", ");
@@ -288,9 +307,10 @@ static void put_json_pools(struct out *o, const struct tg_counter_block *b) {
 /* What did not fit in a fixed table, or was started without being counted:
  * never silent. */
 static void put_json_overflow(struct out *o, const struct tg_counter_block *b) {
-    put(o, "  \"overflow\": {\"pools_dropped\": %lld, \"library_lookups_unknown\": %lld, "
-           "\"start_records_mapped\": %lld, \"threads_uncounted\": %lld, "
-           "\"threads_during_init\": %lld},\n",
+    put(o,
+        "  \"overflow\": {\"pools_dropped\": %lld, \"library_lookups_unknown\": %lld, "
+        "\"start_records_mapped\": %lld, \"threads_uncounted\": %lld, "
+        "\"threads_during_init\": %lld},\n",
         atomic_load_explicit(&b->decisions_dropped, memory_order_relaxed),
         atomic_load_explicit(&b->registry_overflow, memory_order_relaxed),
         atomic_load_explicit(&b->records_mapped, memory_order_relaxed),
@@ -304,14 +324,13 @@ static void put_table_overflow(struct out *o, const struct tg_counter_block *b) 
     long long mapped = atomic_load_explicit(&b->records_mapped, memory_order_relaxed);
     long long uncounted = atomic_load_explicit(&b->started_uncounted, memory_order_relaxed);
     long long early = atomic_load_explicit(&b->started_during_init, memory_order_relaxed);
-    if (dropped)
-        put(o, "  pool decisions: the table was full; %lld more not listed\n", dropped);
+    if (dropped) put(o, "  pool decisions: the table was full; %lld more not listed\n", dropped);
     if (unknown)
-        put(o, "  libraries: the table was full; %lld lookups of later libraries counted "
-               "under (unknown)\n",
+        put(o,
+            "  libraries: the table was full; %lld lookups of later libraries counted "
+            "under (unknown)\n",
             unknown);
-    if (mapped)
-        put(o, "  start records: %lld more mapped for threads started at once\n", mapped);
+    if (mapped) put(o, "  start records: %lld more mapped for threads started at once\n", mapped);
     if (uncounted)
         put(o, "  %lld thread%s started uncounted (no memory for a start record)\n", uncounted,
             tg_s(uncounted));
@@ -348,8 +367,9 @@ static void put_json_failures(struct out *o) {
         put_json_string(o, f->slot == TG_UNKNOWN_SLOT ? "unknown" : lib->name);
         put(o, ", \"path\": ");
         put_json_string(o, f->slot == TG_UNKNOWN_SLOT ? "" : lib->path);
-        put(o, ", \"kind\": \"%s\", \"thread\": %lld, \"errno\": %d, \"error\": \"%s\", "
-               "\"message\": ",
+        put(o,
+            ", \"kind\": \"%s\", \"thread\": %lld, \"errno\": %d, \"error\": \"%s\", "
+            "\"message\": ",
             tg_kind_name(lib->kind), f->thread, f->error, error_name(f->error));
         put_json_string(o, error_text(f->error));
         put(o, ",\n      \"cause\": ");
@@ -461,9 +481,12 @@ static void write_json(struct out *o, const threadguard_stats *s, const struct s
 }
 
 static void put_size(struct out *o, long long bytes) {
-    if (bytes >= 0 && bytes % (1024 * 1024) == 0) put(o, "%lldM", bytes / (1024 * 1024));
-    else if (bytes >= 0 && bytes % 1024 == 0) put(o, "%lldk", bytes / 1024);
-    else put(o, "%lld", bytes);
+    if (bytes >= 0 && bytes % (1024 * 1024) == 0)
+        put(o, "%lldM", bytes / (1024 * 1024));
+    else if (bytes >= 0 && bytes % 1024 == 0)
+        put(o, "%lldk", bytes / 1024);
+    else
+        put(o, "%lld", bytes);
 }
 
 static void put_figure(struct out *o, const char *label, long long v) {
@@ -518,8 +541,10 @@ static void write_table_rest(struct out *o) {
         put(o, " (threadguard, RLIMIT_AS)");
     }
     put(o, ", arenas ");
-    if (tg_applied.arenas > 0) put(o, "%lld", tg_applied.arenas);
-    else put(o, "unlimited");
+    if (tg_applied.arenas > 0)
+        put(o, "%lld", tg_applied.arenas);
+    else
+        put(o, "unlimited");
     put(o, " (%s)\n", tg_source_name(tg_applied.arenas_source));
     const struct tg_headroom *h = &tg_headroom_at_start;
     put(o, "  headroom at start: %lld CPU%s (%s);", h->cpus, tg_s(h->cpus), h->cpus_from);
@@ -554,8 +579,10 @@ static void write_table_rest(struct out *o) {
 static void write_table_budget(struct out *o, const struct subject *who) {
     put_table_pools(o, who->block);
     put_table_overflow(o, who->block);
-    if (who->doc == NULL) write_table_rest(o);
-    else put_text(o, who->doc->budget);
+    if (who->doc == NULL)
+        write_table_rest(o);
+    else
+        put_text(o, who->doc->budget);
 }
 
 /* Whether threadguard changed anything besides pool sizes: a setting given,
@@ -586,8 +613,10 @@ static void write_table(struct out *o, const threadguard_stats *s, const struct 
     long long tasks = threadguard_stats_tasks(s);
     int mode = who->mode, pid = who->pid;
     if (mode == THREADGUARD_MODE_OFF) {
-        put(o, "threadguard: pid %d (%s): not preloaded, threads were not counted; "
-               "%lld task%s %s\n", pid, base, tasks, tg_s(tasks), when);
+        put(o,
+            "threadguard: pid %d (%s): not preloaded, threads were not counted; "
+            "%lld task%s %s\n",
+            pid, base, tasks, tg_s(tasks), when);
         return;
     }
     if (rows == 0 && tasks <= 1) {
@@ -615,11 +644,14 @@ static void write_table(struct out *o, const threadguard_stats *s, const struct 
     }
     int t = THREADGUARD_TOTAL_ROW;
     put(o, "  %-36s %-9s %8lld %6lld %6lld %7lld %7lld\n", "total", "",
-        threadguard_stats_get(s, t, THREADGUARD_CREATED), threadguard_stats_get(s, t, THREADGUARD_LIVE),
-        threadguard_stats_get(s, t, THREADGUARD_PEAK), threadguard_stats_get(s, t, THREADGUARD_FAILED),
+        threadguard_stats_get(s, t, THREADGUARD_CREATED),
+        threadguard_stats_get(s, t, THREADGUARD_LIVE),
+        threadguard_stats_get(s, t, THREADGUARD_PEAK),
+        threadguard_stats_get(s, t, THREADGUARD_FAILED),
         threadguard_stats_get(s, t, THREADGUARD_DENIED));
-    put(o, "  tasks %s: %lld (main thread + %lld counted live + %lld not seen created; "
-           "%lld existed before threadguard started)\n",
+    put(o,
+        "  tasks %s: %lld (main thread + %lld counted live + %lld not seen created; "
+        "%lld existed before threadguard started)\n",
         when, tasks, threadguard_stats_get(s, t, THREADGUARD_LIVE), threadguard_stats_untracked(s),
         threadguard_stats_tasks_at_start(s));
     write_table_budget(o, who);
@@ -653,8 +685,7 @@ static _Atomic int write_warned;
 
 static void warn_unwritable(const char *path, int error, const char *hint) {
     if (atomic_exchange_explicit(&write_warned, 1, memory_order_relaxed)) return;
-    tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s%s", path, error_text(error),
-            hint);
+    tg_warn("cannot write the report THREADGUARD_REPORT='%s': %s%s", path, error_text(error), hint);
 }
 
 static void write_body(struct out *o, void (*body)(struct out *, void *), void *ctx) {
@@ -758,8 +789,8 @@ void tg_report_failures_now(void) {
     if (atomic_exchange_explicit(&failures_writing, 1, memory_order_acquire)) return;
     char path[1100];
     size_t n;
-    if (expand_path(tg_config.report_path, path, sizeof path) == 0 &&
-        (n = strlen(path)) > 5 && n + 10 < sizeof path) {
+    if (expand_path(tg_config.report_path, path, sizeof path) == 0 && (n = strlen(path)) > 5 &&
+        n + 10 < sizeof path) {
         /* PATH.json -> PATH.failures.json */
         memcpy(path + n - 5, ".failures.json", sizeof ".failures.json");
         while (atomic_exchange_explicit(&failures_dirty, 0, memory_order_acq_rel)) {
@@ -779,7 +810,8 @@ long long tg_report_json(char *buffer, size_t size) {
     struct out *o = calloc(1, sizeof *o);
     if (o == NULL) {
         threadguard_stats_free(s);
-        return -(long long)tg_set_error(THREADGUARD_ENOMEM, "threadguard_report_json: out of memory");
+        return -(long long)tg_set_error(THREADGUARD_ENOMEM,
+                                        "threadguard_report_json: out of memory");
     }
     o->fd = -1;
     o->mem = buffer;
@@ -840,9 +872,7 @@ static void doc_json(struct out *o) {
 
 static void doc_at_start(struct out *o) { put_json_headroom(o, &tg_headroom_at_start, -1); }
 
-static void doc_truncated(struct out *o) {
-    put(o, "  \"document_truncated\": true,\n");
-}
+static void doc_truncated(struct out *o) { put(o, "  \"document_truncated\": true,\n"); }
 
 static void doc_empty(struct out *o) { (void)o; }
 

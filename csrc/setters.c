@@ -42,8 +42,8 @@
 
 struct pool_variable {
     const char *name;
-    int kind;               /* the library kind that reads it as its pool size */
-    const char *fallback;   /* another variable that library also obeys, or NULL */
+    int kind;             /* the library kind that reads it as its pool size */
+    const char *fallback; /* another variable that library also obeys, or NULL */
 };
 
 /* OpenBLAS obeys OPENBLAS_NUM_THREADS before GOTO_NUM_THREADS and
@@ -226,8 +226,8 @@ static int repeat_grant(void *target, void *call_site, int n, int *granted) {
     return 1;
 }
 
-static void remember_grant(void *target, void *call_site, int n, int granted,
-                           long long ceiling, int decision) {
+static void remember_grant(void *target, void *call_site, int n, int granted, long long ceiling,
+                           int decision) {
     struct grant *g = &grants[((uintptr_t)target >> 4) % GRANTS];
     atomic_store_explicit(&g->target, 0, memory_order_release);
     atomic_store_explicit(&g->asked_granted,
@@ -270,12 +270,12 @@ typedef void (*set_threads_fn)(int);
 #define TG_STR_(x) #x
 #define TG_STR(x) TG_STR_(x)
 
-#define CLAMPED_SETTER(fname, label, kind, cost)                                         \
-    THREADGUARD_API void fname(int n) {                                                   \
-        set_threads_fn real =                                                             \
-            (set_threads_fn)definition_for(TG_STR(fname), __builtin_return_address(0));   \
-        if (real == NULL) return; /* no such library within the caller's reach */         \
-        real(clamp_setter(label, (void *)real, __builtin_return_address(0), kind, cost, n)); \
+#define CLAMPED_SETTER(fname, label, kind, cost)                                                   \
+    THREADGUARD_API void fname(int n) {                                                            \
+        set_threads_fn real =                                                                      \
+            (set_threads_fn)definition_for(TG_STR(fname), __builtin_return_address(0));            \
+        if (real == NULL) return; /* no such library within the caller's reach */                  \
+        real(clamp_setter(label, (void *)real, __builtin_return_address(0), kind, cost, n));       \
     }
 
 CLAMPED_SETTER(omp_set_num_threads, "omp_set_num_threads()", TG_KIND_OPENMP, 1)

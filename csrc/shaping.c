@@ -34,7 +34,6 @@
  * DataLoader, the interpreter's helpers) when pools are sized. */
 #define TG_RESERVE 2
 
-
 static int creates_threads(int kind) {
     return kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP || kind == TG_KIND_MKL ||
            kind == TG_KIND_BLIS;
@@ -94,11 +93,11 @@ static const char *library_name(unsigned slot) {
 
 /* One pool-size decision before it is recorded. */
 struct sizing {
-    long long value;      /* what the library gets */
-    long long requested;  /* what was asked (the program's value, a setter's n); -1 none */
-    int source;           /* enum tg_source */
+    long long value;        /* what the library gets */
+    long long requested;    /* what was asked (the program's value, a setter's n); -1 none */
+    int source;             /* enum tg_source */
     const char *lowered_by; /* NULL when value is what was asked */
-    unsigned caller;      /* the slot of the library that made the call */
+    unsigned caller;        /* the slot of the library that made the call */
 };
 
 /* The operator's ceiling, THREADGUARD_POOL_THREADS (or limit()), then the
@@ -126,8 +125,8 @@ static int same_decision(const struct tg_decision *d, unsigned slot, const char 
                          const struct sizing *s) {
     return d->slot == slot && d->value == s->value && d->requested == s->requested &&
            d->source == s->source && d->lowered == (s->lowered_by != NULL) &&
-           strncmp(d->lowered_by, s->lowered_by ? s->lowered_by : "",
-                   sizeof d->lowered_by - 1) == 0 &&
+           strncmp(d->lowered_by, s->lowered_by ? s->lowered_by : "", sizeof d->lowered_by - 1) ==
+               0 &&
            strncmp(d->caller, library_name(s->caller), sizeof d->caller - 1) == 0 &&
            strncmp(d->variable, variable, sizeof d->variable - 1) == 0;
 }
@@ -184,9 +183,9 @@ static void describe(unsigned slot, const char *variable, const struct sizing *s
                 variable, s->requested, s->value, library_name(slot), h->free, tg_s(h->free),
                 h->limit, TG_RESERVE);
     } else if (tg_config.debug) {
-        tg_warn("debug: %s=%lld for %s (%lld CPU%s from %s; %lld thread%s free under %s)",
-                variable, s->value, library_name(slot), h->cpus, tg_s(h->cpus), h->cpus_from,
-                h->free, tg_s(h->free), h->limit);
+        tg_warn("debug: %s=%lld for %s (%lld CPU%s from %s; %lld thread%s free under %s)", variable,
+                s->value, library_name(slot), h->cpus, tg_s(h->cpus), h->cpus_from, h->free,
+                tg_s(h->free), h->limit);
     }
 }
 
@@ -251,8 +250,8 @@ static void sizing_ends(int locked) {
     tg_ledger_unlock(locked);
 }
 
-static char *size_pool_locked(unsigned slot, int kind, const char *variable,
-                              const char *user_text, const char *fallback);
+static char *size_pool_locked(unsigned slot, int kind, const char *variable, const char *user_text,
+                              const char *fallback);
 
 char *tg_size_pool(unsigned slot, int kind, const char *variable, const char *user_text,
                    const char *fallback) {
@@ -262,8 +261,8 @@ char *tg_size_pool(unsigned slot, int kind, const char *variable, const char *us
     return result;
 }
 
-static char *size_pool_locked(unsigned slot, int kind, const char *variable,
-                              const char *user_text, const char *fallback) {
+static char *size_pool_locked(unsigned slot, int kind, const char *variable, const char *user_text,
+                              const char *fallback) {
     struct tg_headroom h;
     tg_headroom_measure(&h, kind);
     /* The program's own value, then THREADGUARD_POOL_THREADS (the size of
@@ -276,8 +275,10 @@ static char *size_pool_locked(unsigned slot, int kind, const char *variable,
     struct sizing s = {forced ? -1 : user_pool_size(user_text), -1, TG_SOURCE_USER, NULL, slot};
     if (s.value < 0 && fallback) {
         const char *other = tg_environ_get(fallback);
-        if (tg_launcher_forced(fallback, other)) forced = 1;
-        else s.value = user_pool_size(given = other);
+        if (tg_launcher_forced(fallback, other))
+            forced = 1;
+        else
+            s.value = user_pool_size(given = other);
     }
     if (s.value < 0) {
         s.source = TG_SOURCE_THREADGUARD;
@@ -372,8 +373,7 @@ char *tg_limit_openmp(unsigned slot, const char *user_text) {
  * calling a torch setter: that is the program's torch.set_num_threads. */
 static int made_by_library(unsigned caller, int setter_kind) {
     int kind = tg_libs[caller].kind;
-    if (caller == TG_UNKNOWN_SLOT || !(creates_threads(kind) || kind == TG_KIND_TORCH))
-        return 0;
+    if (caller == TG_UNKNOWN_SLOT || !(creates_threads(kind) || kind == TG_KIND_TORCH)) return 0;
     return !(setter_kind == TG_KIND_TORCH &&
              tg_starts_with(tg_libs[caller].name, "libtorch_python"));
 }
@@ -391,8 +391,8 @@ void tg_observe_setter(unsigned slot, unsigned caller, const char *function, int
     record(slot, function, &s, &tg_headroom_at_start);
 }
 
-int tg_size_setter(unsigned slot, unsigned caller, const char *function, int kind, int cost,
-                   int n, int *decision) {
+int tg_size_setter(unsigned slot, unsigned caller, const char *function, int kind, int cost, int n,
+                   int *decision) {
     struct sizing s = setter_sizing(n, caller, kind);
     struct tg_headroom h;
     int locked = sizing_begins();
@@ -445,8 +445,8 @@ static int address_space_limited(void) {
 
 static void set_default_stack(long long bytes) {
     if (tg_glibc_set_default_stack(bytes) != 0)
-        tg_warn("could not set the default thread stack to %lld bytes; threads keep %lld",
-                bytes, tg_default_stack());
+        tg_warn("could not set the default thread stack to %lld bytes; threads keep %lld", bytes,
+                tg_default_stack());
 }
 
 static void apply_stack(void) {
@@ -475,8 +475,10 @@ static void apply_arenas(void) {
         arenas = 2;
         tg_applied.arenas_source = TG_SOURCE_THREADGUARD;
     }
-    if (arenas > 0 && mallopt(M_ARENA_MAX, (int)arenas) == 1) tg_applied.arenas = arenas;
-    else tg_applied.arenas_source = TG_SOURCE_DEFAULT;
+    if (arenas > 0 && mallopt(M_ARENA_MAX, (int)arenas) == 1)
+        tg_applied.arenas = arenas;
+    else
+        tg_applied.arenas_source = TG_SOURCE_DEFAULT;
 }
 
 /* numexpr reads NUMEXPR_MAX_THREADS through Python's os.environ, which is

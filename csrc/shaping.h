@@ -14,14 +14,13 @@ TG_HIDDEN void tg_shaping_init(void);
  * (user_text: the environment's value; fallback: another variable that
  * library obeys): user_text itself when it stands, else a number in static
  * storage. */
-TG_HIDDEN char *tg_size_pool(unsigned slot, int kind, const char *variable,
-                             const char *user_text, const char *fallback);
+TG_HIDDEN char *tg_size_pool(unsigned slot, int kind, const char *variable, const char *user_text,
+                             const char *fallback);
 /* A pool a forked child inherited with `current` threads: its size in the
  * child (at most current), from `variable` (then `fallback`) where the
  * program set one, else the allocation now; `label` names the decision. */
 TG_HIDDEN long long tg_size_inherited(unsigned slot, int kind, const char *variable,
-                                      const char *label, const char *fallback,
-                                      long long current);
+                                      const char *label, const char *fallback, long long current);
 /* The answer to an OpenMP runtime's getenv("OMP_THREAD_LIMIT"). */
 TG_HIDDEN char *tg_limit_openmp(unsigned slot, const char *user_text);
 /* A pool-size setter `function` of library `slot`, called from library
@@ -30,8 +29,8 @@ TG_HIDDEN char *tg_limit_openmp(unsigned slot, const char *user_text);
 TG_HIDDEN int tg_size_setter(unsigned slot, unsigned caller, const char *function, int kind,
                              int cost, int n, int *decision);
 /* Under THREADGUARD_OBSERVE: record the setter call, change nothing. */
-TG_HIDDEN void tg_observe_setter(unsigned slot, unsigned caller, const char *function,
-                                 int kind, int n);
+TG_HIDDEN void tg_observe_setter(unsigned slot, unsigned caller, const char *function, int kind,
+                                 int n);
 
 /* The decisions live in the counter block (registry.h): tg_decisions,
  * tg_decision_count, tg_decisions_dropped. */

@@ -129,10 +129,8 @@ static int claim(struct tg_children *c) {
                                                         memory_order_relaxed)) {
                 int used = atomic_load_explicit(&c->used, memory_order_relaxed);
                 while (used < i + 1 &&
-                       !atomic_compare_exchange_weak_explicit(&c->used, &used, i + 1,
-                                                              memory_order_acq_rel,
-                                                              memory_order_relaxed)) {
-                }
+                       !atomic_compare_exchange_weak_explicit(
+                           &c->used, &used, i + 1, memory_order_acq_rel, memory_order_relaxed)) {}
                 return i;
             }
         }
@@ -186,8 +184,8 @@ void tg_share_release(void) {
     if (parent.map == NULL || my_entry < 0 || (int)getpid() != my_pid) return;
     struct tg_children *c = &parent.map->children;
     int me = my_pid;
-    atomic_compare_exchange_strong_explicit(&c->entry[my_entry].pid, &me, 0,
-                                            memory_order_acq_rel, memory_order_relaxed);
+    atomic_compare_exchange_strong_explicit(&c->entry[my_entry].pid, &me, 0, memory_order_acq_rel,
+                                            memory_order_relaxed);
     atomic_fetch_add_explicit(&c->generation, 1, memory_order_acq_rel);
     my_entry = -1;
 }
@@ -199,8 +197,7 @@ void tg_share_note_cpus(long long cpus) {
 }
 
 unsigned tg_share_generation(void) {
-    return parent.map ? atomic_load_explicit(&parent.map->children.generation,
-                                             memory_order_acquire)
+    return parent.map ? atomic_load_explicit(&parent.map->children.generation, memory_order_acquire)
                       : 0;
 }
 

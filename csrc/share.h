@@ -9,9 +9,9 @@
 
 /* Who this process shares its parent's CPUs with, as last counted. */
 struct tg_sharing {
-    int parent;               /* the guarded parent's pid; 0: none */
-    int processes;            /* its live guarded children, this one included */
-    long long parent_cpus;    /* the CPUs they divide */
+    int parent;                /* the guarded parent's pid; 0: none */
+    int processes;             /* its live guarded children, this one included */
+    long long parent_cpus;     /* the CPUs they divide */
     int pids[TG_SHARING_PIDS]; /* the first few of them */
     int listed;
 };

@@ -89,9 +89,8 @@ static struct tg_start_record *claim_record(void) {
                              PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (mem == MAP_FAILED) return NULL;
             struct tg_start_record *expected = NULL;
-            if (atomic_compare_exchange_strong_explicit(&chunks[c], &expected, mem,
-                                                        memory_order_acq_rel,
-                                                        memory_order_acquire)) {
+            if (atomic_compare_exchange_strong_explicit(
+                    &chunks[c], &expected, mem, memory_order_acq_rel, memory_order_acquire)) {
                 chunk = mem;
                 atomic_fetch_add_explicit(&tg_records_mapped, TG_CHUNK_RECORDS,
                                           memory_order_relaxed);
@@ -136,8 +135,7 @@ static _Atomic int forked_child;
 int tg_is_forked_child(void) { return atomic_load_explicit(&forked_child, memory_order_relaxed); }
 
 void tg_count_start(unsigned slot, long long *live_after_total, long long *live_after_lib) {
-    *live_after_lib =
-        atomic_fetch_add_explicit(&tg_libs[slot].c.live, 1, memory_order_relaxed) + 1;
+    *live_after_lib = atomic_fetch_add_explicit(&tg_libs[slot].c.live, 1, memory_order_relaxed) + 1;
     *live_after_total = atomic_fetch_add_explicit(&tg_total.live, 1, memory_order_relaxed) + 1;
 }
 

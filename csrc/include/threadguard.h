@@ -39,7 +39,7 @@ extern "C" {
 /* Error codes. */
 enum threadguard_error {
     THREADGUARD_OK = 0,
-    THREADGUARD_EINVAL = 1, /* a bad argument (null pointer, row out of range) */
+    THREADGUARD_EINVAL = 1,      /* a bad argument (null pointer, row out of range) */
     THREADGUARD_ENOMEM = 2,      /* a snapshot could not be allocated */
     THREADGUARD_EUNSUPPORTED = 3 /* not possible on this platform */
 };

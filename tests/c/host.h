@@ -23,10 +23,10 @@
 #define HOST_TIMED_OUT 1000
 
 struct host_run {
-    const char *name;    /* TG_HOST_CASE */
-    const char *env[8];  /* "NAME=value", NULL-terminated */
-    int stderr_fd;       /* -1: inherit */
-    int seconds;         /* timeout */
+    const char *name;   /* TG_HOST_CASE */
+    const char *env[8]; /* "NAME=value", NULL-terminated */
+    int stderr_fd;      /* -1: inherit */
+    int seconds;        /* timeout */
 };
 
 /* Status as waitpid gives it, or HOST_TIMED_OUT (the child is killed). */
@@ -58,10 +58,14 @@ static int host_run_case(const struct host_run *run) {
 }
 
 static const char *host_describe(int status, char *buf, size_t size) {
-    if (status == HOST_TIMED_OUT) snprintf(buf, size, "hung (killed after the timeout)");
-    else if (WIFSIGNALED(status)) snprintf(buf, size, "killed by signal %d", WTERMSIG(status));
-    else if (WIFEXITED(status)) snprintf(buf, size, "exit %d", WEXITSTATUS(status));
-    else snprintf(buf, size, "status %d", status);
+    if (status == HOST_TIMED_OUT)
+        snprintf(buf, size, "hung (killed after the timeout)");
+    else if (WIFSIGNALED(status))
+        snprintf(buf, size, "killed by signal %d", WTERMSIG(status));
+    else if (WIFEXITED(status))
+        snprintf(buf, size, "exit %d", WEXITSTATUS(status));
+    else
+        snprintf(buf, size, "status %d", status);
     return buf;
 }
 

@@ -52,8 +52,10 @@ static void run_mode(int deny) {
 
     for (int i = 0; i < BUDGET; i++) CHECK(results[i] == 0, "thread %d: %d", i + 1, results[i]);
     for (int i = BUDGET; i < BUDGET + 2; i++) {
-        if (deny) CHECK(results[i] == EAGAIN, "thread %d over the budget: %d", i + 1, results[i]);
-        else CHECK(results[i] == 0, "thread %d over the budget (warn): %d", i + 1, results[i]);
+        if (deny)
+            CHECK(results[i] == EAGAIN, "thread %d over the budget: %d", i + 1, results[i]);
+        else
+            CHECK(results[i] == 0, "thread %d over the budget (warn): %d", i + 1, results[i]);
     }
     for (int i = 0; i < BUDGET + 2; i++)
         if (results[i] == 0) pthread_join(threads[i], NULL);
@@ -70,8 +72,7 @@ static void run_mode(int deny) {
     } else {
         CHECK(strstr(text, "started thread 5") != NULL, "the count is not named: %s", text);
         CHECK(total(THREADGUARD_DENIED) == 0, "denied %lld", total(THREADGUARD_DENIED));
-        CHECK(total(THREADGUARD_CREATED) == BUDGET + 2, "created %lld",
-              total(THREADGUARD_CREATED));
+        CHECK(total(THREADGUARD_CREATED) == BUDGET + 2, "created %lld", total(THREADGUARD_CREATED));
     }
 
     /* With the threads gone there is room again. */

@@ -47,8 +47,9 @@ static void run_and_join(void *(*routine)(void *), int n, const char *what) {
     for (int i = 0; i < n; i++) CHECK(pthread_create(&t[i], NULL, routine, NULL) == 0, "%s", what);
     CHECK(counter_of_kind("main", THREADGUARD_LIVE) <= n, "%s: live over %d", what, n);
     for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
-    CHECK(counter_of_kind("main", THREADGUARD_CREATED) == created0 + n, "%s: created %lld, want %lld",
-          what, counter_of_kind("main", THREADGUARD_CREATED), created0 + n);
+    CHECK(counter_of_kind("main", THREADGUARD_CREATED) == created0 + n,
+          "%s: created %lld, want %lld", what, counter_of_kind("main", THREADGUARD_CREATED),
+          created0 + n);
     CHECK(counter_of_kind("main", THREADGUARD_LIVE) == 0, "%s: live %lld after join", what,
           counter_of_kind("main", THREADGUARD_LIVE));
 }
@@ -189,7 +190,8 @@ static void test_api(void) {
     CHECK(threadguard_interposing() == 1, "pthread_create is not threadguard's");
     CHECK(strcmp(threadguard_version(), THREADGUARD_VERSION_STRING) == 0, "version");
     CHECK(threadguard_stats_take(NULL) == THREADGUARD_EINVAL, "take(NULL)");
-    CHECK(strstr(threadguard_last_error(), "NULL") != NULL, "message: %s", threadguard_last_error());
+    CHECK(strstr(threadguard_last_error(), "NULL") != NULL, "message: %s",
+          threadguard_last_error());
     threadguard_stats *s = NULL;
     CHECK(threadguard_stats_take(&s) == 0, "take");
     int rows = threadguard_stats_rows(s);

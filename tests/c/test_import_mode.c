@@ -37,9 +37,8 @@ static int load_threadguard(void) {
     *(void **)&tg.rows = dlsym(h, "threadguard_stats_rows");
     *(void **)&tg.name = dlsym(h, "threadguard_stats_name");
     *(void **)&tg.get = dlsym(h, "threadguard_stats_get");
-    return tg.import_mode && tg.mode && tg.take && tg.release && tg.rows && tg.name && tg.get
-               ? 0
-               : -1;
+    return tg.import_mode && tg.mode && tg.take && tg.release && tg.rows && tg.name && tg.get ? 0
+                                                                                              : -1;
 }
 
 /* A counter of the row whose library name starts with prefix (0 if none). */

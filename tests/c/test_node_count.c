@@ -74,7 +74,8 @@ static int child(void) {
     pthread_t threads[ASKERS + REPORTERS];
     for (long i = 0; i < ASKERS + REPORTERS; i++)
         CHECK(pthread_create(&threads[i], NULL, i < ASKERS ? asker : reporter,
-                             (void *)(i - ASKERS)) == 0, "pthread_create %ld", i);
+                             (void *)(i - ASKERS)) == 0,
+              "pthread_create %ld", i);
     for (int i = 0; i < ASKERS + REPORTERS; i++) pthread_join(threads[i], NULL);
 
     char *last = buffers[REPORTERS];

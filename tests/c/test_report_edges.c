@@ -77,8 +77,10 @@ static int child_failures(void) {
     int failed = 0;
     for (int i = 0; i < 70; i++) {
         pthread_t t;
-        if (pthread_create(&t, &attr, returns, NULL) != 0) failed++;
-        else pthread_join(t, NULL);
+        if (pthread_create(&t, &attr, returns, NULL) != 0)
+            failed++;
+        else
+            pthread_join(t, NULL);
     }
     pthread_attr_destroy(&attr);
     return failed == 70 ? 0 : 5;
@@ -144,8 +146,8 @@ static void check_no_heap(void) {
 }
 
 static void check_raw_bytes(void) {
-    char lib[PATH_MAX + 32], env_lib[PATH_MAX + 64], report[PATH_MAX + 32],
-        env[PATH_MAX + 64], text[65536];
+    char lib[PATH_MAX + 32], env_lib[PATH_MAX + 64], report[PATH_MAX + 32], env[PATH_MAX + 64],
+        text[65536];
     snprintf(lib, sizeof lib, "%s/libraw\xff\xfe.so", scratch);
     int in = open(SPAWNER_LIB, O_RDONLY), out = open(lib, O_WRONLY | O_CREAT | O_TRUNC, 0755);
     char buf[65536];
@@ -175,8 +177,8 @@ static void check_failed_creations(void) {
     char errpath[PATH_MAX + 32], text[65536];
     path_in(errpath, sizeof errpath, "failures.err");
     int err = open(errpath, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    struct host_run run = {"failures", {"THREADGUARD_REPORT=/nonexistent-dir/r.json", NULL}, err,
-                           60};
+    struct host_run run = {
+        "failures", {"THREADGUARD_REPORT=/nonexistent-dir/r.json", NULL}, err, 60};
     run_ok(&run);
     close(err);
     read_text(errpath, text, sizeof text);
@@ -277,8 +279,7 @@ static void check_no_threads(void) {
     read_text(errpath, text, sizeof text);
     CHECK(strstr(text, "no threads created") != NULL, "the table: %.400s", text);
     CHECK(strstr(text, "OPENBLAS_NUM_THREADS") && strstr(text, "headroom at start"),
-          "the pool decision and headroom are missing when no thread was created:\n%.600s",
-          text);
+          "the pool decision and headroom are missing when no thread was created:\n%.600s", text);
 }
 
 int main(void) {
@@ -304,7 +305,9 @@ int main(void) {
     check_no_threads();
     char cmd[PATH_MAX + 16];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
-    if (check_failures == 0) (void)!system(cmd);
-    else fprintf(stderr, "files kept in %s\n", scratch);
+    if (check_failures == 0)
+        (void)!system(cmd);
+    else
+        fprintf(stderr, "files kept in %s\n", scratch);
     return check_failures;
 }

@@ -7,11 +7,11 @@
 
 #include "check.h"
 
-static const char *const names[] = {
-    "THREADGUARD_MAX_THREADS", "THREADGUARD_POOL_THREADS", "THREADGUARD_ON_LIMIT",
-    "THREADGUARD_STACK",       "THREADGUARD_ARENAS",       "THREADGUARD_NPROC",
-    "THREADGUARD_REPORT",      "THREADGUARD_DEBUG",        "THREADGUARD_IMPORT",
-    "THREADGUARD_OBSERVE"};
+static const char *const names[] = {"THREADGUARD_MAX_THREADS", "THREADGUARD_POOL_THREADS",
+                                    "THREADGUARD_ON_LIMIT",    "THREADGUARD_STACK",
+                                    "THREADGUARD_ARENAS",      "THREADGUARD_NPROC",
+                                    "THREADGUARD_REPORT",      "THREADGUARD_DEBUG",
+                                    "THREADGUARD_IMPORT",      "THREADGUARD_OBSERVE"};
 #define NAMES (sizeof names / sizeof names[0])
 
 static uint64_t state = 0x9e3779b97f4a7c15ULL;
@@ -60,7 +60,8 @@ int main(void) {
     }
     CHECK(accepted > 0 && rejected > 0, "accepted %ld rejected %ld", accepted, rejected);
 
-    static const char *const bad_stack[] = {"abc", "-1", "99999999G", "", "\xc3\xa9", "512q",
+    static const char *const bad_stack[] = {"abc",  "-1",       "99999999G",
+                                            "",     "\xc3\xa9", "512q",
                                             "1.5M", "2M extra", "12345678901234567890",
                                             "100k", "0"};
     for (size_t i = 0; i < sizeof bad_stack / sizeof bad_stack[0]; i++) {

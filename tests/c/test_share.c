@@ -81,7 +81,7 @@ static void child(int ready, int go, int out, int linger) {
     if (read_share(from, sizeof from, &processes) != 0) snprintf(from, sizeof from, "?");
     int n = snprintf(line, sizeof line, "%d %s\n", processes, from);
     if (write(out, line, (size_t)n) != n) _exit(4);
-    if (linger) pause(); /* until killed */
+    if (linger) pause();                       /* until killed */
     if (read(bye[0], &byte, 1) != 1) _exit(5); /* every sibling has looked */
     _exit(0);
 }
@@ -113,8 +113,8 @@ static void check_inherited_pool(const char *path) {
     waitpid(pid, NULL, 0);
     long long share = seen[1] < 8 ? seen[1] : 8;
     CHECK(seen[1] > 0 && seen[0] == share * 1000 + share,
-          "%s in a forked child: %lld (its share %lld CPUs), expected %lld", path, seen[0],
-          seen[1], share * 1001);
+          "%s in a forked child: %lld (its share %lld CPUs), expected %lld", path, seen[0], seen[1],
+          share * 1001);
     CHECK(threads() == 8008, "the parent's pool stays: %d", threads());
     close(out[0]);
     close(out[1]);
@@ -137,8 +137,7 @@ int main(void) {
     for (int i = 0; i < CHILDREN; i++) {
         char line[256];
         int len = 0;
-        while (len < (int)sizeof line - 1 && read(out[0], line + len, 1) == 1 &&
-               line[len] != '\n')
+        while (len < (int)sizeof line - 1 && read(out[0], line + len, 1) == 1 && line[len] != '\n')
             len++;
         line[len] = '\0';
         int processes = atoi(line);
@@ -163,8 +162,7 @@ int main(void) {
 
     pids[CHILDREN] = fork();
     if (pids[CHILDREN] == 0) child(ready[1], go[0], out[1], 0);
-    CHECK(read(ready[0], &byte, 1) == 1 && write(go[1], "g", 1) == 1 &&
-              write(bye[1], "b", 1) == 1,
+    CHECK(read(ready[0], &byte, 1) == 1 && write(go[1], "g", 1) == 1 && write(bye[1], "b", 1) == 1,
           "go");
     char line[256];
     int len = 0;
@@ -173,8 +171,8 @@ int main(void) {
     line[len] = '\0';
     char want[64];
     snprintf(want, sizeof want, "1 1 worker of pid %d", (int)getpid());
-    CHECK(strcmp(line, want) == 0, "after the others ended the fifth saw '%s', expected '%s'",
-          line, want);
+    CHECK(strcmp(line, want) == 0, "after the others ended the fifth saw '%s', expected '%s'", line,
+          want);
     waitpid(pids[CHILDREN], NULL, 0);
     waitpid(pids[CHILDREN - 1], NULL, 0);
 

@@ -42,7 +42,8 @@ static void reading_handler(int sig) {
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("O2", "omit-frame-pointer")))
 #endif
-__attribute__((noinline)) char *tail_handler(void) {
+__attribute__((noinline)) char *
+tail_handler(void) {
     return getenv("OMP_NUM_THREADS");
 }
 
@@ -71,8 +72,8 @@ static void arm_before_constructors(int argc, char **argv, char **envp) {
         if (strcmp(*e, "TG_HOST_CASE=reentry_tail") == 0) arm_timer(1);
     }
 }
-__attribute__((section(".preinit_array"), used)) static void (*preinit)(int, char **, char **) =
-    arm_before_constructors;
+__attribute__((section(".preinit_array"),
+               used)) static void (*preinit)(int, char **, char **) = arm_before_constructors;
 
 static void *returns(void *arg) { return arg; }
 
@@ -122,8 +123,9 @@ static void *spins_async(void *arg) {
     pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, NULL);
     char local[64];
     memset(local, 0, sizeof local);
-    for (;;) local[atomic_load_explicit((_Atomic unsigned long *)arg, memory_order_relaxed) % 64] +=
-        (char)spin_once(arg);
+    for (;;)
+        local[atomic_load_explicit((_Atomic unsigned long *)arg, memory_order_relaxed) % 64] +=
+            (char)spin_once(arg);
     return NULL;
 }
 
@@ -165,10 +167,10 @@ static void repeat(const char *name, const char *const *env, int times, int want
         if (want_signal >= 0) run.stderr_fd = pipe_fd = broken_pipe();
         int status = host_run_case(&run);
         if (pipe_fd >= 0) close(pipe_fd);
-        int ok = want_signal > 0 ? status != HOST_TIMED_OUT && WIFSIGNALED(status) &&
-                                       WTERMSIG(status) == want_signal
-                                 : status != HOST_TIMED_OUT && WIFEXITED(status) &&
-                                       WEXITSTATUS(status) == 0;
+        int ok =
+            want_signal > 0
+                ? status != HOST_TIMED_OUT && WIFSIGNALED(status) && WTERMSIG(status) == want_signal
+                : status != HOST_TIMED_OUT && WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (!ok && bad++ == 0) first = status;
         if (bad == 2) break; /* a hang costs the timeout: two are proof enough */
     }

@@ -52,8 +52,7 @@ int main(void) {
 
     const long set = 2048 * KIB;
     size_t no_attr = stack_of_thread(NULL);
-    CHECK(near(no_attr, set), "thread without attributes got %zu bytes of stack, want 2M",
-          no_attr);
+    CHECK(near(no_attr, set), "thread without attributes got %zu bytes of stack, want 2M", no_attr);
 
     pthread_attr_t defaults;
     pthread_attr_init(&defaults);

@@ -31,7 +31,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < SPAWNERS; i++) pthread_join(s[i], NULL);
 
     long long want = SPAWNERS + (long long)SPAWNERS * per_spawner;
-    CHECK(total(THREADGUARD_CREATED) == want, "created %lld, want %lld", total(THREADGUARD_CREATED), want);
+    CHECK(total(THREADGUARD_CREATED) == want, "created %lld, want %lld", total(THREADGUARD_CREATED),
+          want);
     CHECK(total(THREADGUARD_LIVE) == 0, "live %lld", total(THREADGUARD_LIVE));
     CHECK(total(THREADGUARD_FAILED) == 0, "failed %lld", total(THREADGUARD_FAILED));
     long long peak = total(THREADGUARD_PEAK);

@@ -210,7 +210,9 @@ int main(void) {
     check_fifo_burst();
     char cmd[PATH_MAX + 16];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
-    if (check_failures == 0) (void)!system(cmd);
-    else fprintf(stderr, "files kept in %s\n", scratch);
+    if (check_failures == 0)
+        (void)!system(cmd);
+    else
+        fprintf(stderr, "files kept in %s\n", scratch);
     return check_failures;
 }

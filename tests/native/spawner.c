@@ -31,8 +31,7 @@ static void *parked(void *arg) {
 
 __attribute__((constructor)) static void start_parked(void) {
     for (int i = 0; i < SPAWNER_CONSTRUCTOR_THREADS; i++)
-        if (pthread_create(&parked_threads[parked_count], NULL, parked, NULL) == 0)
-            parked_count++;
+        if (pthread_create(&parked_threads[parked_count], NULL, parked, NULL) == 0) parked_count++;
 }
 
 int spawner_stop(void) {
