@@ -87,9 +87,25 @@ def test_run_of_a_missing_command(tmp_path):
     assert proc.stderr.strip() == "threadguard run: command not found: no-such-command-xyz"
 
 
-def test_run_rejects_a_bad_report_value(tmp_path):
+def test_run_rejects_a_bad_report_value_with_the_librarys_words(tmp_path):
     proc = tg("run", "--report", "out.txt", "--", "true", cwd=tmp_path)
-    assert proc.returncode == 2 and "neither 'stderr' nor a path ending in .json" in proc.stderr
+    assert proc.returncode == 2
+    assert ("THREADGUARD_REPORT='out.txt' is not valid; expected 'stderr', 'off' or a file path "
+            "ending in .json") in proc.stderr
+
+
+def test_run_report_off_behaves_as_the_variable_does(tmp_path):
+    """--report takes what THREADGUARD_REPORT takes: the library parses both."""
+    show = "import os; print(os.environ['THREADGUARD_REPORT'])"
+    by_flag = tg("run", "--report", "off", "--", sys.executable, "-c", show, cwd=tmp_path)
+    by_variable = subprocess.run(
+        [sys.executable, "-m", "threadguard", "run", "--", sys.executable, "-c", show],
+        env=dict(os.environ, THREADGUARD_REPORT="off"), cwd=tmp_path, capture_output=True,
+        text=True, timeout=600)
+    assert by_flag.returncode == by_variable.returncode == 0, by_flag.stderr
+    assert by_flag.stdout == by_variable.stdout == "off\n"
+    assert by_flag.stderr == by_variable.stderr == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_libpath_prints_the_packaged_library(tmp_path):

@@ -48,11 +48,9 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=min(100, shutil.get_terminal_size().columns - 2))
 
 
-def _report_value(value: str) -> str:
-    if value == "stderr" or (value.endswith(".json") and len(value) > 5):
-        return value
-    raise argparse.ArgumentTypeError(
-        f"{value!r} is neither 'stderr' nor a path ending in .json")
+def _escaped(help_text: str) -> str:
+    """help_text as argparse's help formatting (printf-style) prints it."""
+    return help_text.replace("%", "%%")
 
 
 def _pid(value: str) -> int:
@@ -129,17 +127,13 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                     "when they fit. Each option sets the THREADGUARD_* variable named in its "
                     "help. The command replaces this process, so its exit status and signals "
                     "are its own.")
-    run.add_argument("--report", type=_report_value, metavar="stderr|PATH.json",
-                     help="at exit, print the threads by library on stderr or write them as "
-                          "JSON to PATH.json ('%%p' in PATH becomes the pid); sets "
-                          "THREADGUARD_REPORT")
     for option in OPTIONS:
         if option.variable in _FLAGS:
             run.add_argument(f"--{option.flag}", action="store_true",
-                             help=f"{option.help}; sets {option.variable}=1")
+                             help=f"{_escaped(option.help)}; sets {option.variable}=1")
             continue
         run.add_argument(f"--{option.flag}", type=_setting_value(option), metavar=option.metavar,
-                         help=f"{option.help}; sets {option.variable}")
+                         help=f"{_escaped(option.help)}; sets {option.variable}")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                      help="the command to run, after --")
     run.set_defaults(subparser=run)  # a usage error shows run's usage, not the top level's
@@ -321,7 +315,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             value = "1" if value else None
         if value is not None:
             settings[option.variable] = value
-    env = preload_environment(_packaged_library(), report=args.report, settings=settings)
+    env = preload_environment(_packaged_library(), settings=settings)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

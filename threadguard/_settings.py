@@ -30,6 +30,9 @@ class Option(namedtuple("Option", "variable flag metavar help")):
 
 
 OPTIONS: Tuple[Option, ...] = (
+    Option("THREADGUARD_REPORT", "report", "stderr|off|PATH.json",
+           "at exit, print the threads by library on stderr, or write them as JSON to "
+           "PATH.json ('%p' in PATH becomes the pid); 'off' (the default) writes nothing"),
     Option("THREADGUARD_MAX_THREADS", "max-threads", "N",
            "budget of live threads in the process (besides the main one); pools are sized "
            "to fit it, and a thread over it is allowed with a warning or refused (--on-limit)"),
