@@ -235,6 +235,67 @@ def test_decorator_applies_around_each_call_and_interop_warns(tmp_path, fakecpus
     assert len(out["warnings"]) == 1 and "inter-op" in out["warnings"][0]
 
 
+DECORATED_NEVER_CALLED = """
+import json, torch, threadguard
+pools = lambda: (torch.get_num_threads(), torch.get_num_interop_threads())
+before = pools()
+@threadguard.limit(1)
+def work():
+    return pools()
+@threadguard.limit(1)
+class Model:
+    pass
+after_decorating = pools()
+inside = work()
+after_call = pools()
+with threadguard.limit(1) as block:
+    pass
+print(json.dumps(dict(before=before, after_decorating=after_decorating, inside=inside,
+                      after_call=after_call, after_block=pools(), kept=block.not_restored,
+                      shown=repr(block))))
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "-c"])
+def test_decorating_changes_no_pool_until_the_call(tmp_path, fakecpus, how):
+    """`@threadguard.limit(1)` above a def once lowered torch's inter-op pool
+    (which cannot be raised again) when the module was imported, whether or
+    not the function was ever called."""
+    runner = Runner(tmp_path, fakecpus)
+    script = tmp_path / "decorated.py"
+    script.write_text(DECORATED_NEVER_CALLED)
+    argv = [str(script)] if how == "script" else ["-c", DECORATED_NEVER_CALLED]
+    proc = subprocess.run([sys.executable, *argv], env=runner.env(FOUR, cpus=4),
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # (torch's inter-op pool defaults to the physical cores: 2 here.)
+    assert out["before"][0] == 4 and out["before"][1] > 1
+    assert out["after_decorating"] == out["before"]
+    assert out["inside"] == [1, 1]
+    # Outside the call torch's intra-op pool is back; its inter-op pool, set
+    # once, stays at 1, and the block that found it there lowered nothing.
+    assert out["after_call"] == out["after_block"] == [4, 1]
+    assert out["kept"] == []
+
+
+def test_a_limit_that_lowers_the_inter_op_pool_says_it_stays(tmp_path, fakecpus):
+    code = """
+import json, torch, threadguard
+before = torch.get_num_interop_threads()
+with threadguard.limit(1) as block:
+    pass
+print(json.dumps(dict(before=before, kept=block.not_restored, shown=repr(block),
+                      after=torch.get_num_interop_threads())))
+"""
+    out = run_child(tmp_path, fakecpus, code, cpus=4, **FOUR)
+    assert out["before"] > 1
+    kept = f"torch's inter-op pool ({out['before']} -> 1 threads)"
+    assert out["kept"] == [kept]
+    assert f"not restored: {kept}" in out["shown"]
+    assert out["after"] == 1
+
+
 @pytest.mark.parametrize("args, kwargs, accepted", [
     ((0,), {}, "1 or more"),
     ((-3,), {}, "1 or more"),

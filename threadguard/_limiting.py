@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, TypeVar, cast
+import linecache
+import sys
+from types import FrameType
+from typing import Any, Callable, Optional, Tuple, TypeVar, cast
 
 from ._policy import Decision, Threads, decide_threads, per_process_threads
 from ._pools import Applied, apply_threads, restore
@@ -15,35 +18,54 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Limit:
-    """A pool size applied to the running process (see limit()).
+    """A pool size for the running process (see limit()).
 
-    Applied when created. As a context manager, the previous sizes come
-    back on exit; as a decorator, the size is applied around each call
-    instead (the application made when the object was created is undone).
+    Applied when created, unless created by a decorator expression
+    (`@threadguard.limit(1)`) or with apply=False: then nothing changes
+    until a decorated call (applied around each call) or `with` (applied on
+    entry).  As a context manager, the previous sizes come back on exit.
     `decision` says what decided the size (a node profile names its file).
+
+    What cannot be restored: torch's inter-op pool.  torch allows
+    set_num_interop_threads once, so a Limit that lowered it leaves it
+    lowered after exit or restore(); `not_restored` names it, and the
+    native exit report lists the torch.set_num_interop_threads() call.
     """
 
-    def __init__(self, threads: Threads = "auto", *, workers: Optional[int] = None):
+    def __init__(self, threads: Threads = "auto", *, workers: Optional[int] = None,
+                 apply: bool = True):
         self.requested = threads
         self.workers = workers
         self.decision: Decision = decide_threads(threads, workers)  # validates both
         self.threads = self.decision.threads
-        self._applied: Optional[Applied] = apply_threads(self.threads)
+        self.not_restored: Tuple[str, ...] = ()
+        self._applied: Optional[Applied] = None
+        if apply:
+            self._apply()
+
+    def _apply(self) -> None:
+        self._applied = apply_threads(self.threads)
+        if self._applied.interop is not None:
+            before, after = self._applied.interop
+            self.not_restored = (f"torch's inter-op pool ({before} -> {after} threads)",)
 
     def restore(self) -> None:
-        """Put back the pool sizes and variables found when this was applied."""
+        """Put back the pool sizes and variables found when this was applied
+        (all but those in `not_restored`)."""
         if self._applied is not None:
             restore(self._applied)
             self._applied = None
 
     def __enter__(self) -> "Limit":
+        if self._applied is None:
+            self._apply()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.restore()
 
     def __call__(self, func: F) -> F:
-        self.restore()
+        self.restore()  # (applied only when made by a call that was not a decorator's)
         requested, workers = self.requested, self.workers
 
         @functools.wraps(func)
@@ -55,12 +77,38 @@ class Limit:
 
     def __repr__(self) -> str:
         workers = f", workers={self.workers}" if self.workers else ""
+        kept = f"; not restored: {', '.join(self.not_restored)}" if self.not_restored else ""
         return (f"threadguard.limit({self.requested!r}{workers}) -> "
-                f"{count(self.threads, 'thread')}, from {self.decision.why}")
+                f"{count(self.threads, 'thread')}, from {self.decision.why}{kept}")
+
+
+def _is_decorator_expression(frame: Optional[FrameType]) -> bool:
+    """Whether the call running in frame is a decorator's (`@limit(1)` above
+    a def or class): its source line starts with "@", or, where there is no
+    source (`python -c`), the next instruction loads the code of the
+    function or class being defined.  Anything else is a plain call."""
+    if frame is None:
+        return False
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+    if line:
+        return line.startswith("@")
+    import dis
+    import inspect
+
+    # f_lasti is the call's offset, or its last inline cache's (3.11+): the
+    # next instruction is the first one after it.
+    for instruction in dis.get_instructions(frame.f_code):
+        if instruction.offset <= frame.f_lasti or instruction.opname in (
+                "PRECALL", "EXTENDED_ARG", "NOP", "CACHE", "PUSH_NULL"):
+            continue
+        return instruction.opname == "LOAD_BUILD_CLASS" or (
+            instruction.opname == "LOAD_CONST" and inspect.iscode(instruction.argval))
+    return False
 
 
 def limit(threads: Threads = "auto", *, workers: Optional[int] = None) -> Limit:
-    """Size the thread pools of this process, now, to `threads`.
+    """Size the thread pools of this process to `threads`: now, or, as a
+    decorator, around each call of the function (nothing changes until then).
 
     threads: a whole number (1 or more), or "auto": the CPU allocation
     (affinity, cgroup CPU quota, SLURM variables, OMP_THREAD_LIMIT; the node
@@ -80,9 +128,13 @@ def limit(threads: Threads = "auto", *, workers: Optional[int] = None) -> Limit:
         @threadguard.limit("auto", workers=4)     # around each call
         def work(): ...
 
-    Raises ValueError for a threads or workers value it cannot use.
+    Restored on exit or after each call: everything but torch's inter-op
+    pool, which torch lets a process set once (the Limit's not_restored
+    says when it was lowered).  Raises ValueError for a threads or workers
+    value it cannot use.
     """
-    return Limit(threads, workers=workers)
+    return Limit(threads, workers=workers,
+                 apply=not _is_decorator_expression(sys._getframe(1)))
 
 
 def _apply_in_worker(threads: int, *_ignored: Any) -> None:

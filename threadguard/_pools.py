@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -52,6 +52,8 @@ class Applied:
     numexpr: Optional[int] = None
     numba: Optional[int] = None
     native: Optional[int] = None
+    # torch's inter-op pool (before, after) when lowered: never restored.
+    interop: Optional[Tuple[int, int]] = None
     warnings: List[str] = field(default_factory=list)
 
 
@@ -74,6 +76,7 @@ def _set_interop(threads: int, applied: Applied) -> None:
         return
     try:
         torch.set_num_interop_threads(threads)
+        applied.interop = (current, threads)
     except RuntimeError:
         if _interop_warned:  # once per process: the pool cannot change anyway
             return
