@@ -5,12 +5,14 @@
  * they read a snapshot or a string, or initialise themselves.)
  *
  * Layer: entry point.  Calls lifecycle.c (tg_init), glibc.c, threads.c,
- * stats.c, report.c, publish.c and config.c. */
+ * stats.c, report.c, publish.c, config.c, error.c and policy.c. */
 #include "common.h"
 
 #include "config.h"
+#include "error.h"
 #include "glibc.h"
 #include "lifecycle.h"
+#include "policy.h"
 #include "publish.h"
 #include "report.h"
 #include "stats.h"
@@ -46,6 +48,29 @@ THREADGUARD_API const char *threadguard_published_path(void) {
 THREADGUARD_API long long threadguard_read_published(const char *path, char *buffer, size_t size) {
     tg_init();
     return tg_report_published_json(path, buffer, size);
+}
+
+/* The policy and the cost of a thread: pure, nothing to initialise. */
+THREADGUARD_API long long threadguard_policy_json(char *buffer, size_t size) {
+    if (buffer == NULL && size > 0)
+        return tg_set_error(THREADGUARD_EINVAL, "threadguard_policy_json: buffer is NULL");
+    return tg_policy_json(buffer, size);
+}
+
+THREADGUARD_API long long threadguard_thread_cost(const char *kind, long long stack,
+                                                  int arenas_capped) {
+    if (kind == NULL || stack < 0)
+        return tg_set_error(THREADGUARD_EINVAL, "threadguard_thread_cost: no kind, or a stack "
+                                                "below 0");
+    return tg_thread_cost(strcmp(kind, "openblas") == 0, stack, arenas_capped != 0);
+}
+
+THREADGUARD_API long long threadguard_address_space_usable(long long as_limit, long long vmsize,
+                                                           int arenas) {
+    if (as_limit < 0 || vmsize < 0 || arenas < 0)
+        return tg_set_error(THREADGUARD_EINVAL,
+                            "threadguard_address_space_usable: a figure below 0");
+    return tg_address_space_usable(as_limit, vmsize, arenas);
 }
 
 /* limit() in Python (the same as THREADGUARD_POOL_THREADS, from now on). */

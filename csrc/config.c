@@ -18,6 +18,7 @@
 #include "config.h"
 
 #include "error.h"
+#include "policy.h"
 
 struct tg_config tg_config;
 
@@ -134,7 +135,7 @@ static int parse_max_threads(const char *value, struct parsed *out, char *why, s
 }
 
 static int parse_pool_threads(const char *value, struct parsed *out, char *why, size_t n) {
-    return parse_count_in(value, out, 1, 4096, why, n);
+    return parse_count_in(value, out, 1, TG_MAX_POOL_THREADS, why, n);
 }
 
 static int parse_arenas(const char *value, struct parsed *out, char *why, size_t n) {
@@ -171,7 +172,8 @@ static const struct setting settings[TG_SETTING_COUNT] = {
     [TG_SET_MAX_THREADS] = {"THREADGUARD_MAX_THREADS",
                             "a whole number of threads from 1 to 1000000", "no budget",
                             parse_max_threads},
-    [TG_SET_POOL_THREADS] = {"THREADGUARD_POOL_THREADS", "a whole number of threads from 1 to 4096",
+    [TG_SET_POOL_THREADS] = {"THREADGUARD_POOL_THREADS",
+                             "a whole number of threads from 1 to " TG_TEXT(TG_MAX_POOL_THREADS),
                              "pools sized by CPU allocation and headroom", parse_pool_threads},
     [TG_SET_ON_LIMIT] = {"THREADGUARD_ON_LIMIT", "'warn' or 'deny'", "warn", parse_on_limit},
     [TG_SET_STACK] =
@@ -353,11 +355,11 @@ void tg_config_load(void) {
 
 /* Stored atomically: getenv answers read it from any thread. */
 long long tg_set_pool_threads(long long threads) {
-    if (threads == 0 || threads < -1 || threads > 4096) {
+    if (threads == 0 || threads < -1 || threads > TG_MAX_POOL_THREADS) {
         tg_set_error(THREADGUARD_EINVAL,
-                     "threadguard_set_pool_threads: %lld is not a pool size; expected 1 to 4096, "
+                     "threadguard_set_pool_threads: %lld is not a pool size; expected 1 to %d, "
                      "or -1 to clear",
-                     threads);
+                     threads, TG_MAX_POOL_THREADS);
         return -2;
     }
     tg_clear_error();

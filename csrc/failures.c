@@ -20,6 +20,7 @@
 #include "failures.h"
 
 #include "glibc.h"
+#include "policy.h"
 #include "publish.h"
 #include "registry.h"
 
@@ -41,12 +42,12 @@ const char *tg_failure_cause(int error, long long stack, const struct tg_headroo
     if (error == EINVAL) return "invalid thread attributes";
     if (error != EAGAIN && error != ENOMEM) return "unknown";
     /* The kernel never applies RLIMIT_NPROC to root (uid_tasks is then -1). */
-    if (tasks_full(h->uid_tasks, h->nproc_soft)) return "RLIMIT_NPROC";
-    if (tasks_full(h->pids_current, h->pids_max)) return "cgroup pids.max";
+    if (tasks_full(h->uid_tasks, h->nproc_soft)) return TG_LIMIT_NPROC;
+    if (tasks_full(h->pids_current, h->pids_max)) return TG_LIMIT_PIDS;
     if (h->as_limit >= 0 && h->vmsize >= 0 &&
         h->vmsize + stack + sysconf(_SC_PAGESIZE) + AS_SLACK > h->as_limit)
-        return "RLIMIT_AS";
-    if (tasks_full(h->threads_total, h->threads_max)) return "kernel threads-max";
+        return TG_LIMIT_AS;
+    if (tasks_full(h->threads_total, h->threads_max)) return TG_LIMIT_KERNEL;
     return "unknown";
 }
 

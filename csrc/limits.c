@@ -25,6 +25,7 @@
 #include "config.h"
 #include "glibc.h"
 #include "ledger.h"
+#include "policy.h"
 #include "procfs.h"
 #include "registry.h"
 
@@ -32,12 +33,6 @@
  * by shaping.c at initialisation; the arenas change the headroom here. */
 struct tg_applied tg_applied;
 struct tg_headroom tg_headroom_at_start;
-
-/* glibc reserves a 64 MiB heap for each malloc arena it adds. */
-#define ARENA_COST (64 * TG_MIB)
-/* Each OpenBLAS worker maps a 32 MiB buffer (BUFFER_SIZE in its sources);
- * measured here: about 40 MB of VmSize per worker with 8 MiB stacks. */
-#define OPENBLAS_BUFFER_COST (32 * TG_MIB)
 
 /* Whole file (up to size-1 bytes) into buf; -1 when unreadable. */
 static long read_file(const char *path, char *buf, size_t size) {
@@ -449,19 +444,12 @@ static void measure_address_space(struct tg_headroom *h, int kind, long long sta
     if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY) return;
     h->as_limit = (long long)as.rlim_cur;
     h->vmsize = vmsize_bytes();
-    long long cost = stack + sysconf(_SC_PAGESIZE);
-    long long reserved = 0;
-    if (tg_arenas_capped())
-        reserved = (tg_applied.arenas > 0 ? tg_applied.arenas : 2) * ARENA_COST;
-    else
-        cost += ARENA_COST;
-    if (kind == TG_KIND_OPENBLAS) cost += OPENBLAS_BUFFER_COST;
+    int capped = tg_arenas_capped();
+    long long cost = tg_thread_cost(kind == TG_KIND_OPENBLAS, stack, capped);
     h->thread_cost = cost;
     if (h->vmsize < 0) return;
-    /* A quarter of what is left stays for the program's own data. */
-    long long left = h->as_limit - h->vmsize - reserved;
-    left = left > 0 ? left - left / 4 : 0;
-    h->as_free_threads = left / cost;
+    int arenas = !capped ? 0 : tg_applied.arenas > 0 ? tg_applied.arenas : TG_CAPPED_ARENAS;
+    h->as_free_threads = tg_address_space_usable(h->as_limit, h->vmsize, arenas) / cost;
 }
 
 /* ---- everything ------------------------------------------------------- */
@@ -517,7 +505,7 @@ static long long node_cpus(const char *cgroups, long long affinity) {
     return online > 0 ? online : -1;
 }
 
-static const char NPROC_LIMIT[] = "RLIMIT_NPROC";
+static const char NPROC_LIMIT[] = TG_LIMIT_NPROC;
 
 static void consider(struct tg_headroom *h, long long free, const char *limit) {
     if (free >= 0 && (h->free < 0 || free < h->free)) {
@@ -531,10 +519,10 @@ static void choose_free(struct tg_headroom *h) {
     h->free = -1;
     h->limit = "none";
     consider(h, h->nproc_free, NPROC_LIMIT);
-    consider(h, h->pids_free, "cgroup pids.max");
-    consider(h, h->threads_free, "kernel threads-max");
-    consider(h, h->as_free_threads, "RLIMIT_AS");
-    consider(h, h->budget_free, "THREADGUARD_MAX_THREADS");
+    consider(h, h->pids_free, TG_LIMIT_PIDS);
+    consider(h, h->threads_free, TG_LIMIT_KERNEL);
+    consider(h, h->as_free_threads, TG_LIMIT_AS);
+    consider(h, h->budget_free, TG_LIMIT_BUDGET);
 }
 
 static void measure(struct tg_headroom *h, int kind, long long stack, int exact) {

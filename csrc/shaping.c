@@ -27,12 +27,9 @@
 #include "error.h"
 #include "glibc.h"
 #include "ledger.h"
+#include "policy.h"
 #include "publish.h"
 #include "registry.h"
-
-/* Threads kept free for the program's own use (its thread pools, a
- * DataLoader, the interpreter's helpers) when pools are sized. */
-#define TG_RESERVE 2
 
 static int creates_threads(int kind) {
     return kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP || kind == TG_KIND_MKL ||
@@ -354,9 +351,10 @@ char *tg_limit_openmp(unsigned slot, const char *user_text) {
      * the CPUs): the uid's tasks are counted only where the bound on them
      * would; above that, a cap from the bound is a net a few tasks lower. */
     long long pool = user > h.cpus ? user : h.cpus;
-    long long fit = settled_fit(slot, TG_KIND_OPENMP, &h, pool > 4096 ? 4097 : pool);
+    long long fit = settled_fit(slot, TG_KIND_OPENMP, &h,
+                                pool > TG_MAX_POOL_THREADS ? TG_MAX_POOL_THREADS + 1 : pool);
     /* Only a limit within reach is worth a cap (threads-max alone is not). */
-    if (fit < 0 || fit > 4096 || (user > 0 && user <= fit)) return (char *)user_text;
+    if (fit < 0 || fit > TG_MAX_POOL_THREADS || (user > 0 && user <= fit)) return (char *)user_text;
     struct sizing s = {fit, user, user > 0 ? TG_SOURCE_USER : TG_SOURCE_THREADGUARD,
                        user > 0 ? h.limit : NULL, slot};
     record(slot, "OMP_THREAD_LIMIT", &s, &h);

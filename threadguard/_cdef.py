@@ -29,4 +29,7 @@ int threadguard_import_mode(void);
 int threadguard_mode(void);
 long long threadguard_import_slots(void);
 long long threadguard_set_pool_threads(long long threads);
+long long threadguard_policy_json(char *buffer, size_t size);
+long long threadguard_thread_cost(const char *kind, long long stack, int arenas_capped);
+long long threadguard_address_space_usable(long long as_limit, long long vmsize, int arenas);
 """

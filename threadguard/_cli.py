@@ -201,12 +201,14 @@ def _add_doctor(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def _counts(value: str) -> List[int]:
+    from ._policy import rules
+    largest = rules().max_pool_threads
     counts = []
     for part in value.split(","):
         part = part.strip()
-        if not part.isdigit() or not 1 <= int(part) <= 4096:
+        if not part.isdigit() or not 1 <= int(part) <= largest:
             raise argparse.ArgumentTypeError(
-                f"{value!r} is not a list of counts from 1 to 4096, like 1,2,4")
+                f"{value!r} is not a list of counts from 1 to {largest}, like 1,2,4")
         counts.append(int(part))
     return sorted(set(counts))
 

@@ -155,6 +155,44 @@ def report_json() -> Dict[str, Any]:
         size = length + 1
 
 
+def policy_json() -> Dict[str, Any]:
+    """The library's sizing policy (threadguard_policy_json) as a dict."""
+    import json
+
+    lib = load()
+    size = 1024
+    while True:
+        buffer = ffi.new("char[]", size)
+        length = int(lib.threadguard_policy_json(buffer, size))
+        if length < 0:
+            raise MemoryError(text(lib.threadguard_last_error()))
+        if length < size:
+            data: Dict[str, Any] = json.loads(ffi.buffer(buffer, length)[:].decode("utf-8"))
+            return data
+        size = length + 1
+
+
+def thread_cost(kind: str, stack: int, arenas_capped: bool) -> int:
+    """Address space one new thread of this library kind costs, as the
+    library counts it (threadguard_thread_cost)."""
+    lib = load()
+    cost = int(lib.threadguard_thread_cost(kind.encode(), stack, int(arenas_capped)))
+    if cost < 0:
+        raise ValueError(text(lib.threadguard_last_error()))
+    return cost
+
+
+def address_space_usable(as_limit: int, vmsize: int, arenas: int) -> int:
+    """Bytes new threads may take under as_limit, as the library counts
+    them (threadguard_address_space_usable): the share kept for data left
+    out."""
+    lib = load()
+    usable = int(lib.threadguard_address_space_usable(as_limit, vmsize, arenas))
+    if usable < 0:
+        raise ValueError(text(lib.threadguard_last_error()))
+    return usable
+
+
 def published_path() -> str:
     """The file this process publishes its counters in ("" when none)."""
     return text(load().threadguard_published_path())

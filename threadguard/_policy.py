@@ -12,14 +12,57 @@ from ._errors import LibraryNotFoundError
 from ._profile import read_profile
 from ._wording import count
 
-__all__ = ["Allocation", "Decision", "Sharing", "Threads", "allocation", "decide_threads",
-           "headroom", "native_report", "per_process_threads"]
+__all__ = ["Allocation", "Decision", "Rules", "Sharing", "Threads", "allocation",
+           "decide_threads", "headroom", "native_report", "per_process_threads", "rules"]
 
 Threads = Union[int, str]
 
-# Threads kept free for the program's own threads when a task limit is near
-# (the native layer keeps the same reserve when it sizes pools).
-RESERVE = 2
+
+@dataclass(frozen=True)
+class Rules:
+    """The sizing policy, as the native library owns it (policy.h, read
+    through threadguard_policy_json): nothing here restates a figure.
+
+    reserve: threads kept free for the program's own when a limit is near;
+    max_pool_threads: the largest pool threadguard sizes; arena_bytes,
+    capped_arenas, openblas_buffer_bytes: address-space figures; data_share:
+    1/data_share of the address space left stays for data; nproc, pids,
+    kernel, address_space, budget: the names of the limits, as reports and
+    failures give them; pool_variables: the variables each pool reads its
+    size from; cap_variables: those that cap every thread of a runtime."""
+
+    reserve: int
+    max_pool_threads: int
+    arena_bytes: int
+    capped_arenas: int
+    openblas_buffer_bytes: int
+    data_share: int
+    nproc: str
+    pids: str
+    kernel: str
+    address_space: str
+    budget: str
+    pool_variables: Tuple[str, ...]
+    cap_variables: Tuple[str, ...]
+
+
+_rules: Optional[Rules] = None
+
+
+def rules() -> Rules:
+    """The native library's sizing policy (read once).  Raises
+    LibraryNotFoundError when the library cannot be loaded."""
+    global _rules
+    if _rules is None:
+        p = _native.policy_json()
+        limits = p["limits"]
+        _rules = Rules(int(p["reserve"]), int(p["max_pool_threads"]), int(p["arena_bytes"]),
+                       int(p["capped_arenas"]), int(p["openblas_buffer_bytes"]),
+                       int(p["data_share"]), str(limits["nproc"]), str(limits["pids"]),
+                       str(limits["kernel"]), str(limits["address_space"]),
+                       str(limits["budget"]), tuple(p["pool_variables"]),
+                       tuple(p["cap_variables"]))
+    return _rules
 
 
 def native_report() -> Dict[str, Any]:
@@ -124,10 +167,6 @@ def allocation(figures: Optional[Dict[str, Any]] = None) -> Allocation:
                       (("affinity", affinity),))
 
 
-# The largest pool size the native side (THREADGUARD_POOL_THREADS) accepts.
-MAX_POOL_THREADS = 4096
-
-
 def _check_threads(threads: object) -> None:
     if isinstance(threads, bool) or not (isinstance(threads, int) or threads == "auto"):
         raise ValueError(
@@ -136,9 +175,10 @@ def _check_threads(threads: object) -> None:
     if isinstance(threads, int) and threads < 1:
         raise ValueError(
             f"threads must be 1 or more (or \"auto\" for the CPU allocation); got {threads}")
-    if isinstance(threads, int) and threads > MAX_POOL_THREADS:
+    largest = rules().max_pool_threads
+    if isinstance(threads, int) and threads > largest:
         raise ValueError(
-            f"threads must be at most {MAX_POOL_THREADS} (the largest pool threadguard sizes, "
+            f"threads must be at most {largest} (the largest pool threadguard sizes, "
             f"as THREADGUARD_POOL_THREADS); got {threads}. Use \"auto\" for the CPU "
             f"allocation")
 
@@ -194,11 +234,12 @@ def decide_threads(threads: Threads = "auto", workers: Optional[int] = None) -> 
     free = figures.get("free")
     if isinstance(free, int) and free >= 0:
         # Every worker starts its own pools: they share the task headroom.
-        fit = max(1, (free - RESERVE) // share_of)
+        reserve = rules().reserve
+        fit = max(1, (free - reserve) // share_of)
         if fit < decision.threads:
             decision = Decision(fit, "headroom",
                                 f"the task headroom, {count(free, 'thread')} free under "
-                                f"{figures.get('limit')} (keeping {RESERVE}){split}",
+                                f"{figures.get('limit')} (keeping {reserve}){split}",
                                 decision.profile)
     return decision
 

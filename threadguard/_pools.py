@@ -23,23 +23,26 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from . import _native
 from ._controllers import register_controllers
+from ._policy import rules
 
-__all__ = ["ENV_VARIABLES", "Applied", "apply_threads", "restore"]
+__all__ = ["Applied", "apply_threads", "env_variables", "restore"]
 
-# Read at start-up by OpenMP runtimes, OpenBLAS, MKL, BLIS, Accelerate,
-# numexpr and numba; set so that libraries loaded later and child processes
-# (subprocess, multiprocessing spawn/forkserver, loky, DataLoader workers)
-# start with the budget.
-ENV_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
+# Read at start-up by libraries the native library does not size
+# (Accelerate, numexpr, numba) and by guarded children.
+_OTHER_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
     "NUMBA_NUM_THREADS",
     "THREADGUARD_POOL_THREADS",
 )
+
+
+def env_variables() -> Tuple[str, ...]:
+    """The variables limit() sets, so that libraries loaded later and child
+    processes (subprocess, multiprocessing spawn/forkserver, loky,
+    DataLoader workers) start with the budget: those the native library
+    reads pool sizes from (OpenBLAS, OpenMP, MKL, BLIS), then the others."""
+    return rules().pool_variables + _OTHER_VARIABLES
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Applied:
 
 
 def _set_environment(threads: int, applied: Applied) -> None:
-    for name in ENV_VARIABLES:
+    for name in env_variables():
         applied.environment[name] = os.environ.get(name)
         os.environ[name] = str(threads)
 

@@ -94,6 +94,26 @@ THREADGUARD_API int threadguard_import_mode(void);
  * THREADGUARD_EINVAL for a bad value. */
 THREADGUARD_API long long threadguard_set_pool_threads(long long threads);
 
+/* The sizing policy as JSON: the reserve of threads kept free, the largest
+ * pool, the address-space figures (arena, OpenBLAS buffer, the share kept
+ * for data as its divisor), the names of the limits and the variables
+ * answered as pool sizes.  Same contract as threadguard_report_json. */
+THREADGUARD_API long long threadguard_policy_json(char *buffer, size_t size);
+
+/* Address space one new thread of this library kind ("openblas", "openmp",
+ * ...) costs with this stack: the stack, a guard page, a malloc arena
+ * unless arenas_capped, and OpenBLAS's 32 MiB buffer.  A negative
+ * THREADGUARD_E* code for a NULL kind or a stack below 0. */
+THREADGUARD_API long long threadguard_thread_cost(const char *kind, long long stack,
+                                                  int arenas_capped);
+
+/* Bytes new threads may take under an address-space limit as_limit with
+ * vmsize mapped and `arenas` capped malloc arenas still to come (0 when
+ * arenas are not capped): what is left, less the share kept for data.  A
+ * negative THREADGUARD_E* code for a figure below 0. */
+THREADGUARD_API long long threadguard_address_space_usable(long long as_limit, long long vmsize,
+                                                           int arenas);
+
 /* The active enum threadguard_mode. */
 THREADGUARD_API int threadguard_mode(void);
 

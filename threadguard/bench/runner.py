@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
+from .._policy import rules
 from .._preload import preload_environment
 from ..doctor.facts import installed
 from .child import READY_MARK, RESULT_MARK
@@ -40,10 +41,9 @@ __all__ = [
     "sweep",
 ]
 
-# Variables of the caller that would change what a configuration measures.
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-                     "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                     "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS", "OMP_THREAD_LIMIT")
+# Variables of the caller that would change what a configuration measures,
+# besides those the library sizes pools from or caps them with.
+_OTHER_THREAD_VARIABLES = ("GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,11 @@ def missing_package(workload: str) -> Optional[str]:
 
 
 def _environment(threads: int) -> Dict[str, str]:
+    policy = rules()
+    unwanted = {*policy.pool_variables, *policy.cap_variables, *_OTHER_THREAD_VARIABLES}
     base = {k: v for k, v in os.environ.items()
-            if not k.startswith("THREADGUARD_") and k not in _THREAD_VARIABLES}
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "BLIS_NUM_THREADS"):
+            if not k.startswith("THREADGUARD_") and k not in unwanted}
+    for name in policy.pool_variables:
         base[name] = str(threads)
     library = str(_native.packaged_path())
     return preload_environment(library, base, settings={"THREADGUARD_POOL_THREADS": str(threads)})

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import psutil
 
 from .. import _native
+from .._policy import rules
 from .._preload import preload_environment
 from .._stats import Failure, Stats
 from .diagnosis import WORKLOADS, explain_run, no_room_verdict, predict
@@ -41,7 +42,9 @@ _PROBE = ("import sys; exec(sys.argv[1]); "
           "s = dict(l.split(':', 1) for l in open('/proc/self/status')); "
           "print('THREADGUARD-PROBE', int(s['VmSize'].split()[0]) * 1024, "
           "int(s['Threads']))")
-_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def _one_thread() -> Dict[str, str]:
+    """Every pool the library sizes at one thread."""
+    return dict.fromkeys(rules().pool_variables, "1")
 _OUTPUT_KEPT = 256 * 1024
 
 
@@ -67,7 +70,7 @@ def _probe(code: str, timeout: float) -> Dict[str, Any]:
     """The workload's size with one thread per pool, measured in a child;
     "started" is False when no child could be made at all (no task or
     memory left), which is itself the answer the doctor is asked for."""
-    env = {**os.environ, **_ONE_THREAD}
+    env = {**os.environ, **_one_thread()}
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE, code], env=env, text=True,
                               capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)

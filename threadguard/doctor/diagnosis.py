@@ -11,7 +11,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .._policy import RESERVE
+from .. import _native
+from .._policy import rules
 from .._stats import Failure
 from .._wording import count
 from .facts import MIB, thread_cost
@@ -19,8 +20,9 @@ from .messages import MEMORY, POLICY, TASKS, Match
 
 __all__ = ["WORKLOADS", "Workload", "env_command", "explain_run", "no_room_verdict", "predict"]
 
-# Of the address space left after the threads, a quarter stays for data.
-DATA_SHARE = 0.25
+# The limits by the names the library gives them (its failures, its headroom).
+NPROC, PIDS, KERNEL, ADDRESS_SPACE = (rules().nproc, rules().pids, rules().kernel,
+                                      rules().address_space)
 
 
 class Workload:
@@ -49,11 +51,11 @@ def _task_room(facts: Dict[str, Any], own_tasks: int) -> List[Tuple[str, int]]:
     t = facts["tasks"]
     room = []
     if t["nproc_applies"] and t["uid_tasks"] is not None:
-        room.append(("RLIMIT_NPROC", t["rlimit_nproc_soft"] - (t["uid_tasks"] - own_tasks)))
+        room.append((NPROC, t["rlimit_nproc_soft"] - (t["uid_tasks"] - own_tasks)))
     if t["pids_max"] is not None and t["pids_current"] is not None:
-        room.append(("cgroup pids.max", t["pids_max"] - (t["pids_current"] - own_tasks)))
+        room.append((PIDS, t["pids_max"] - (t["pids_current"] - own_tasks)))
     if t["threads_max"] is not None and t["threads_total"] is not None:
-        room.append(("kernel threads-max", t["threads_max"] - t["threads_total"]))
+        room.append((KERNEL, t["threads_max"] - t["threads_total"]))
     return room
 
 
@@ -63,22 +65,24 @@ def _fitting_pool(facts: Dict[str, Any], pools: Sequence[str], base_tasks: int,
     limit with the reserve, and no more than the CPU allocation."""
     fit = int(facts["cpus"]["allocation"])
     for _, room in _task_room(facts, own_tasks):
-        fit = min(fit, 1 + max(0, room - base_tasks - RESERVE) // max(1, len(pools)))
+        fit = min(fit, 1 + max(0, room - base_tasks - rules().reserve) // max(1, len(pools)))
     as_limit = facts["address_space"]["rlimit_as"]
     if as_limit is not None and base_vmsize is not None:
         stack = facts["address_space"]["default_thread_stack"]
         per_step = sum(thread_cost(p, stack, facts["address_space"]["arenas_capped"])
                        for p in pools)
-        usable = int((as_limit - base_vmsize) * (1 - DATA_SHARE))
+        capped = facts["address_space"]["arenas_capped"]
+        usable = _native.address_space_usable(as_limit, base_vmsize,
+                                              rules().capped_arenas if capped else 0)
         fit = min(fit, 1 + max(0, usable) // per_step)
     return max(1, fit)
 
 
 def env_command(pool: int, argv: Sequence[str], address_space: bool = False) -> str:
     """A shell line that runs argv with every pool at `pool` threads."""
-    env = [f"OPENBLAS_NUM_THREADS={pool}", f"OMP_NUM_THREADS={pool}", f"MKL_NUM_THREADS={pool}"]
+    env = [f"{variable}={pool}" for variable in rules().pool_variables]
     if address_space:
-        env.append("MALLOC_ARENA_MAX=2")
+        env.append(f"MALLOC_ARENA_MAX={rules().capped_arenas}")
     return " ".join(env) + " " + shlex.join(argv)
 
 
@@ -105,7 +109,7 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
         for index, kind in enumerate((k for k, n in workers for _ in range(n)), 1):
             used += costs[kind]
             if used > as_limit:
-                hits.append((index, "RLIMIT_AS"))
+                hits.append((index, ADDRESS_SPACE))
                 break
     argv = [*python, "-c", workload.code]
     result: Dict[str, Any] = {
@@ -130,7 +134,7 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
             f"({_pool_text(result['pools'])}); "
             f"new thread {thread} would fail against {limit}: "
             f"{_limit_text(facts, limit, own_tasks)}")
-        if limit == "RLIMIT_AS":
+        if limit == ADDRESS_SPACE:
             need = (base_vmsize or 0) + sum(costs[k] * n for k, n in workers)
             result["explanation"] = (
                 f"{workload.name} starts {count(started, 'thread')} "
@@ -139,7 +143,7 @@ def predict(facts: Dict[str, Any], workload: Workload, baseline: Dict[str, Any],
                 f"program itself and {_cost_text(costs, stack)} per thread; "
                 f"{_limit_text(facts, limit)}, so thread creation fails partway (at about "
                 f"thread {thread} or earlier)")
-        fixes.append(env_command(fit, argv, limit == "RLIMIT_AS"))
+        fixes.append(env_command(fit, argv, limit == ADDRESS_SPACE))
     elif any(sizes[p] > allocation for p in workload.pools):
         result.update(status="slow", limit=facts["cpus"]["allocation_from"], thread=None)
         result["explanation"] = (
@@ -174,7 +178,7 @@ def _unmeasured(result: Dict[str, Any], facts: Dict[str, Any], workload: Workloa
                  + (f" (`ulimit -v {hard // 1024}`, the hard limit)" if isinstance(hard, int)
                     and hard > as_limit else " (ask for one: the hard limit is reached)"
                     if isinstance(hard, int) else ""))
-    result.update(status="fails", limit="RLIMIT_AS" if as_limit is not None else None,
+    result.update(status="fails", limit=ADDRESS_SPACE if as_limit is not None else None,
                   explanation=text)
 
 
@@ -198,18 +202,18 @@ def _cost_text(costs: Dict[str, int], stack: int) -> str:
 
 def _limit_text(facts: Dict[str, Any], limit: str, own_tasks: int = 0) -> str:
     t, a = facts["tasks"], facts["address_space"]
-    if limit == "RLIMIT_NPROC":
+    if limit == NPROC:
         besides = " besides this doctor" if own_tasks else ""
         return (f"RLIMIT_NPROC is {t['rlimit_nproc_soft']} (hard {t['rlimit_nproc_hard']}) and "
                 f"user {facts['user']['name']} runs "
                 f"{count(t['uid_tasks'] - own_tasks, 'task')}{besides}")
-    if limit == "cgroup pids.max":
+    if limit == PIDS:
         besides = " besides this doctor" if own_tasks else ""
         return (f"the cgroup allows {t['pids_max']} tasks and holds "
                 f"{count(t['pids_current'] - own_tasks, 'task')}{besides}")
-    if limit == "kernel threads-max":
+    if limit == KERNEL:
         return f"the kernel allows {t['threads_max']} threads and runs {t['threads_total']}"
-    if limit == "RLIMIT_AS":
+    if limit == ADDRESS_SPACE:
         return f"RLIMIT_AS is {_mib(a['rlimit_as'])}"
     return limit
 
@@ -217,16 +221,16 @@ def _limit_text(facts: Dict[str, Any], limit: str, own_tasks: int = 0) -> str:
 def _failure_text(f: Failure) -> str:
     lim = f.limits
     figures = {
-        "RLIMIT_NPROC": f"the user had {count(_int(lim.get('uid_tasks')), 'task')} of "
+        NPROC: f"the user had {count(_int(lim.get('uid_tasks')), 'task')} of "
                         f"RLIMIT_NPROC "
                         f"{lim.get('rlimit_nproc_soft')}",
-        "cgroup pids.max": f"the cgroup held {count(_int(lim.get('pids_current')), 'task')} "
+        PIDS: f"the cgroup held {count(_int(lim.get('pids_current')), 'task')} "
                            f"of pids.max "
                            f"{lim.get('pids_max')}",
-        "RLIMIT_AS": f"VmSize was {_mib(_int(lim.get('vmsize')))} of RLIMIT_AS "
+        ADDRESS_SPACE: f"VmSize was {_mib(_int(lim.get('vmsize')))} of RLIMIT_AS "
                      f"{_mib(_int(lim.get('rlimit_as')))}, and the thread needed a "
                      f"{_mib(f.stack)} stack",
-        "kernel threads-max": f"the kernel ran {lim.get('threads_total')} of threads-max "
+        KERNEL: f"the kernel ran {lim.get('threads_total')} of threads-max "
                               f"{lim.get('threads_max')}",
     }
     return figures.get(f.cause, f"no limit was full ({f.cause})")
@@ -257,7 +261,7 @@ def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str]
                        library=library, library_file=f.library, thread=f.thread, error=f.error)
         text = (f"{library} ({f.library}) asked for its thread {f.thread} and pthread_create "
                 f"failed with {f.error} ({f.message}): {f.cause}, since {_failure_text(f)}")
-        if f.cause == "RLIMIT_AS":
+        if f.cause == ADDRESS_SPACE:
             cost = thread_cost(f.kind, f.stack, facts["address_space"]["arenas_capped"])
             verdict["thread_cost"] = {"stack": f.stack, "extra": cost - f.stack, "total": cost}
             extra = {"openblas": "32 MiB buffer"}.get(f.kind, "malloc arena")
@@ -269,11 +273,11 @@ def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str]
         if len(failures) > 1:
             text += f" ({count(len(failures), 'creation')} failed in all)"
         verdict["explanation"] = text
-        pool = max(1, min(facts["cpus"]["allocation"], f.thread - 1 - RESERVE))
+        pool = max(1, min(facts["cpus"]["allocation"], f.thread - 1 - rules().reserve))
         fixes = [shlex.join([*guard, "run", "--", *argv])]
         t = facts["tasks"]
         raisable = (t["rlimit_nproc_hard"] or 0) > (t["rlimit_nproc_soft"] or 0)
-        if f.cause == "RLIMIT_NPROC" and raisable:
+        if f.cause == NPROC and raisable:
             fixes.append(shlex.join([*guard, "run", "--nproc", "max", "--", *argv]))
         overriding = [(name, n) for name, n in setters if n > pool]
         if overriding:
@@ -283,7 +287,7 @@ def explain_run(facts: Dict[str, Any], argv: Sequence[str], guard: Sequence[str]
                 f"{calls}, which overrides them; `threadguard run` lowers that call to what "
                 f"fits (or change it in the program)")
         else:
-            fixes.append(env_command(pool, argv, f.cause == "RLIMIT_AS"))
+            fixes.append(env_command(pool, argv, f.cause == ADDRESS_SPACE))
         verdict["commands"] = fixes
     elif matches:
         m = matches[0]
@@ -310,13 +314,13 @@ def _full_task_limits(facts: Dict[str, Any]) -> List[str]:
     full = []
     if t["nproc_applies"] and t["uid_tasks"] is not None \
             and t["uid_tasks"] >= t["rlimit_nproc_soft"]:
-        full.append("RLIMIT_NPROC")
+        full.append(NPROC)
     if t["pids_max"] is not None and t["pids_current"] is not None \
             and t["pids_current"] >= t["pids_max"]:
-        full.append("cgroup pids.max")
+        full.append(PIDS)
     if t["threads_max"] is not None and t["threads_total"] is not None \
             and t["threads_total"] >= t["threads_max"]:
-        full.append("kernel threads-max")
+        full.append(KERNEL)
     return full
 
 
@@ -329,18 +333,18 @@ def no_room_verdict(facts: Dict[str, Any], own_tasks: int, error: str, errno_nam
     full = _full_task_limits(facts)
     limit = full[0] if full else (worst or {}).get("limit")
     if limit is None and errno_name == "ENOMEM":
-        limit = "RLIMIT_AS" if facts["address_space"]["rlimit_as"] is not None else "memory"
+        limit = ADDRESS_SPACE if facts["address_space"]["rlimit_as"] is not None else "memory"
     text = f"{error}, so {consequence}"
     if full:
         t = facts["tasks"]
         figures = {
-            "RLIMIT_NPROC": f"RLIMIT_NPROC is {t['rlimit_nproc_soft']} (hard "
+            NPROC: f"RLIMIT_NPROC is {t['rlimit_nproc_soft']} (hard "
                             f"{t['rlimit_nproc_hard']}) and user {facts['user']['name']} runs "
                             f"{count(t['uid_tasks'], 'task')} already, this "
                             f"doctor's {own_tasks} included",
-            "cgroup pids.max": f"the cgroup allows {t['pids_max']} tasks and holds "
+            PIDS: f"the cgroup allows {t['pids_max']} tasks and holds "
                                f"{t['pids_current']}, this doctor's {own_tasks} included",
-            "kernel threads-max": f"the kernel allows {t['threads_max']} threads and runs "
+            KERNEL: f"the kernel allows {t['threads_max']} threads and runs "
                                   f"{t['threads_total']}"}
         text += f": {figures[full[0]]}, so no task is free"
     elif limit is not None:
@@ -368,12 +372,12 @@ def _limit_for_message(facts: Dict[str, Any], causes: str) -> Optional[str]:
     if causes == POLICY:
         return "seccomp (clone3)"
     if causes != TASKS and facts["address_space"]["rlimit_as"] is not None:
-        return "RLIMIT_AS"
+        return ADDRESS_SPACE
     if causes == MEMORY:
         return "cgroup memory limit" if facts["memory"]["cgroup_limit"] is not None else None
     t = facts["tasks"]
     if t["nproc_applies"]:
-        return "RLIMIT_NPROC"
+        return NPROC
     if t["pids_max"] is not None:
-        return "cgroup pids.max"
+        return PIDS
     return None

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from .._policy import native_report
+from .. import _native
+from .._policy import native_report, rules
 
 __all__ = [
     "THREAD_VARIABLES",
@@ -31,10 +32,6 @@ __all__ = [
 ]
 
 MIB = 1024 * 1024
-# Each OpenBLAS worker maps a 32 MiB buffer (BUFFER_SIZE in its sources).
-OPENBLAS_BUFFER = 32 * MIB
-# glibc reserves 64 MiB of address space for each malloc arena it adds.
-ARENA = 64 * MIB
 # The most threads numpy's and SciPy's OpenBLAS builds start (NUM_THREADS=64).
 OPENBLAS_MAX = 64
 
@@ -76,12 +73,20 @@ def default_thread_stack(rlimit_stack: Optional[int]) -> int:
 
 
 def thread_cost(kind: str, stack: int, arenas_capped: bool) -> int:
-    """Address space one new worker of this kind costs: its stack, plus a
-    32 MiB buffer for OpenBLAS, or a 64 MiB malloc arena for an OpenMP
-    thread while arenas are not capped."""
+    """Address space one new worker of this kind costs, as the library
+    counts it when it sizes pools: its stack and guard page, a malloc arena
+    while arenas are not capped, and OpenBLAS's buffer."""
+    return _native.thread_cost(kind, stack, arenas_capped)
+
+
+def _cost_is(kind: str, arenas_capped: bool) -> str:
+    """What thread_cost() adds up, in words."""
+    parts = ["stack", "guard page"]
+    if not arenas_capped:
+        parts.append(f"{rules().arena_bytes // MIB} MiB malloc arena")
     if kind == "openblas":
-        return stack + OPENBLAS_BUFFER
-    return stack + (0 if arenas_capped else ARENA)
+        parts.append(f"{rules().openblas_buffer_bytes // MIB} MiB buffer")
+    return " + ".join(parts)
 
 
 def _uid_tasks(uid: int) -> Optional[int]:
@@ -237,18 +242,19 @@ def _libraries(sizes: Dict[str, int], stack: int, arenas_capped: bool) -> List[D
             found.append({"package": package, "library": "OpenBLAS", "path": path,
                           "pool": sizes["openblas"], "starts": "at import",
                           "thread_cost": thread_cost("openblas", stack, arenas_capped),
-                          "cost_is": "stack + 32 MiB buffer"})
+                          "cost_is": _cost_is("openblas", arenas_capped)})
     torch = _site_dirs("torch")
     if torch is not None:
         for path in sorted(glob.glob(str(torch / "lib" / "libgomp*.so*"))):
             found.append({"package": "torch", "library": "OpenMP (libgomp)", "path": path,
                           "pool": sizes["torch"], "starts": "at the first parallel operation",
                           "thread_cost": thread_cost("torch", stack, arenas_capped),
-                          "cost_is": "stack" if arenas_capped else "stack + 64 MiB malloc arena"})
+                          "cost_is": _cost_is("torch", arenas_capped)})
     for path in sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))):
         found.append({"package": "mkl", "library": "MKL", "path": path, "pool": sizes["mkl"],
-                      "starts": "at the first parallel call", "thread_cost": stack,
-                      "cost_is": "stack"})
+                      "starts": "at the first parallel call",
+                      "thread_cost": thread_cost("mkl", stack, arenas_capped),
+                      "cost_is": _cost_is("mkl", arenas_capped)})
     return found
 
 
