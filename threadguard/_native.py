@@ -19,7 +19,7 @@ from ._errors import LibraryNotFoundError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, Dict, Optional
+    from typing import Any, Callable, Dict, Optional
 
 try:
     from ._ffi import ffi
@@ -137,17 +137,17 @@ def loaded_path() -> Optional[str]:
     return None
 
 
-def report_json() -> Dict[str, Any]:
-    """The native report (counters, settings, pool sizes, headroom now) as a dict."""
-    import json  # only reports need it
+def _json_document(fill: Callable[[Any, int], int], size: int) -> Dict[str, Any]:
+    """A JSON document the library writes with fill(buffer, size), which
+    returns its full length (retried with a buffer that large) or an error
+    code below 0."""
+    import json  # only reports and the policy need it
 
-    lib = load()
-    size = 1 << 16
     while True:
         buffer = ffi.new("char[]", size)
-        length = int(lib.threadguard_report_json(buffer, size))
+        length = int(fill(buffer, size))
         if length < 0:
-            raise MemoryError(text(lib.threadguard_last_error()))
+            raise MemoryError(text(load().threadguard_last_error()))
         if length < size:
             data: Dict[str, Any] = json.loads(ffi.buffer(buffer, length)[:].decode("utf-8",
                                                                                    "replace"))
@@ -155,21 +155,14 @@ def report_json() -> Dict[str, Any]:
         size = length + 1
 
 
+def report_json() -> Dict[str, Any]:
+    """The native report (counters, settings, pool sizes, headroom now) as a dict."""
+    return _json_document(load().threadguard_report_json, 1 << 16)
+
+
 def policy_json() -> Dict[str, Any]:
     """The library's sizing policy (threadguard_policy_json) as a dict."""
-    import json
-
-    lib = load()
-    size = 1024
-    while True:
-        buffer = ffi.new("char[]", size)
-        length = int(lib.threadguard_policy_json(buffer, size))
-        if length < 0:
-            raise MemoryError(text(lib.threadguard_last_error()))
-        if length < size:
-            data: Dict[str, Any] = json.loads(ffi.buffer(buffer, length)[:].decode("utf-8"))
-            return data
-        size = length + 1
+    return _json_document(load().threadguard_policy_json, 1024)
 
 
 def thread_cost(kind: str, stack: int, arenas_capped: bool) -> int:
