@@ -18,10 +18,12 @@ import threadguard
 # OS thread (and threadguard's exit count in it) has finished: the program
 # waits until /proc/self/task shows only the main thread, so "live 0" at exit
 # does not depend on that race (it failed once on a loaded machine).
+# One after the other: started together, the peak is 1 or 2 by timing, and
+# the two runs of a test below would differ.
 TWO_THREADS = ("import os, threading, time\n"
-               "ts = [threading.Thread(target=sum, args=([1],)) for _ in range(2)]\n"
-               "[t.start() for t in ts]; [t.join() for t in ts]\n"
-               "while len(os.listdir('/proc/self/task')) > 1: time.sleep(0.001)\n")
+               "for _ in range(2):\n"
+               "    t = threading.Thread(target=sum, args=([1],)); t.start(); t.join()\n"
+               "    while len(os.listdir('/proc/self/task')) > 1: time.sleep(0.001)\n")
 
 
 def run_preloaded(tmp_path: Path, report: str, code: str = TWO_THREADS):
