@@ -146,3 +146,23 @@ def test_console_script_is_installed(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "threadguard")
     proc = subprocess.run([script, "libpath"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.stdout.strip() == threadguard.libpath()
+
+
+def test_each_command_is_one_module_with_the_same_interface_listed_once():
+    """threadguard/commands/NAME.py for each entry of the one list, with
+    add_arguments(parser) and run(args, parser); no module left unlisted."""
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    from threadguard._cli import COMMANDS
+    names = [name for name, _ in COMMANDS]
+    assert len(names) == len(set(names))
+    folder = Path(threadguard.__file__).parent / "commands"
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "arguments"}
+    assert modules == set(names)
+    for name in names:
+        module = importlib.import_module(f"threadguard.commands.{name}")
+        assert list(inspect.signature(module.add_arguments).parameters) == ["parser"]
+        assert list(inspect.signature(module.run).parameters) == ["args", "parser"]
+        assert module.__all__[:1] == ["add_arguments"] and "run" in module.__all__
