@@ -9,14 +9,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
 from limits import (NOBODY, Cgroup, Runner, nobody_prefix, skip_unless_nobody_works,
                     uid_tasks)
-from threadguard.doctor.diagnosis import explain_run
-from threadguard.doctor.facts import gather, read_int
+from threadguard import _native
+from threadguard._policy import rules
+from threadguard._stats import Failure
+from threadguard.doctor.diagnosis import (WORKLOADS, ThreadCost, env_command, explain_run,
+                                          no_room_verdict, predict)
+from threadguard.doctor.facts import (AddressSpaceFacts, CpuFacts, Facts, MemoryFacts,
+                                      TaskFacts, User, gather, read_int)
 from threadguard.doctor.messages import find_messages
 
 MIB = 1024 * 1024
@@ -288,16 +293,15 @@ def test_usual_messages_are_recognised(name: str) -> None:
 
 
 def test_message_maps_to_the_limit_this_node_has() -> None:
-    facts = gather()
-    facts["address_space"]["rlimit_as"] = 1 << 30
+    facts = gather().with_address_space(rlimit_as=1 << 30)
     gomp = explain_run(facts, ["x"], ["threadguard"], 1, False, [],
                        find_messages(SAMPLES["libgomp-thread"]))
-    assert gomp["limit"] == "RLIMIT_AS" and gomp["library"] == "libgomp (OpenMP)"
+    assert gomp.limit == "RLIMIT_AS" and gomp.library == "libgomp (OpenMP)"
     seccomp = explain_run(facts, ["x"], ["threadguard"], 1, False, [],
                           find_messages(SAMPLES["clone3-eperm"]))
-    assert seccomp["limit"] == "seccomp (clone3)"
+    assert seccomp.limit == "seccomp (clone3)"
     clean = explain_run(facts, ["x"], ["threadguard"], 0, False, [], [])
-    assert clean["status"] == "ok"
+    assert clean.status == "ok"
 
 
 def test_unreadable_files_and_bad_variables_are_unknown_not_errors(tmp_path: Path) -> None:
@@ -305,6 +309,94 @@ def test_unreadable_files_and_bad_variables_are_unknown_not_errors(tmp_path: Pat
     (tmp_path / "max").write_text("max\n")
     assert read_int(str(tmp_path / "max")) is None
     facts = gather({"OMP_NUM_THREADS": "abc"})
-    row = next(r for r in facts["environment"] if r["name"] == "OMP_NUM_THREADS")
+    row = next(r for r in facts.environment if r["name"] == "OMP_NUM_THREADS")
     assert row["effect"].startswith("not a positive number")
-    assert facts["pools"]["openblas"] >= 1
+    assert facts.pools["openblas"] >= 1
+
+
+# ---- the verdicts' pure functions, on figures made up here ----------------
+
+
+def made_up(*, nproc: Optional[int] = None, uid_tasks: int = 10, cpus: int = 4,
+            openblas: int = 64, as_limit: Optional[int] = None, capped: bool = False) -> Facts:
+    """Facts of a node that is not this one."""
+    stack = 8 * MIB
+    return Facts(
+        user=User(4242, "someone"), platform={},
+        tasks=TaskFacts(rlimit_nproc_soft=nproc, rlimit_nproc_hard=nproc,
+                        nproc_applies=nproc is not None, uid_tasks=uid_tasks, pids_max=None,
+                        pids_current=None, threads_max=None, threads_total=None, pid_max=None),
+        address_space=AddressSpaceFacts(rlimit_as=as_limit, rlimit_as_hard=as_limit,
+                                        rlimit_stack=stack, default_thread_stack=stack,
+                                        rlimit_nofile=None, arenas_capped=capped),
+        memory=MemoryFacts(None, None, None, None, None, None),
+        cpus=CpuFacts(online=64, physical=32, affinity=cpus, cgroup_quota=None,
+                      slurm_cpus_per_task=None, slurm_cpus_on_node=None, omp_thread_limit=None,
+                      allocation=cpus, allocation_from="affinity", sources=(), sharing=None,
+                      local_ranks=0),
+        environment=(), pools={"openblas": openblas, "torch": cpus, "mkl": cpus},
+        libraries=())
+
+
+NUMPY = next(w for w in WORKLOADS if w.name == "import numpy")
+PYTHON, GUARD = ["python"], ["threadguard"]
+
+
+def test_predict_names_the_task_limit_and_the_thread_that_fails() -> None:
+    # 50 tasks allowed, 10 used (2 of them this doctor's), numpy's probe at 1
+    # task: OpenBLAS's 63 workers fail at thread 50 - 8 - 1 + 1 = 42.
+    prediction = predict(made_up(nproc=50, uid_tasks=10), NUMPY, {"tasks": 1, "vmsize": None},
+                         2, PYTHON, GUARD)
+    verdict = prediction.verdict
+    assert (verdict.status, verdict.limit, verdict.thread) == ("fails", "RLIMIT_NPROC", 42)
+    assert prediction.threads_started == 63
+    # The fix sizes every pool to what fits with the library's reserve:
+    # 1 + (42 - 1 - reserve) threads, within the 4 CPUs.
+    assert verdict.commands == ("threadguard run -- python -c 'import numpy'",
+                                env_command(4, [*PYTHON, "-c", "import numpy"]))
+    assert prediction.to_json()["status"] == "fails"
+
+
+def test_predict_under_an_address_space_limit_uses_the_librarys_cost() -> None:
+    facts = made_up(as_limit=1 << 30, openblas=64, cpus=64)
+    cost = _native.thread_cost("openblas", 8 * MIB, False)
+    prediction = predict(facts, NUMPY, {"tasks": 1, "vmsize": 600 * MIB}, 0, PYTHON, GUARD)
+    assert prediction.thread_cost == {"openblas": cost}
+    # The first worker whose cost no longer fits under the limit.
+    assert prediction.verdict.thread == (424 * MIB) // cost + 1
+    assert prediction.verdict.limit == "RLIMIT_AS"
+    usable = _native.address_space_usable(1 << 30, 600 * MIB, 0)
+    assert f"OPENBLAS_NUM_THREADS={1 + usable // cost} " in prediction.verdict.commands[-1]
+    assert "MALLOC_ARENA_MAX=2" in prediction.verdict.commands[-1]
+
+
+def test_predict_calls_pools_above_the_cpus_slow_and_a_fitting_one_ok() -> None:
+    slow = predict(made_up(cpus=2, openblas=8), NUMPY, {"tasks": 1}, 0, PYTHON, GUARD).verdict
+    assert (slow.status, slow.limit) == ("slow", "affinity")
+    assert "OPENBLAS_NUM_THREADS=2 " in slow.commands[-1]
+    ok = predict(made_up(cpus=8, openblas=8), NUMPY, {"tasks": 1}, 0, PYTHON, GUARD).verdict
+    assert (ok.status, ok.commands) == ("ok", ())
+
+
+def test_a_failure_record_gives_the_library_the_limit_and_the_fix() -> None:
+    failure = Failure(library="libscipy_openblas.so", path="/x/libscipy_openblas.so",
+                      kind="openblas", thread=20, errno=11, error="EAGAIN",
+                      message="Resource temporarily unavailable", cause="RLIMIT_AS",
+                      stack=8 * MIB, limits={"vmsize": 900 * MIB, "rlimit_as": 1 << 30})
+    verdict = explain_run(made_up(as_limit=1 << 30, cpus=64), ["python", "t.py"], GUARD, -6,
+                          False, [failure], [])
+    assert (verdict.status, verdict.limit, verdict.library, verdict.thread) == (
+        "fails", "RLIMIT_AS", "OpenBLAS", 20)
+    total = _native.thread_cost("openblas", 8 * MIB, False)
+    assert verdict.thread_cost == ThreadCost(8 * MIB, total - 8 * MIB, total)
+    # thread 20 failed: 20 - 1 - the reserve fit.
+    assert verdict.commands[-1].startswith(f"OPENBLAS_NUM_THREADS={19 - rules().reserve} ")
+    assert verdict.to_json()["thread_cost"] == {"stack": 8 * MIB, "extra": total - 8 * MIB,
+                                                "total": total}
+
+
+def test_no_room_names_the_full_limit() -> None:
+    verdict = no_room_verdict(made_up(nproc=50, uid_tasks=50), 3, "could not start x: EAGAIN",
+                              "EAGAIN", None, "it never ran")
+    assert (verdict.status, verdict.limit) == ("fails", "RLIMIT_NPROC")
+    assert "no task is free" in verdict.explanation and verdict.commands == ()

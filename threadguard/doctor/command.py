@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
@@ -31,7 +31,7 @@ from .. import _native
 from .._policy import rules
 from .._preload import preload_environment
 from .._stats import Failure, Stats
-from .diagnosis import WORKLOADS, explain_run, no_room_verdict, predict
+from .diagnosis import WORKLOADS, Verdict, explain_run, no_room_verdict, predict
 from .facts import gather, installed
 from .messages import find_messages
 
@@ -116,19 +116,18 @@ def check_node(timeout: float, progress: TextIO) -> Dict[str, Any]:
             baseline = unstarted  # no second try: it would fail the same way
         predictions.append(predict(facts, workload, baseline, own, _python(), _guard()))
     worst = next((p for status in ("fails", "error", "slow") for p in predictions
-                  if p["status"] == status), None)
-    verdict: Dict[str, Any]
+                  if p.status == status), None)
     if unstarted is not None:
         verdict = no_room_verdict(facts, own, unstarted["error"], unstarted["errno"], worst,
                                   "nothing could be measured")
     elif worst is None:
-        verdict = {"status": "ok", "limit": None, "workload": None, "commands": [],
-                   "explanation": "no limit is in the way of the typical workloads"
-                   if predictions else "numpy and torch are not installed: nothing to predict"}
+        verdict = Verdict("ok", "no limit is in the way of the typical workloads"
+                          if predictions else "numpy and torch are not installed: nothing to "
+                                              "predict")
     else:
-        verdict = {k: worst[k] for k in ("status", "limit", "workload", "thread", "explanation",
-                                         "commands", "thread_cost")}
-    return {"facts": facts, "workloads": predictions, "verdict": verdict}
+        verdict = replace(worst.verdict, workload=worst.workload, thread_cost=worst.thread_cost)
+    return {"facts": facts.to_json(), "workloads": [p.to_json() for p in predictions],
+            "verdict": verdict.to_json()}
 
 
 def _pump(proc: "subprocess.Popen[bytes]", echo: Tuple[TextIO, TextIO], deadline: Optional[float]
@@ -213,7 +212,7 @@ def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
         except OSError as exc:
             # No process could be made (EAGAIN, ENOMEM): that is the failure to explain.
             own = psutil.Process().num_threads()
-            return {"facts": facts,
+            return {"facts": facts.to_json(),
                     "run": {"command": list(argv), "exit": None, "timed_out": False,
                             "signal": None, "failures": [], "messages": [],
                             "threads_created": {}, "guarded_processes": 0,
@@ -221,7 +220,7 @@ def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
                     "verdict": no_room_verdict(
                         facts, own, f"could not start {argv[0]}: {_errno_text(exc)}",
                         errno.errorcode.get(exc.errno or 0, "unknown"), None,
-                        "it never ran")}
+                        "it never ran").to_json()}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             output, timed_out = _pump(proc, echo, deadline)
@@ -240,7 +239,7 @@ def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
         for lib in report.libraries:
             threads[lib.name] = threads.get(lib.name, 0) + lib.created
     return {
-        "facts": facts,
+        "facts": facts.to_json(),
         "run": {"command": list(argv), "exit": returncode, "timed_out": timed_out,
                 "signal": signal.Signals(-returncode).name if returncode < 0 else None,
                 "failures": [{**asdict(f), "limits": dict(f.limits)} for f in failures],
@@ -248,5 +247,5 @@ def check_command(argv: Sequence[str], timeout: Optional[float], as_json: bool
                               "line": m.line, "meaning": m.message.meaning, **m.figures}
                              for m in matches],
                 "threads_created": threads, "guarded_processes": len(reports)},
-        "verdict": verdict,
+        "verdict": verdict.to_json(),
     }

@@ -13,8 +13,9 @@ import importlib.util
 import os
 import resource
 import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
@@ -23,6 +24,12 @@ from .._policy import native_report, rules
 
 __all__ = [
     "THREAD_VARIABLES",
+    "AddressSpaceFacts",
+    "CpuFacts",
+    "Facts",
+    "MemoryFacts",
+    "TaskFacts",
+    "User",
     "default_thread_stack",
     "gather",
     "installed",
@@ -258,8 +265,104 @@ def _libraries(sizes: Dict[str, int], stack: int, arenas_capped: bool) -> List[D
     return found
 
 
-def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """Every figure the doctor reports, as a JSON-ready dict."""
+@dataclass(frozen=True)
+class User:
+    """Whose limits these are."""
+
+    uid: int
+    name: str
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """The task limits and what counts against them (None: unknown or
+    unlimited).  nproc_applies: RLIMIT_NPROC binds this user (not root)."""
+
+    rlimit_nproc_soft: Optional[int]
+    rlimit_nproc_hard: Optional[int]
+    nproc_applies: bool
+    uid_tasks: Optional[int]
+    pids_max: Optional[int]
+    pids_current: Optional[int]
+    threads_max: Optional[int]
+    threads_total: Optional[int]
+    pid_max: Optional[int]
+
+
+@dataclass(frozen=True)
+class AddressSpaceFacts:
+    """The address-space limit, the thread stack it is spent on, and
+    whether malloc arenas are capped (MALLOC_ARENA_MAX, GLIBC_TUNABLES)."""
+
+    rlimit_as: Optional[int]
+    rlimit_as_hard: Optional[int]
+    rlimit_stack: Optional[int]
+    default_thread_stack: int
+    rlimit_nofile: Optional[int]
+    arenas_capped: bool
+
+
+@dataclass(frozen=True)
+class MemoryFacts:
+    """Memory: the cgroup's limit and /proc/meminfo's figures, in bytes."""
+
+    cgroup_limit: Optional[int]
+    mem_total: Optional[int]
+    mem_available: Optional[int]
+    overcommit_memory: Optional[int]
+    commit_limit: Optional[int]
+    committed_as: Optional[int]
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    """The CPUs: the node's, the allocation the library computed and every
+    figure it read (sources), and the guarded parent's CPUs this process
+    shares (sharing, as the report gives it)."""
+
+    online: Optional[int]
+    physical: Optional[int]
+    affinity: int
+    cgroup_quota: Optional[int]
+    slurm_cpus_per_task: Optional[int]
+    slurm_cpus_on_node: Optional[int]
+    omp_thread_limit: Optional[int]
+    allocation: int
+    allocation_from: str
+    sources: Tuple[Dict[str, Any], ...]
+    sharing: Optional[Dict[str, Any]]
+    local_ranks: int
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Every figure the doctor reports.  platform: the library's report of
+    the glibc; environment: the thread variables set, with their effect;
+    pools: the pool each library would start; libraries: the threaded
+    libraries installed, with the cost of one of their threads."""
+
+    user: User
+    platform: Dict[str, Any]
+    tasks: TaskFacts
+    address_space: AddressSpaceFacts
+    memory: MemoryFacts
+    cpus: CpuFacts
+    environment: Tuple[Dict[str, Any], ...]
+    pools: Dict[str, int]
+    libraries: Tuple[Dict[str, Any], ...]
+
+    def to_json(self) -> Dict[str, Any]:
+        """The facts as the JSON the doctor prints."""
+        return asdict(self)
+
+    def with_address_space(self, **changes: Any) -> "Facts":
+        """A copy with address-space figures changed (for predictions
+        under another limit, and tests)."""
+        return replace(self, address_space=replace(self.address_space, **changes))
+
+
+def gather(env: Optional[Dict[str, str]] = None) -> Facts:
+    """Every figure the doctor reports, read now."""
     env = dict(os.environ if env is None else env)
     # One native report: the headroom now (cgroup pids and CPU quota, kernel
     # threads, read in C) and the platform (glibc, fallbacks, limitations).
@@ -282,49 +385,44 @@ def gather(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     memory = _meminfo()
     arenas_capped = "MALLOC_ARENA_MAX" in env or "arena_max" in env.get("GLIBC_TUNABLES", "")
     sizes = pool_sizes(env, affinity, physical)
-    return {
-        "user": {"uid": uid, "name": user},
-        "platform": report.get("platform", {}),
-        "tasks": {
-            "rlimit_nproc_soft": nproc["soft"], "rlimit_nproc_hard": nproc["hard"],
-            "nproc_applies": uid != 0 and nproc["soft"] is not None,
-            "uid_tasks": _uid_tasks(uid),
-            "pids_max": native.get("pids_max"), "pids_current": native.get("pids_current"),
-            "threads_max": native.get("threads_max"),
-            "threads_total": native.get("threads_total"),
-            "pid_max": read_int("/proc/sys/kernel/pid_max"),
-        },
-        "address_space": {
-            "rlimit_as": _limit(resource.RLIMIT_AS)["soft"],
-            "rlimit_as_hard": _limit(resource.RLIMIT_AS)["hard"],
-            "rlimit_stack": stack_limit["soft"], "default_thread_stack": stack,
-            "rlimit_nofile": _limit(resource.RLIMIT_NOFILE)["soft"],
-            "arenas_capped": arenas_capped,
-        },
-        "memory": {
-            "cgroup_limit": _cgroup_memory_limit(), "mem_total": memory["MemTotal"],
-            "mem_available": memory["MemAvailable"],
-            "overcommit_memory": read_int("/proc/sys/vm/overcommit_memory"),
-            "commit_limit": memory["CommitLimit"], "committed_as": memory["Committed_AS"],
-        },
-        "cpus": {
-            "online": os.cpu_count(), "physical": physical, "affinity": affinity,
-            "cgroup_quota": native.get("cpus_quota"),
-            "slurm_cpus_per_task": native.get("slurm_cpus_per_task"),
-            "slurm_cpus_on_node": native.get("slurm_cpus_on_node"),
-            "omp_thread_limit": native.get("omp_thread_limit"),
-            "allocation": native.get("cpus") or affinity,
-            "allocation_from": native.get("cpus_from") or "affinity",
+    address_space = _limit(resource.RLIMIT_AS)
+    sharing = native.get("sharing")
+    return Facts(
+        user=User(uid, user),
+        platform=report.get("platform", {}),
+        tasks=TaskFacts(
+            rlimit_nproc_soft=nproc["soft"], rlimit_nproc_hard=nproc["hard"],
+            nproc_applies=uid != 0 and nproc["soft"] is not None,
+            uid_tasks=_uid_tasks(uid),
+            pids_max=native.get("pids_max"), pids_current=native.get("pids_current"),
+            threads_max=native.get("threads_max"), threads_total=native.get("threads_total"),
+            pid_max=read_int("/proc/sys/kernel/pid_max")),
+        address_space=AddressSpaceFacts(
+            rlimit_as=address_space["soft"], rlimit_as_hard=address_space["hard"],
+            rlimit_stack=stack_limit["soft"], default_thread_stack=stack,
+            rlimit_nofile=_limit(resource.RLIMIT_NOFILE)["soft"],
+            arenas_capped=arenas_capped),
+        memory=MemoryFacts(
+            cgroup_limit=_cgroup_memory_limit(), mem_total=memory["MemTotal"],
+            mem_available=memory["MemAvailable"],
+            overcommit_memory=read_int("/proc/sys/vm/overcommit_memory"),
+            commit_limit=memory["CommitLimit"], committed_as=memory["Committed_AS"]),
+        cpus=CpuFacts(
+            online=os.cpu_count(), physical=physical, affinity=affinity,
+            cgroup_quota=native.get("cpus_quota"),
+            slurm_cpus_per_task=native.get("slurm_cpus_per_task"),
+            slurm_cpus_on_node=native.get("slurm_cpus_on_node"),
+            omp_thread_limit=native.get("omp_thread_limit"),
+            allocation=native.get("cpus") or affinity,
+            allocation_from=native.get("cpus_from") or "affinity",
             # Every figure the native side read, in its order: which
             # scheduler or launcher spoke, and what each one said.
-            "sources": [{"source": x.get("source"), "cpus": x.get("cpus")}
-                        for x in native.get("cpu_sources") or [] if isinstance(x, dict)],
+            sources=tuple({"source": x.get("source"), "cpus": x.get("cpus")}
+                          for x in native.get("cpu_sources") or [] if isinstance(x, dict)),
             # The processes this one divides its guarded parent's CPUs with.
-            "sharing": native.get("sharing") if isinstance(native.get("sharing"), dict)
-            else None,
-            "local_ranks": native.get("local_ranks") or 0,
-        },
-        "environment": _environment(env),
-        "pools": sizes,
-        "libraries": _libraries(sizes, stack, arenas_capped),
-    }
+            sharing=sharing if isinstance(sharing, dict) else None,
+            local_ranks=native.get("local_ranks") or 0),
+        environment=tuple(_environment(env)),
+        pools=sizes,
+        libraries=tuple(_libraries(sizes, stack, arenas_capped)),
+    )
