@@ -5,7 +5,8 @@
  * they read a snapshot or a string, or initialise themselves.)
  *
  * Layer: entry point.  Calls lifecycle.c (tg_init), glibc.c, threads.c,
- * stats.c, report.c, publish.c, config.c, error.c and policy.c. */
+ * stats.c, report.c, publish.c, config.c, error.c, policy.c, registry.c
+ * and shaping.c (a pool size Python cannot restore). */
 #include "common.h"
 
 #include "config.h"
@@ -14,7 +15,9 @@
 #include "lifecycle.h"
 #include "policy.h"
 #include "publish.h"
+#include "registry.h"
 #include "report.h"
+#include "shaping.h"
 #include "stats.h"
 #include "threads.h"
 
@@ -71,6 +74,21 @@ THREADGUARD_API long long threadguard_address_space_usable(long long as_limit, l
         return tg_set_error(THREADGUARD_EINVAL,
                             "threadguard_address_space_usable: a figure below 0");
     return tg_address_space_usable(as_limit, vmsize, arenas);
+}
+
+/* limit() in Python, for what it cannot restore: recorded as a pool
+ * decision in the row of the library address lies in. */
+THREADGUARD_API int threadguard_note_unrestored(const void *address, const char *what,
+                                                long long value, long long was) {
+    if (address == NULL || what == NULL || value < 1 || was < 1)
+        return tg_set_error(THREADGUARD_EINVAL,
+                            "threadguard_note_unrestored: expected a library address, a name "
+                            "and two pool sizes of 1 or more");
+    if (!tg_init()) return tg_set_error(THREADGUARD_EINVAL, "threadguard is not initialised");
+    tg_note_unrestored(tg_slot_for_address(address), what, value, was);
+    tg_report_publish_if_stale();
+    tg_clear_error();
+    return THREADGUARD_OK;
 }
 
 /* limit() in Python (the same as THREADGUARD_POOL_THREADS, from now on). */

@@ -382,6 +382,16 @@ static struct sizing setter_sizing(int n, unsigned caller, int kind) {
     return s;
 }
 
+/* A pool size the Python package set that it cannot put back (torch's
+ * inter-op pool: torch allows one call), recorded so the report says so. */
+void tg_note_unrestored(unsigned slot, const char *what, long long value, long long previous) {
+    static const char BY[] = "threadguard.limit() (not restorable)";
+    struct sizing s = {value, previous, TG_SOURCE_THREADGUARD, value < previous ? BY : NULL, slot};
+    struct tg_headroom h;
+    tg_headroom_measure(&h, TG_KIND_TORCH);
+    record(slot, what, &s, &h);
+}
+
 /* Changed nothing, but recorded: `threadguard doctor -- CMD` must know
  * that the program sizes a pool itself, which no variable overrides. */
 void tg_observe_setter(unsigned slot, unsigned caller, const char *function, int kind, int n) {

@@ -35,4 +35,10 @@ TG_HIDDEN void tg_observe_setter(unsigned slot, unsigned caller, const char *fun
 /* The decisions live in the counter block (registry.h): tg_decisions,
  * tg_decision_count, tg_decisions_dropped. */
 
+/* Record a pool size set from Python that cannot be restored: what
+ * ("torch.set_num_interop_threads()") lowered from previous to value, in
+ * the row of the library at slot. */
+TG_HIDDEN void tg_note_unrestored(unsigned slot, const char *what, long long value,
+                                  long long previous);
+
 #endif

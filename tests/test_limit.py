@@ -285,8 +285,11 @@ import json, torch, threadguard
 before = torch.get_num_interop_threads()
 with threadguard.limit(1) as block:
     pass
+pools = threadguard._policy.native_report()["pools"]
+noted = [p for p in pools if p["variable"] == "set_num_interop_threads()"]
 print(json.dumps(dict(before=before, kept=block.not_restored, shown=repr(block),
-                      after=torch.get_num_interop_threads())))
+                      after=torch.get_num_interop_threads(), noted=noted,
+                      table=threadguard.stats().format_table())))
 """
     out = run_child(tmp_path, fakecpus, code, cpus=4, **FOUR)
     assert out["before"] > 1
@@ -294,6 +297,12 @@ print(json.dumps(dict(before=before, kept=block.not_restored, shown=repr(block),
     assert out["kept"] == [kept]
     assert f"not restored: {kept}" in out["shown"]
     assert out["after"] == 1
+    # The report says so too: a pool row for libtorch_cpu, lowered by limit() for good.
+    [noted] = out["noted"]
+    assert noted["library"].startswith("libtorch_cpu") and noted["value"] == 1
+    assert noted["requested"] == out["before"] and noted["source"] == "threadguard"
+    assert noted["lowered_by"] == "threadguard.limit() (not restorable)"
+    assert f"lowered from {out['before']} by threadguard.limit() (not restorable)" in out["table"]
 
 
 @pytest.mark.parametrize("args, kwargs, accepted", [

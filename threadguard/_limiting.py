@@ -29,7 +29,8 @@ class Limit:
     What cannot be restored: torch's inter-op pool.  torch allows
     set_num_interop_threads once, so a Limit that lowered it leaves it
     lowered after exit or restore(); `not_restored` names it, and the
-    native exit report lists the torch.set_num_interop_threads() call.
+    report lists it (a pool row "set_num_interop_threads()", lowered by
+    "threadguard.limit() (not restorable)").
     """
 
     def __init__(self, threads: Threads = "auto", *, workers: Optional[int] = None,
@@ -130,7 +131,7 @@ def limit(threads: Threads = "auto", *, workers: Optional[int] = None) -> Limit:
 
     Restored on exit or after each call: everything but torch's inter-op
     pool, which torch lets a process set once (the Limit's not_restored
-    says when it was lowered).  Raises ValueError for a threads or workers
+    and the report say when it was lowered).  Raises ValueError for a threads or workers
     value it cannot use.
     """
     return Limit(threads, workers=workers,

@@ -186,6 +186,15 @@ def address_space_usable(as_limit: int, vmsize: int, arenas: int) -> int:
     return usable
 
 
+def note_unrestored(library_address: int, what: str, value: int, previous: int) -> None:
+    """Record in the report a pool size set here that cannot be put back
+    (threadguard_note_unrestored); nothing when the library is not loaded."""
+    lib = load_if_available()
+    if lib is not None:
+        lib.threadguard_note_unrestored(ffi.cast("void *", library_address), what.encode(),
+                                        value, previous)
+
+
 def published_path() -> str:
     """The file this process publishes its counters in ("" when none)."""
     return text(load().threadguard_published_path())

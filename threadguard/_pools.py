@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from . import _native
-from ._controllers import register_controllers
+from ._controllers import _GET_INTEROP, register_controllers
 from ._policy import rules
 
 __all__ = ["Applied", "apply_threads", "env_variables", "restore"]
@@ -80,6 +80,9 @@ def _set_interop(threads: int, applied: Applied) -> None:
     try:
         torch.set_num_interop_threads(threads)
         applied.interop = (current, threads)
+        address = _libtorch_address(torch)
+        if address is not None:  # the report says it stays
+            _native.note_unrestored(address, "set_num_interop_threads()", threads, current)
     except RuntimeError:
         if _interop_warned:  # once per process: the pool cannot change anyway
             return
@@ -90,6 +93,20 @@ def _set_interop(threads: int, applied: Applied) -> None:
                    f"under 'threadguard run --pool-threads {threads}') to size it too.")
         applied.warnings.append(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _libtorch_address(torch: Any) -> Optional[int]:
+    """An address inside the libtorch_cpu.so torch loaded (its
+    at::get_num_interop_threads), or None."""
+    import ctypes
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        address: Optional[int] = ctypes.cast(getattr(lib, _GET_INTEROP), ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    return address
 
 
 def _set_numexpr(threads: int, applied: Applied) -> None:

@@ -114,6 +114,15 @@ THREADGUARD_API long long threadguard_thread_cost(const char *kind, long long st
 THREADGUARD_API long long threadguard_address_space_usable(long long as_limit, long long vmsize,
                                                            int arenas);
 
+/* Record, for the report, a pool size that the caller set and cannot put
+ * back: `what` ("set_num_interop_threads()") lowered from `was` to
+ * value, in the row of the library that address lies in (any
+ * address inside it).  threadguard.limit() calls it for torch's inter-op
+ * pool, which torch lets a process size once.  THREADGUARD_EINVAL for a
+ * NULL address or name or a size below 1. */
+THREADGUARD_API int threadguard_note_unrestored(const void *address, const char *what,
+                                                long long value, long long was);
+
 /* The active enum threadguard_mode. */
 THREADGUARD_API int threadguard_mode(void);
 
