@@ -105,3 +105,18 @@ def pids_cgroup() -> Iterator["Cgroup"]:
 @pytest.fixture
 def cpu_cgroup() -> Iterator["Cgroup"]:
     yield from make_cgroup("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """A test that sizes pools in the pytest process itself must put the
+    environment back: a leftover OPENBLAS_NUM_THREADS=4096 reached every
+    later test's children once (threadguard.limit() called and not undone)."""
+    before = {k: v for k, v in os.environ.items()
+              if k.endswith(("_NUM_THREADS", "_MAX_THREADS", "_THREAD_LIMIT"))
+              or k.startswith("THREADGUARD_")}
+    yield
+    after = {k: v for k, v in os.environ.items()
+             if k.endswith(("_NUM_THREADS", "_MAX_THREADS", "_THREAD_LIMIT"))
+             or k.startswith("THREADGUARD_")}
+    assert after == before, "the test left thread variables changed in the pytest process"

@@ -17,7 +17,7 @@ import pytest
 
 import threadguard
 from threadguard import _native
-from threadguard._policy import rules
+from threadguard._policy import decide_threads, rules
 from threadguard.doctor import facts
 
 PACKAGE = Path(threadguard.__file__).resolve().parent
@@ -119,10 +119,12 @@ def test_the_rules_are_the_librarys():
         policy["reserve"], policy["max_pool_threads"], policy["data_share"])
     assert r.nproc == policy["limits"]["nproc"] == "RLIMIT_NPROC"
     assert "OMP_NUM_THREADS" in r.pool_variables and "OMP_THREAD_LIMIT" in r.cap_variables
-    # The bound limit()'s argument check and the library's setting share.
+    # The bound limit()'s argument check and the library's setting share
+    # (decided, not applied: applied, it would stay in this process's
+    # environment for every later test).
     with pytest.raises(ValueError, match=f"at most {r.max_pool_threads}"):
-        threadguard.limit(r.max_pool_threads + 1)
-    assert threadguard.limit(r.max_pool_threads).threads >= 1
+        decide_threads(r.max_pool_threads + 1)
+    assert decide_threads(r.max_pool_threads).threads >= 1
 
 
 @pytest.mark.parametrize("setting, capped", [

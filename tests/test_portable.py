@@ -279,8 +279,10 @@ def limit_with_threadpoolctl(version: Optional[str], tmp_path: Path) -> Dict[str
         if pip.returncode != 0:
             missing(f"cannot install threadpoolctl=={version}: {pip.stderr[-500:]}")
         env["PYTHONPATH"] = str(target)
+    # Not from the repository's root: `python -c` would import its unbuilt
+    # threadguard/ instead of the installed package.
     proc = subprocess.run([sys.executable, "-c", LIMIT_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
     seen: Dict[str, object] = json.loads(proc.stdout)
