@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -293,7 +294,8 @@ def test_usual_messages_are_recognised(name: str) -> None:
 
 
 def test_message_maps_to_the_limit_this_node_has() -> None:
-    facts = gather().with_address_space(rlimit_as=1 << 30)
+    facts = gather()
+    facts = replace(facts, address_space=replace(facts.address_space, rlimit_as=1 << 30))
     gomp = explain_run(facts, ["x"], ["threadguard"], 1, False, [],
                        find_messages(SAMPLES["libgomp-thread"]))
     assert gomp.limit == "RLIMIT_AS" and gomp.library == "libgomp (OpenMP)"

@@ -130,9 +130,9 @@ def limit(threads: Threads = "auto", *, workers: Optional[int] = None) -> Limit:
         def work(): ...
 
     Restored on exit or after each call: everything but torch's inter-op
-    pool, which torch lets a process set once (the Limit's not_restored
-    and the report say when it was lowered).  Raises ValueError for a threads or workers
-    value it cannot use.
+    pool, which torch lets a process set once (the Limit's not_restored and
+    the report say when it was lowered).  Raises ValueError for a threads
+    or workers value it cannot use.
     """
     return Limit(threads, workers=workers,
                  apply=not _is_decorator_expression(sys._getframe(1)))

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import resource
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -354,11 +354,6 @@ class Facts:
     def to_json(self) -> Dict[str, Any]:
         """The facts as the JSON the doctor prints."""
         return asdict(self)
-
-    def with_address_space(self, **changes: Any) -> "Facts":
-        """A copy with address-space figures changed (for predictions
-        under another limit, and tests)."""
-        return replace(self, address_space=replace(self.address_space, **changes))
 
 
 def gather(env: Optional[Dict[str, str]] = None) -> Facts:
