@@ -106,12 +106,19 @@ def test_bench_per_node_writes_the_shared_profile(slurm, tmp_path):
     writes each node's profile into the shared THREADGUARD_PROFILE_DIR;
     a later task on that node sizes "auto" from it."""
     profiles = tmp_path / "profiles"
-    proc = slurm.srun(["-N", "1", "--ntasks-per-node=1", "-c", str(slurm.cpus), sys.executable,
-                       "-m", "threadguard", "bench", "--quick", "--workloads", "matmul",
-                       "--workers", "1", "--out", str(tmp_path / "bench")],
-                      env={"THREADGUARD_PROFILE_DIR": str(profiles)}, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    [profile] = profiles.glob("*.json")
+    # bench writes no profile from measurements that disagree (by design: a
+    # busy CI machine's noise); that run is measured again, up to 3 times.
+    for _ in range(3):
+        proc = slurm.srun(["-N", "1", "--ntasks-per-node=1", "-c", str(slurm.cpus),
+                           sys.executable, "-m", "threadguard", "bench", "--quick", "--workloads",
+                           "matmul", "--workers", "1", "--out", str(tmp_path / "bench")],
+                          env={"THREADGUARD_PROFILE_DIR": str(profiles)}, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        if "the measurements do not agree" not in proc.stdout:
+            break
+    found = list(profiles.glob("*.json"))
+    assert len(found) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [profile] = found
     print("profile written:", profile.name)
     check = slurm.srun(["-c", str(slurm.cpus), sys.executable, "-c",
                         "import threadguard; d = threadguard.info().auto; "
