@@ -96,3 +96,12 @@ THREADGUARD_API long long threadguard_set_pool_threads(long long threads) {
     tg_init();
     return tg_set_pool_threads(threads);
 }
+
+THREADGUARD_API int threadguard_python_site(const char *where) {
+    if (where == NULL || !tg_init()) return 0;
+    return (int)tg_site_for(where) + 1;
+}
+
+THREADGUARD_API int threadguard_python_site_set(int site) {
+    return (int)tg_python_site_set(site > 0 ? (unsigned)site : 0);
+}

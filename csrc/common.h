@@ -38,11 +38,15 @@ static inline int tg_is_sanitizer_runtime(const char *name) {
            tg_starts_with(name, "libhwasan");
 }
 
-/* Raise *peak to at least v. */
-static inline void tg_raise_peak(_Atomic long long *peak, long long v) {
+/* Raise *peak to at least v; the peak before when this raised it, else -1. */
+static inline long long tg_raise_peak(_Atomic long long *peak, long long v) {
     long long p = atomic_load_explicit(peak, memory_order_relaxed);
-    while (v > p && !atomic_compare_exchange_weak_explicit(peak, &p, v, memory_order_relaxed,
-                                                           memory_order_relaxed)) {}
+    while (v > p) {
+        if (atomic_compare_exchange_weak_explicit(peak, &p, v, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return p;
+    }
+    return -1;
 }
 
 #endif

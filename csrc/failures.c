@@ -62,7 +62,8 @@ static long long needed_stack(const pthread_attr_t *attr) {
     return (long long)size;
 }
 
-void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, long long thread) {
+void tg_record_failure(unsigned slot, unsigned site, int error, const pthread_attr_t *attr,
+                       long long thread) {
     int i = atomic_fetch_add_explicit(&tg_failure_count, 1, memory_order_relaxed);
     int saved_errno = errno;
     if (i >= TG_MAX_FAILURES) return; /* not listed, but counted: the failures file says how many */
@@ -73,6 +74,8 @@ void tg_record_failure(unsigned slot, int error, const pthread_attr_t *attr, lon
     f->stack = needed_stack(attr);
     tg_headroom_measure_exact(&f->h, tg_libs[slot].kind);
     f->cause = tg_failure_cause(error, f->stack, &f->h);
+    f->site = site;
+    tg_find_leak(&f->leak);
     tg_publish_changed();
     atomic_store_explicit(&f->ready, 1, memory_order_release);
     errno = saved_errno;

@@ -112,8 +112,9 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
     }
 
     unsigned slot = tg_creator_slot(caller);
+    unsigned site = tg_python_site_now();
     struct tg_counters *lib = &tg_libs[slot].c;
-    struct tg_start_record *record = tg_record_claim(slot, routine, arg);
+    struct tg_start_record *record = tg_record_claim(slot, site, routine, arg);
     if (record == NULL) {
         /* No record and no memory to map more: start the thread uncounted
          * rather than fail it, and say so in the report. */
@@ -127,8 +128,10 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         tg_record_release(record);
         return EAGAIN;
     }
+    tg_site_count(site, TG_SITE_STARTING);
     int rc = call_real(real, slot, thread, attr, tg_trampoline, record);
     if (rc != 0) {
+        tg_site_count(site, TG_SITE_FAILED);
         tg_count_exit(slot);
         tg_record_release(record);
         long long failed = atomic_fetch_add_explicit(&lib->failed, 1, memory_order_relaxed) + 1;
@@ -136,19 +139,19 @@ create_counted(void *caller, pthread_t *thread, const pthread_attr_t *attr,
         atomic_store_explicit(&lib->last_errno, rc, memory_order_relaxed);
         atomic_store_explicit(&tg_total.last_errno, rc, memory_order_relaxed);
         int saved_errno = errno;
-        tg_record_failure(slot, rc, attr,
+        tg_record_failure(slot, site, rc, attr,
                           atomic_load_explicit(&lib->created, memory_order_relaxed) + failed);
         tg_report_failures_now();
         tg_report_publish_if_stale();
         errno = saved_errno;
         return rc;
     }
-    atomic_fetch_add_explicit(&lib->created, 1, memory_order_relaxed);
+    tg_count_created(slot, live_lib);
+    tg_site_count(site, TG_SITE_STARTED);
     atomic_fetch_add_explicit(&tg_total.created, 1, memory_order_relaxed);
     /* A promised pool worker started: it now counts as a task, not as a
      * promise in the per-user ledger. */
     if (atomic_load_explicit(&tg_libs[slot].promised, memory_order_relaxed) > 0) tg_ledger_update();
-    tg_raise_peak(&lib->peak, live_lib);
     tg_raise_peak(&tg_total.peak, live_total);
     return 0;
 }

@@ -20,6 +20,13 @@ long long tg_address_space_usable(long long as_limit, long long vmsize, int aren
     return left > 0 ? left - left / TG_DATA_SHARE : 0;
 }
 
+int tg_growth_leaking(long long steps, long long settled, long long live, long long created,
+                      long long created_settled) {
+    long long grown = live - settled;
+    if (steps < TG_LEAK_STEPS || grown < TG_LEAK_GROWTH || live < 2 * settled) return 0;
+    return 2 * grown >= created - created_settled;
+}
+
 /* The variables the library answers (getenv) as pool sizes, and as caps
  * on every thread of a runtime; limit() in Python sets the first ones. */
 static const char *const pool_variables[] = {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -46,9 +53,11 @@ long long tg_policy_json(char *buffer, size_t size) {
                      "\"capped_arenas\": %d, \"openblas_buffer_bytes\": %lld, "
                      "\"data_share\": %d, \"limits\": {\"nproc\": \"%s\", \"pids\": \"%s\", "
                      "\"kernel\": \"%s\", \"address_space\": \"%s\", \"budget\": \"%s\"}, "
-                     "\"pool_variables\": [%s], \"cap_variables\": [%s]}",
+                     "\"pool_variables\": [%s], \"cap_variables\": [%s], "
+                     "\"leak\": {\"quiet_ms\": %d, \"steps\": %d, \"growth\": %d}}",
                      TG_RESERVE, TG_MAX_POOL_THREADS, (long long)TG_ARENA_COST, TG_CAPPED_ARENAS,
                      (long long)TG_OPENBLAS_BUFFER_COST, TG_DATA_SHARE, TG_LIMIT_NPROC,
-                     TG_LIMIT_PIDS, TG_LIMIT_KERNEL, TG_LIMIT_AS, TG_LIMIT_BUDGET, pools, caps);
+                     TG_LIMIT_PIDS, TG_LIMIT_KERNEL, TG_LIMIT_AS, TG_LIMIT_BUDGET, pools, caps,
+                     TG_GROWTH_QUIET_MS, TG_LEAK_STEPS, TG_LEAK_GROWTH);
     return n < 0 ? -1 : n;
 }

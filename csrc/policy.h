@@ -36,6 +36,28 @@
 #define TG_LIMIT_AS "RLIMIT_AS"
 #define TG_LIMIT_BUDGET "THREADGUARD_MAX_THREADS"
 
+/* A leak: live threads that keep growing while the threads created do not
+ * end.  A row's live threads rise to a new high in steps; a rise more than
+ * TG_GROWTH_QUIET_MS after the previous rise starts a new step, so a pool
+ * that starts its workers at once, however many, is one step.  The row's
+ * size after its first step is its settled size.  It is leaking when
+ *  - its high rose in at least TG_LEAK_STEPS steps: a pool sized once, or
+ *    re-created and shut down each time, never rises again;
+ *  - it has at least doubled from its settled size and grown by at least
+ *    TG_LEAK_GROWTH: a pool that grows lazily to its size (a thread pool
+ *    executor adding a worker per busy submit) stops soon after;
+ *  - at least half of the threads created since its settled size are still
+ *    alive: churn (threads that end) with a slow drift is not a leak.
+ * A loop that leaks faster than the quiet gap looks like one pool starting
+ * until it pauses. */
+#define TG_GROWTH_QUIET_MS 10
+#define TG_LEAK_STEPS 4
+#define TG_LEAK_GROWTH 8
+
+/* Whether a row's growth is a leak (the rule above). */
+TG_HIDDEN int tg_growth_leaking(long long steps, long long settled, long long live,
+                                long long created, long long created_settled);
+
 /* Address space one new thread with this stack costs: the stack, a guard
  * page, a malloc arena of its own while arenas are not capped
  * (arenas_capped 0), and OpenBLAS's buffer for an OpenBLAS worker

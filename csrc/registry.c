@@ -14,16 +14,18 @@
  * cost about 0.2 ms of start-up, and every caller that needs unwinding
  * (libstdc++, sanitizer runtimes) depends on libgcc_s itself.
  *
- * Layer: state.  Calls glibc.c and procfs.c. */
+ * Layer: state.  Calls glibc.c, procfs.c and policy.c (the leak rule). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <link.h>
 #include <string.h>
+#include <time.h>
 #include <unwind.h>
 
 #include "registry.h"
 
 #include "glibc.h"
+#include "policy.h"
 #include "procfs.h"
 
 struct tg_counter_block tg_private_block;
@@ -80,6 +82,9 @@ static int classify(uintptr_t base, const char *path) {
     if (tg_starts_with(name, "libmkl")) return TG_KIND_MKL;
     if (tg_starts_with(name, "libblis")) return TG_KIND_BLIS;
     if (tg_starts_with(name, "libtorch") || tg_starts_with(name, "libc10")) return TG_KIND_TORCH;
+    if (tg_starts_with(name, "libcuda") || tg_starts_with(name, "libnvidia") ||
+        tg_starts_with(name, "libnccl") || tg_starts_with(name, "libcupti"))
+        return TG_KIND_CUDA;
     if (tg_starts_with(name, "libc.so") || tg_starts_with(name, "libc-") ||
         tg_starts_with(name, "libpthread") || tg_starts_with(name, "libstdc++") ||
         tg_starts_with(name, "libc++") || tg_starts_with(name, "libgcc_s") ||
@@ -97,6 +102,7 @@ const char *tg_kind_name(int kind) {
     case TG_KIND_MKL: return "mkl";
     case TG_KIND_TORCH: return "torch";
     case TG_KIND_BLIS: return "blis";
+    case TG_KIND_CUDA: return "cuda";
     case TG_KIND_MAIN: return "main";
     case TG_KIND_SYSTEM: return "system";
     case TG_KIND_SELF: return "threadguard";
@@ -258,9 +264,117 @@ void tg_registry_init(void) {
     /* Where libgcc_s is already loaded (C++ programs) the create path then
      * never has to look it up. */
     resolve_unwinder();
+    copy_string(tg_sites[TG_OTHER_SITES].where, sizeof tg_sites[0].where, "(other sites)");
+    atomic_store_explicit(&tg_sites[TG_OTHER_SITES].ready, 1, memory_order_release);
     copy_string(tg_libs[TG_UNKNOWN_SLOT].name, sizeof tg_libs[0].name, "(unknown)");
     tg_libs[TG_UNKNOWN_SLOT].kind = TG_KIND_UNKNOWN;
     atomic_store_explicit(&tg_libs[TG_UNKNOWN_SLOT].ready, 1, memory_order_release);
+}
+
+/* ---- Python start sites ---------------------------------------------- */
+
+/* FNV-1a; never 0, which marks a free row. */
+static unsigned long long site_key(const char *where) {
+    unsigned long long h = 1469598103934665603ULL;
+    for (const unsigned char *p = (const unsigned char *)where; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+static int same_site(const struct tg_site *site, const char *where) {
+    if (!atomic_load_explicit(&site->ready, memory_order_acquire)) return 1; /* being filled */
+    return strncmp(site->where, where, sizeof site->where - 1) == 0;
+}
+
+unsigned tg_site_for(const char *where) {
+    unsigned long long key = site_key(where);
+    for (unsigned i = 1; i < TG_MAX_SITES; i++) {
+        struct tg_site *site = &tg_sites[i];
+        unsigned long long current = atomic_load_explicit(&site->key, memory_order_acquire);
+        if (current == key && same_site(site, where)) return i;
+        if (current != 0) continue;
+        unsigned long long expected = 0;
+        if (atomic_compare_exchange_strong_explicit(&site->key, &expected, key,
+                                                    memory_order_acq_rel, memory_order_acquire)) {
+            copy_string(site->where, sizeof site->where, where);
+            atomic_store_explicit(&site->ready, 1, memory_order_release);
+            return i;
+        }
+        if (expected == key && same_site(site, where)) return i;
+    }
+    return TG_OTHER_SITES;
+}
+
+/* ---- growth ------------------------------------------------------------ */
+
+static long long monotonic_ms(void) {
+    struct timespec ts;
+    /* The coarse clock: read from the vDSO, a few nanoseconds, and its
+     * resolution (a few ms) is finer than the quiet gap. */
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1; /* never 0 */
+}
+
+void tg_growth_rise(struct tg_growth *g, long long previous_high, long long created) {
+    long long now = monotonic_ms();
+    long long last = atomic_exchange_explicit(&g->last_rise_ms, now, memory_order_relaxed);
+    if (last != 0 && now - last < TG_GROWTH_QUIET_MS) return; /* the same step goes on */
+    long long steps = atomic_fetch_add_explicit(&g->steps, 1, memory_order_relaxed) + 1;
+    if (steps == 2) {
+        /* The first step ended at the high this rise starts from. */
+        atomic_store_explicit(&g->settled, previous_high, memory_order_relaxed);
+        atomic_store_explicit(&g->created_settled, created - 1, memory_order_relaxed);
+    }
+}
+
+int tg_growth_is_leak(const struct tg_growth *g, const struct tg_counters *c) {
+    return tg_growth_leaking(atomic_load_explicit(&g->steps, memory_order_relaxed),
+                             atomic_load_explicit(&g->settled, memory_order_relaxed),
+                             atomic_load_explicit(&c->live, memory_order_relaxed),
+                             atomic_load_explicit(&c->created, memory_order_relaxed),
+                             atomic_load_explicit(&g->created_settled, memory_order_relaxed));
+}
+
+static void consider(struct tg_leak *out, int is_site, unsigned row, const struct tg_growth *g,
+                     const struct tg_counters *c) {
+    if (!tg_growth_is_leak(g, c)) return;
+    long long live = atomic_load_explicit(&c->live, memory_order_relaxed);
+    if (out->found && live <= out->live) return;
+    *out = (struct tg_leak){1,
+                            is_site,
+                            row,
+                            live,
+                            atomic_load_explicit(&c->created, memory_order_relaxed),
+                            atomic_load_explicit(&g->settled, memory_order_relaxed),
+                            atomic_load_explicit(&g->steps, memory_order_relaxed)};
+}
+
+void tg_find_leak(struct tg_leak *out) {
+    *out = (struct tg_leak){0, 0, 0, 0, 0, 0, 0};
+    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++)
+        if (tg_libs[i].kind != TG_KIND_PYTHON)
+            consider(out, 0, i, &tg_libs[i].growth, &tg_libs[i].c);
+    /* Python's threads are named by their start site rather than by
+     * libpython, when a site leaks; libpython otherwise. */
+    struct tg_leak site = {0, 0, 0, 0, 0, 0, 0};
+    for (unsigned i = 0; i < TG_MAX_SITES; i++) {
+        if (i != TG_OTHER_SITES &&
+            atomic_load_explicit(&tg_sites[i].key, memory_order_acquire) == 0)
+            break;
+        consider(&site, 1, i, &tg_sites[i].growth, &tg_sites[i].c);
+    }
+    if (!site.found)
+        for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++)
+            if (tg_libs[i].kind == TG_KIND_PYTHON)
+                consider(&site, 0, i, &tg_libs[i].growth, &tg_libs[i].c);
+    if (site.found && (!out->found || site.live > out->live)) *out = site;
+}
+
+static void reset_growth(struct tg_growth *g) {
+    atomic_store_explicit(&g->steps, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->last_rise_ms, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->settled, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->created_settled, 0, memory_order_relaxed);
 }
 
 static void reset(struct tg_counters *c) {
@@ -274,6 +388,16 @@ static void reset(struct tg_counters *c) {
 
 void tg_registry_reset_counters(void) {
     /* Only rows in use: a row written is a page of the published file. */
-    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++) reset(&tg_libs[i].c);
+    for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++) {
+        reset(&tg_libs[i].c);
+        reset_growth(&tg_libs[i].growth);
+    }
+    for (unsigned i = 0; i < TG_MAX_SITES; i++) {
+        if (i != TG_OTHER_SITES &&
+            atomic_load_explicit(&tg_sites[i].key, memory_order_relaxed) == 0)
+            break; /* rows fill in order */
+        reset(&tg_sites[i].c);
+        reset_growth(&tg_sites[i].growth);
+    }
     reset(&tg_total);
 }

@@ -1,5 +1,6 @@
-/* registry.c: which shared object asked for each thread, and the counters per
- * library (state; calls glibc.c, procfs.c). */
+/* registry.c: which shared object asked for each thread, the counters per
+ * library and per Python start site, and how they grew (state; calls
+ * glibc.c, procfs.c, policy.c). */
 #ifndef THREADGUARD_REGISTRY_H
 #define THREADGUARD_REGISTRY_H
 
@@ -18,6 +19,7 @@ enum tg_kind {
     TG_KIND_MKL,
     TG_KIND_TORCH,
     TG_KIND_BLIS,
+    TG_KIND_CUDA, /* the CUDA driver and runtime, NCCL, CUPTI */
     TG_KIND_MAIN,
     TG_KIND_SYSTEM, /* libc, libstdc++, libgcc_s: attributed to the caller above them */
     TG_KIND_SELF,   /* threadguard itself */
@@ -33,6 +35,14 @@ struct tg_counters {
     _Atomic int last_errno;
 };
 
+/* How a row's live threads grew (the leak rule in policy.h reads it). */
+struct tg_growth {
+    _Atomic long long steps;           /* rises to a new high, told apart by a quiet gap */
+    _Atomic long long last_rise_ms;    /* when the high last rose (monotonic, 0: never) */
+    _Atomic long long settled;         /* the high its first step reached */
+    _Atomic long long created_settled; /* threads created by then */
+};
+
 struct tg_lib {
     _Atomic uintptr_t base; /* load address (map start); 0 = free slot */
     _Atomic int ready;      /* 1 once path/name/kind are written */
@@ -40,6 +50,7 @@ struct tg_lib {
     char path[512];
     char name[128];
     struct tg_counters c;
+    struct tg_growth growth;
     /* Pool workers threadguard sized this library for and that it has not
      * started yet are promised: later pools must leave room for them. */
     _Atomic long long promised;
@@ -47,6 +58,20 @@ struct tg_lib {
     /* The stack threadguard gives this pool's workers (0: glibc's): set only
      * when RLIMIT_AS leaves no room for the pool at the default stack. */
     _Atomic long long pool_stack;
+};
+
+/* Python threads by the Python code that started them (a Thread.start or
+ * executor submit site), which the Python package names through
+ * threadguard_python_site().  Row 0 collects the sites past the capacity. */
+#define TG_MAX_SITES 64
+#define TG_OTHER_SITES 0
+
+struct tg_site {
+    _Atomic unsigned long long key; /* hash of where; 0 = free (row 0: always in use) */
+    _Atomic int ready;              /* 1 once where is written */
+    char where[256];                /* "path:line in function (via)" */
+    struct tg_counters c;
+    struct tg_growth growth;
 };
 
 #define TG_MAX_DECISIONS 256
@@ -89,6 +114,7 @@ struct tg_counter_block {
     int pad;
     struct tg_lib libs[TG_MAX_LIBS];
     struct tg_decision decisions[TG_MAX_DECISIONS];
+    struct tg_site sites[TG_MAX_SITES];
 };
 
 /* The block in use: private storage until publish.c switches it (at
@@ -105,6 +131,7 @@ TG_HIDDEN extern struct tg_counter_block tg_private_block;
 #define tg_decisions_dropped (tg_block->decisions_dropped)
 #define tg_decision_count (tg_block->decision_count)
 #define tg_decisions (tg_block->decisions)
+#define tg_sites (tg_block->sites)
 
 /* Slots fill in order: the first free one past slot 0 ends the rows in
  * use.  Loops over the table stop there: a page of the published file
@@ -125,6 +152,25 @@ TG_HIDDEN const char *tg_kind_name(int kind);
 TG_HIDDEN unsigned tg_caller_slot(void *return_address);
 /* The slot of the library holding addr (claimed if new). */
 TG_HIDDEN unsigned tg_slot_for_address(const void *addr);
+/* The row of a Python start site by its text (claimed if new; TG_OTHER_SITES
+ * when the table is full). */
+TG_HIDDEN unsigned tg_site_for(const char *where);
+/* A row's high rose from previous_high, with `created` threads created so
+ * far: a new growth step when the last rise was more than the quiet gap
+ * ago. */
+TG_HIDDEN void tg_growth_rise(struct tg_growth *g, long long previous_high, long long created);
+/* Whether a row's growth is a leak now (policy.h's rule). */
+TG_HIDDEN int tg_growth_is_leak(const struct tg_growth *g, const struct tg_counters *c);
+/* A leak seen at one moment: the leaking row (a library or a Python start
+ * site) with the most live threads. */
+struct tg_leak {
+    int found;
+    int is_site;
+    unsigned row; /* its library slot or site row */
+    long long live, created, settled, steps;
+};
+/* The leak under way now, if any (found 0: none).  Never allocates. */
+TG_HIDDEN void tg_find_leak(struct tg_leak *out);
 /* Zero every counter (after fork); library identities are kept. */
 TG_HIDDEN void tg_registry_reset_counters(void);
 /* The program's path, read at initialisation (after the main thread calls

@@ -15,6 +15,7 @@
 #include "glibc.h"
 #include "registry.h"
 #include "shaping.h"
+#include "stats.h"
 
 static const char *const field_names[THREADGUARD_FIELD_COUNT] = {"created", "live",   "peak",
                                                                  "failed",  "denied", "last_errno"};
@@ -31,6 +32,58 @@ static void put_json_counters(struct tg_out *o, const threadguard_stats *s, int 
     for (int f = 0; f < THREADGUARD_FIELD_COUNT; f++)
         tg_put(o, "%s\"%s\": %lld", f ? ", " : "", field_names[f],
                threadguard_stats_get(s, row, f));
+}
+
+static void put_json_growth(struct tg_out *o, const struct tg_growth_view *g) {
+    tg_put(o, "\"growth\": {\"steps\": %lld, \"settled\": %lld, \"leaking\": %s}", g->steps,
+           g->settled, g->leaking ? "true" : "false");
+}
+
+/* "python_sites": Python threads by the code that started them. */
+static void put_json_sites(struct tg_out *o, const struct tg_counter_block *b) {
+    tg_put(o, "  \"python_sites\": [");
+    int first = 1;
+    for (unsigned i = 0; i < TG_MAX_SITES; i++) {
+        const struct tg_site *site = &b->sites[i];
+        if (i != TG_OTHER_SITES && atomic_load_explicit(&site->key, memory_order_acquire) == 0)
+            break; /* rows fill in order */
+        if (!atomic_load_explicit(&site->ready, memory_order_acquire)) continue;
+        long long created = atomic_load_explicit(&site->c.created, memory_order_relaxed);
+        long long failed = atomic_load_explicit(&site->c.failed, memory_order_relaxed);
+        if (created == 0 && failed == 0) continue;
+        long long live = atomic_load_explicit(&site->c.live, memory_order_relaxed);
+        struct tg_growth_view g;
+        tg_growth_view_of(&g, &site->growth, &site->c);
+        tg_put(o, "%s\n    {\"where\": ", first ? "" : ",");
+        first = 0;
+        tg_put_json_string(o, site->where);
+        tg_put(o, ", \"created\": %lld, \"live\": %lld, \"peak\": %lld, \"failed\": %lld, ",
+               created, live > 0 ? live : 0,
+               atomic_load_explicit(&site->c.peak, memory_order_relaxed), failed);
+        put_json_growth(o, &g);
+        tg_put(o, "}");
+    }
+    tg_put(o, "%s],\n", first ? "" : "\n  ");
+}
+
+/* The leak seen at a failure: the row, its kind, and its growth. */
+static void put_json_leak(struct tg_out *o, const struct tg_leak *l) {
+    if (!l->found) {
+        tg_put(o, "null");
+        return;
+    }
+    const struct tg_lib *lib = &tg_libs[l->row];
+    tg_put(o, "{\"library\": ");
+    tg_put_json_string(o, l->is_site ? "" : lib->name);
+    tg_put(o, ", \"path\": ");
+    tg_put_json_string(o, l->is_site ? "" : lib->path);
+    tg_put(o, ", \"kind\": \"%s\", \"site\": ", l->is_site ? "python" : tg_kind_name(lib->kind));
+    if (l->is_site)
+        tg_put_json_string(o, tg_sites[l->row].where);
+    else
+        tg_put(o, "null");
+    tg_put(o, ", \"live\": %lld, \"created\": %lld, \"settled\": %lld, \"steps\": %lld}", l->live,
+           l->created, l->settled, l->steps);
 }
 
 /* walks: the /proc walks this process made to count the uid's tasks,
@@ -195,7 +248,14 @@ void tg_put_json_failures(struct tg_out *o) {
         tg_put_json_string(o, tg_report_error_text(f->error));
         tg_put(o, ",\n      \"cause\": ");
         tg_put_json_string(o, f->cause);
-        tg_put(o, ", \"stack\": %lld, \"limits\": ", f->stack);
+        tg_put(o, ", \"stack\": %lld, \"site\": ", f->stack);
+        if (f->site > 0)
+            tg_put_json_string(o, tg_sites[f->site - 1].where);
+        else
+            tg_put(o, "null");
+        tg_put(o, ",\n      \"leak\": ");
+        put_json_leak(o, &f->leak);
+        tg_put(o, ", \"limits\": ");
         tg_put_json_headroom(o, &f->h, -1);
         tg_put(o, "}");
     }
@@ -244,11 +304,14 @@ void tg_write_json(struct tg_out *o, const threadguard_stats *s,
         tg_put_json_string(o, threadguard_stats_path(s, r));
         tg_put(o, ", \"kind\": \"%s\", ", threadguard_stats_kind(s, r));
         put_json_counters(o, s, r);
+        tg_put(o, ", ");
+        put_json_growth(o, tg_stats_growth(s, r));
         tg_put(o, "}");
     }
     tg_put(o, "%s],\n  \"total\": {", rows ? "\n  " : "");
     put_json_counters(o, s, THREADGUARD_TOTAL_ROW);
     tg_put(o, "},\n");
+    put_json_sites(o, who->block);
     if (who->doc == NULL) tg_put_json_settings(o);
     put_json_pools(o, who->block);
     put_json_overflow(o, who->block);

@@ -14,6 +14,7 @@
 #include "publish.h"
 #include "limits.h"
 #include "shaping.h"
+#include "stats.h"
 
 static void put_figure(struct tg_out *o, const char *label, long long v) {
     if (v >= 0) tg_put(o, " %s %lld", label, v);
@@ -44,6 +45,36 @@ static void put_table_pools(struct tg_out *o, const struct tg_counter_block *b) 
             if (count > 1) tg_put(o, " x%lld", count);
             tg_put(o, "\n");
         }
+    }
+}
+
+/* The leak mark of a row: its growth when the leak rule holds. */
+static void put_leak_mark(struct tg_out *o, const struct tg_growth_view *g) {
+    if (g != NULL && g->leaking)
+        tg_put(o, "  LEAKING: grew from %lld in %lld steps", g->settled, g->steps);
+}
+
+/* Python threads by the code that started them (the busiest sites first
+ * would need sorting; rows come in the order the sites were first seen). */
+static void put_table_sites(struct tg_out *o, const struct tg_counter_block *b) {
+    int first = 1;
+    for (unsigned i = 0; i < TG_MAX_SITES; i++) {
+        const struct tg_site *site = &b->sites[i];
+        if (i != TG_OTHER_SITES && atomic_load_explicit(&site->key, memory_order_acquire) == 0)
+            break;
+        if (!atomic_load_explicit(&site->ready, memory_order_acquire)) continue;
+        long long created = atomic_load_explicit(&site->c.created, memory_order_relaxed);
+        long long failed = atomic_load_explicit(&site->c.failed, memory_order_relaxed);
+        if (created == 0 && failed == 0) continue;
+        if (first) tg_put(o, "  Python threads by start site (created, live, peak, failed):\n");
+        first = 0;
+        long long live = atomic_load_explicit(&site->c.live, memory_order_relaxed);
+        tg_put(o, "    %s  %lld %lld %lld %lld", site->where, created, live > 0 ? live : 0,
+               atomic_load_explicit(&site->c.peak, memory_order_relaxed), failed);
+        struct tg_growth_view g;
+        tg_growth_view_of(&g, &site->growth, &site->c);
+        put_leak_mark(o, &g);
+        tg_put(o, "\n");
     }
 }
 
@@ -189,6 +220,7 @@ void tg_write_table(struct tg_out *o, const threadguard_stats *s,
                threadguard_stats_get(s, r, THREADGUARD_DENIED));
         long long err = threadguard_stats_get(s, r, THREADGUARD_LAST_ERRNO);
         if (err) tg_put(o, "  last error: %s", tg_report_error_text((int)err));
+        put_leak_mark(o, tg_stats_growth(s, r));
         tg_put(o, "\n");
     }
     int t = THREADGUARD_TOTAL_ROW;
@@ -203,5 +235,6 @@ void tg_write_table(struct tg_out *o, const threadguard_stats *s,
            "%lld existed before threadguard started)\n",
            when, tasks, threadguard_stats_get(s, t, THREADGUARD_LIVE),
            threadguard_stats_untracked(s), threadguard_stats_tasks_at_start(s));
+    put_table_sites(o, who->block);
     write_table_budget(o, who);
 }

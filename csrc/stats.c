@@ -17,6 +17,7 @@ struct row {
     char path[512];
     const char *kind;
     long long values[THREADGUARD_FIELD_COUNT];
+    struct tg_growth_view growth;
 };
 
 struct threadguard_stats {
@@ -39,6 +40,13 @@ static void read_counters(const struct tg_counters *c, long long *out) {
     if (out[THREADGUARD_LIVE] < 0) out[THREADGUARD_LIVE] = 0;
 }
 
+void tg_growth_view_of(struct tg_growth_view *v, const struct tg_growth *g,
+                       const struct tg_counters *c) {
+    v->steps = atomic_load_explicit(&g->steps, memory_order_relaxed);
+    v->settled = atomic_load_explicit(&g->settled, memory_order_relaxed);
+    v->leaking = tg_growth_is_leak(g, c);
+}
+
 static int row_has_activity(const long long *v) {
     return v[THREADGUARD_CREATED] || v[THREADGUARD_LIVE] || v[THREADGUARD_FAILED] ||
            v[THREADGUARD_DENIED];
@@ -54,6 +62,7 @@ static void fill_from(threadguard_stats *s, const struct tg_counter_block *b) {
         struct row *r = &s->row[s->rows];
         read_counters(&lib->c, r->values);
         if (!row_has_activity(r->values)) continue;
+        tg_growth_view_of(&r->growth, &lib->growth, &lib->c);
         memcpy(r->name, lib->name, sizeof r->name);
         memcpy(r->path, lib->path, sizeof r->path);
         r->kind = tg_kind_name(lib->kind);
@@ -133,6 +142,11 @@ THREADGUARD_API long long threadguard_stats_get(const threadguard_stats *s, int 
     if (row == THREADGUARD_TOTAL_ROW) return s->total[field];
     const struct row *r = row_at(s, row);
     return r ? r->values[field] : -1;
+}
+
+const struct tg_growth_view *tg_stats_growth(const threadguard_stats *s, int row) {
+    const struct row *r = row_at(s, row);
+    return r ? &r->growth : NULL;
 }
 
 THREADGUARD_API long long threadguard_stats_tasks(const threadguard_stats *s) {

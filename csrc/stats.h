@@ -5,6 +5,16 @@
 
 #include "registry.h"
 
+/* A row's growth as the reports show it. */
+struct tg_growth_view {
+    long long steps, settled;
+    int leaking;
+};
+TG_HIDDEN void tg_growth_view_of(struct tg_growth_view *v, const struct tg_growth *g,
+                                 const struct tg_counters *c);
+/* A snapshot row's growth (NULL past the rows). */
+TG_HIDDEN const struct tg_growth_view *tg_stats_growth(const threadguard_stats *s, int row);
+
 /* A snapshot into *out (free with threadguard_stats_free); the library
  * must be initialised. */
 TG_HIDDEN int tg_stats_take(threadguard_stats **out);

@@ -62,6 +62,7 @@ struct tg_start_record {
     void *(*routine)(void *);
     void *arg;
     unsigned slot;
+    unsigned site; /* the Python start site's id, 0: none */
     unsigned generation;
 };
 
@@ -104,12 +105,14 @@ static struct tg_start_record *claim_record(void) {
     return r;
 }
 
-struct tg_start_record *tg_record_claim(unsigned slot, void *(*routine)(void *), void *arg) {
+struct tg_start_record *tg_record_claim(unsigned slot, unsigned site, void *(*routine)(void *),
+                                        void *arg) {
     struct tg_start_record *record = claim_record();
     if (record == NULL) return NULL;
     record->routine = routine;
     record->arg = arg;
     record->slot = slot;
+    record->site = site;
     record->generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
     return record;
 }
@@ -144,8 +147,51 @@ void tg_count_exit(unsigned slot) {
     atomic_fetch_sub_explicit(&tg_total.live, 1, memory_order_relaxed);
 }
 
+void tg_count_created(unsigned slot, long long live_lib) {
+    struct tg_lib *lib = &tg_libs[slot];
+    long long created = atomic_fetch_add_explicit(&lib->c.created, 1, memory_order_relaxed) + 1;
+    long long before = tg_raise_peak(&lib->c.peak, live_lib);
+    if (before >= 0) tg_growth_rise(&lib->growth, before, created);
+}
+
+/* ---- Python start sites ------------------------------------------------ */
+
+/* The site the Python package named for the threads this thread is about
+ * to start (threadguard_python_site_set); 0: none. */
+static __thread unsigned current_site __attribute__((tls_model("initial-exec")));
+
+unsigned tg_python_site_set(unsigned site) {
+    unsigned previous = current_site;
+    current_site = site < 1 + TG_MAX_SITES ? site : 0;
+    return previous;
+}
+
+unsigned tg_python_site_now(void) { return current_site; }
+
+void tg_site_count(unsigned site, int event) {
+    if (site == 0) return;
+    struct tg_site *row = &tg_sites[site - 1];
+    switch (event) {
+    case TG_SITE_STARTING: atomic_fetch_add_explicit(&row->c.live, 1, memory_order_relaxed); break;
+    case TG_SITE_ENDED: atomic_fetch_sub_explicit(&row->c.live, 1, memory_order_relaxed); break;
+    case TG_SITE_FAILED:
+        atomic_fetch_sub_explicit(&row->c.live, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&row->c.failed, 1, memory_order_relaxed);
+        break;
+    case TG_SITE_STARTED: {
+        long long created = atomic_fetch_add_explicit(&row->c.created, 1, memory_order_relaxed) + 1;
+        long long before =
+            tg_raise_peak(&row->c.peak, atomic_load_explicit(&row->c.live, memory_order_relaxed));
+        if (before >= 0) tg_growth_rise(&row->growth, before, created);
+        break;
+    }
+    default: break;
+    }
+}
+
 struct exit_token {
     unsigned slot;
+    unsigned site;
     unsigned generation;
 };
 
@@ -161,8 +207,10 @@ static void on_thread_exit(void *p) {
     exit_counted = 1;
     /* A thread that crossed a fork() into a child belongs to the parent's
      * count, which the child reset. */
-    if (token->generation == atomic_load_explicit(&fork_generation, memory_order_relaxed))
+    if (token->generation == atomic_load_explicit(&fork_generation, memory_order_relaxed)) {
         tg_count_exit(token->slot);
+        tg_site_count(token->site, TG_SITE_ENDED);
+    }
 }
 
 /* Not instrumented by ASan: a cancelled thread comes back here by
@@ -186,7 +234,7 @@ TG_NO_ASAN void *tg_trampoline(void *p) {
     struct tg_start_record *record = p;
     void *(*routine)(void *) = record->routine;
     void *arg = record->arg;
-    struct exit_token token = {record->slot, record->generation};
+    struct exit_token token = {record->slot, record->site, record->generation};
     tg_record_release(record);
 
     void *result;

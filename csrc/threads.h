@@ -20,8 +20,8 @@ TG_HIDDEN void tg_set_mode(int mode);
  * mmap'ed chunks past it), never from the heap. */
 struct tg_start_record;
 /* NULL when no record can be had (the thread is then started uncounted). */
-TG_HIDDEN struct tg_start_record *tg_record_claim(unsigned slot, void *(*routine)(void *),
-                                                  void *arg);
+TG_HIDDEN struct tg_start_record *tg_record_claim(unsigned slot, unsigned site,
+                                                  void *(*routine)(void *), void *arg);
 /* For a creation that did not happen. */
 TG_HIDDEN void tg_record_release(struct tg_start_record *record);
 /* The start routine for a claimed record (the argument): counts the
@@ -30,6 +30,19 @@ TG_HIDDEN void *tg_trampoline(void *record);
 /* Count a thread of library `slot` as live; gives the live counts after. */
 TG_HIDDEN void tg_count_start(unsigned slot, long long *live_total, long long *live_lib);
 TG_HIDDEN void tg_count_exit(unsigned slot);
+/* A thread of library `slot` started: counted as created, and its high and
+ * growth raised to live_lib. */
+TG_HIDDEN void tg_count_created(unsigned slot, long long live_lib);
+
+/* ---- Python start sites ---------------------------------------------- */
+
+/* The Python start site (its row + 1; 0: none) of the threads this thread
+ * starts from now on; gives the one it replaces. */
+TG_HIDDEN unsigned tg_python_site_set(unsigned site);
+TG_HIDDEN unsigned tg_python_site_now(void);
+enum { TG_SITE_STARTING, TG_SITE_STARTED, TG_SITE_FAILED, TG_SITE_ENDED };
+/* Count a thread of a site (0: none, nothing counted). */
+TG_HIDDEN void tg_site_count(unsigned site, int event);
 
 /* Tasks of the process when threadguard started, the main thread not
  * included (-1 if unreadable; 0 in a forked child). */

@@ -33,4 +33,6 @@ long long threadguard_policy_json(char *buffer, size_t size);
 int threadguard_note_unrestored(const void *address, const char *what, long long value, long long was);
 long long threadguard_thread_cost(const char *kind, long long stack, int arenas_capped);
 long long threadguard_address_space_usable(long long as_limit, long long vmsize, int arenas);
+int threadguard_python_site(const char *where);
+int threadguard_python_site_set(int site);
 """

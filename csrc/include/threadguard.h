@@ -123,6 +123,17 @@ THREADGUARD_API long long threadguard_address_space_usable(long long as_limit, l
 THREADGUARD_API int threadguard_note_unrestored(const void *address, const char *what,
                                                 long long value, long long was);
 
+/* Python threads by the Python code that started them.  The Python
+ * package names a start site (`where`: "path:line in function (via)")
+ * and gets its id, 1 or more; ids past the table's capacity share one row,
+ * "(other sites)".  0 when where is NULL or threadguard is not initialised.
+ * Around Thread.start it calls threadguard_python_site_set(id): the
+ * threads the calling thread creates until the next call are counted
+ * under that site (0: none) as well as under their library; it returns
+ * the id it replaces. */
+THREADGUARD_API int threadguard_python_site(const char *where);
+THREADGUARD_API int threadguard_python_site_set(int site);
+
 /* The active enum threadguard_mode. */
 THREADGUARD_API int threadguard_mode(void);
 
