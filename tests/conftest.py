@@ -91,6 +91,14 @@ def cxxpool(tmp_path_factory: pytest.TempPathFactory) -> str:
                                  "libtg_cxxpool.so", "-pthread")
 
 
+@pytest.fixture(scope="session")
+def leaky(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A shared library whose leaky_start() starts a thread that waits for
+    leaky_release() and is never joined: a native leak, named by its file."""
+    return _build_shared_library(tmp_path_factory, ("cc", "gcc"), "tests/native/leaky.c",
+                                 "libtg_leaky.so", "-pthread")
+
+
 # Children under a limit (tests/limits.py): shared by the budget and doctor tests.
 @pytest.fixture
 def runner(tmp_path: Path, fakecpus: str) -> "Runner":

@@ -117,5 +117,12 @@ def _start_counting() -> None:
                       RuntimeWarning, stacklevel=3)
 
 
+def _count_start_sites() -> None:
+    from ._sites import install
+    install()
+
+
 after("threadpoolctl", _register_controllers)
 _start_counting()
+# Python threads by the code that started them, from the first Thread.start.
+after("threading", _count_start_sites)

@@ -19,7 +19,7 @@ from ._errors import LibraryNotFoundError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, Callable, Dict, Optional
+    from typing import Any, Callable, Dict, Optional, Tuple
 
 try:
     from ._ffi import ffi
@@ -158,6 +158,26 @@ def _json_document(fill: Callable[[Any, int], int], size: int) -> Dict[str, Any]
 def report_json() -> Dict[str, Any]:
     """The native report (counters, settings, pool sizes, headroom now) as a dict."""
     return _json_document(load().threadguard_report_json, 1 << 16)
+
+
+def live_threads_by_library() -> Dict[Tuple[str, str], int]:
+    """Live threads now by (library file name, kind), from a snapshot of
+    the counters alone: no report, no /proc walk."""
+    lib = load()
+    handle = ffi.new("threadguard_stats **")
+    if int(lib.threadguard_stats_take(handle)) != 0:
+        raise MemoryError(text(lib.threadguard_last_error()))
+    snapshot = handle[0]
+    try:
+        live = FIELDS.index("live")
+        counts: Dict[Tuple[str, str], int] = {}
+        for row in range(int(lib.threadguard_stats_rows(snapshot))):
+            key = (text(lib.threadguard_stats_name(snapshot, row)),
+                   text(lib.threadguard_stats_kind(snapshot, row)))
+            counts[key] = counts.get(key, 0) + int(lib.threadguard_stats_get(snapshot, row, live))
+        return counts
+    finally:
+        lib.threadguard_stats_free(snapshot)
 
 
 def policy_json() -> Dict[str, Any]:

@@ -18,8 +18,11 @@ from ._errors import ReportError
 __all__ = [
     "Counters",
     "Failure",
+    "Growth",
+    "Leak",
     "LibraryStats",
     "PoolSize",
+    "PythonSite",
     "Setting",
     "Stats",
     "load_report",
@@ -46,15 +49,83 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class Growth:
+    """How live threads grew: the rises of their high, told apart by a quiet
+    gap (steps), the size the first one reached (settled), and whether the
+    library's leak rule holds now (leaking).  The rule and its figures are
+    the library's: docs/leaks.md."""
+
+    steps: int = 0
+    settled: int = 0
+    leaking: bool = False
+
+    @classmethod
+    def from_json(cls, row: Optional[Mapping[str, Any]]) -> "Growth":
+        """A report's "growth" object (absent in reports before leaks: no growth)."""
+        if not row:
+            return cls()
+        return cls(steps=int(row["steps"]), settled=int(row["settled"]),
+                   leaking=bool(row["leaking"]))
+
+
+@dataclass(frozen=True)
 class LibraryStats(Counters):
     """Counters for the threads one shared object asked for.
 
-    kind is one of "python", "openblas", "openmp", "mkl", "torch", "main",
+    kind is one of "python", "openblas", "openmp", "mkl", "torch", "blis", "cuda", "main",
     "system", "other", "unknown"."""
 
     name: str = ""
     path: str = ""
     kind: str = "unknown"
+    growth: Growth = field(default_factory=Growth)
+
+
+@dataclass(frozen=True)
+class PythonSite:
+    """Python threads by the code that started them: where is "path:line in
+    function (via)", via being the standard library's entry point
+    (ThreadPoolExecutor.submit, Thread.start)."""
+
+    where: str
+    created: int
+    live: int
+    peak: int
+    failed: int
+    growth: Growth = field(default_factory=Growth)
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "PythonSite":
+        """One entry of a report's "python_sites" list."""
+        return cls(where=str(row["where"]), created=int(row["created"]), live=int(row["live"]),
+                   peak=int(row["peak"]), failed=int(row["failed"]),
+                   growth=Growth.from_json(row.get("growth")))
+
+
+@dataclass(frozen=True)
+class Leak:
+    """The leak under way when a creation failed: the leaking library (or,
+    for Python threads, the start site) with the most live threads, with
+    its figures then."""
+
+    library: str
+    path: str
+    kind: str
+    site: Optional[str]
+    live: int
+    created: int
+    settled: int
+    steps: int
+
+    @classmethod
+    def from_json(cls, row: Optional[Mapping[str, Any]]) -> Optional["Leak"]:
+        """A failure's "leak" object, None for null or absent."""
+        if not row:
+            return None
+        return cls(library=str(row["library"]), path=str(row["path"]), kind=str(row["kind"]),
+                   site=_optional_str(row.get("site")), live=int(row["live"]),
+                   created=int(row["created"]), settled=int(row["settled"]),
+                   steps=int(row["steps"]))
 
 
 @dataclass(frozen=True)
@@ -117,6 +188,8 @@ class Failure:
     cause: str
     stack: int
     limits: Headroom = field(default_factory=dict)
+    site: Optional[str] = None  # the Python start site of the thread that failed
+    leak: Optional[Leak] = None  # the leak under way then
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> "Failure":
@@ -124,7 +197,8 @@ class Failure:
         return cls(library=str(row["library"]), path=str(row["path"]), kind=str(row["kind"]),
                    thread=int(row["thread"]), errno=int(row["errno"]), error=str(row["error"]),
                    message=str(row["message"]), cause=str(row["cause"]),
-                   stack=int(row["stack"]), limits=dict(row.get("limits", {})))
+                   stack=int(row["stack"]), limits=dict(row.get("limits", {})),
+                   site=_optional_str(row.get("site")), leak=Leak.from_json(row.get("leak")))
 
 
 @dataclass(frozen=True)
@@ -147,6 +221,7 @@ class Stats:
     headroom_at_start: Headroom = field(default_factory=dict)
     headroom_now: Headroom = field(default_factory=dict)
     mode: str = ""  # "preload", "import" or "off" ("" in reports older than import mode)
+    python_sites: Tuple[PythonSite, ...] = ()
     failures: Tuple[Failure, ...] = ()  # the first 64 failed creations
     failures_total: int = 0
     # arch, glibc, fallbacks (newer glibc facilities replaced) and limitations
@@ -179,16 +254,17 @@ class Stats:
             "untracked": -1 if self.untracked is None else self.untracked,
             "libraries": [
                 {"name": lib.name, "path": lib.path, "kind": lib.kind,
-                 **{n: getattr(lib, n) for n in _native.FIELDS}}
+                 **{n: getattr(lib, n) for n in _native.FIELDS}, "growth": asdict(lib.growth)}
                 for lib in self.libraries
             ],
             "total": asdict(self.total),
+            "python_sites": [asdict(site) for site in self.python_sites],
             "settings": [asdict(setting) for setting in self.settings],
             "applied": {k: dict(v) for k, v in self.applied.items()},
             "pools": [asdict(pool) for pool in self.pools],
             "failures_total": self.failures_total,
             "failures_recorded": len(self.failures),  # listed; the native table keeps 64
-            "failures": [{**asdict(f), "limits": dict(f.limits)} for f in self.failures],
+            "failures": [_failure_json(f) for f in self.failures],
             "headroom": {"at_start": dict(self.headroom_at_start),
                          "now": dict(self.headroom_now)},
             "table": self.table,
@@ -201,9 +277,11 @@ class Stats:
         try:
             libraries = tuple(
                 LibraryStats(name=str(row["name"]), path=str(row["path"]), kind=str(row["kind"]),
+                             growth=Growth.from_json(row.get("growth")),
                              **{n: int(row[n]) for n in _native.FIELDS})
                 for row in data["libraries"]
             )
+            sites = tuple(PythonSite.from_json(r) for r in data.get("python_sites", ()))
             total = Counters(**{n: int(data["total"][n]) for n in _native.FIELDS})
             settings = tuple(Setting(name=str(r["name"]), value=_optional_str(r["value"]),
                                      source=str(r["source"]), rejected=bool(r["rejected"]))
@@ -228,7 +306,7 @@ class Stats:
                 settings=settings, pools=pools, applied=dict(data.get("applied", {})),
                 headroom_at_start=dict(headroom.get("at_start", {})),
                 headroom_now=dict(headroom.get("now", {})),
-                libraries=libraries, total=total,
+                libraries=libraries, total=total, python_sites=sites,
                 tasks=_optional(data["tasks"]), untracked=_optional(data["untracked"]),
                 tasks_at_start=_optional(data["tasks_at_start"]),
                 interposing=bool(data["interposing"]), mode=str(data.get("mode", "")),
@@ -248,6 +326,11 @@ class Stats:
                               "older than its reader; `threadguard stats --json` shows its "
                               "figures")
         return self.table.rstrip("\n")
+
+
+def _failure_json(f: Failure) -> Dict[str, Any]:
+    """A failure as the library writes it (limits a plain dict, leak null or an object)."""
+    return {**asdict(f), "limits": dict(f.limits)}
 
 
 def _optional(value: Any) -> Optional[int]:
@@ -301,8 +384,9 @@ def load_report(path: Union[str, Path]) -> Stats:
 # The containers a report holds, checked before any field is read, so that a
 # file of the wrong shape gets a message naming the field, not a TypeError's.
 _SHAPE = {"libraries": (list, dict), "total": (dict, None), "settings": (list, dict),
-          "pools": (list, dict), "failures": (list, dict), "headroom": (dict, None),
-          "platform": (dict, None), "overflow": (dict, None), "applied": (dict, None)}
+          "pools": (list, dict), "failures": (list, dict), "python_sites": (list, dict),
+          "headroom": (dict, None), "platform": (dict, None), "overflow": (dict, None),
+          "applied": (dict, None)}
 _REQUIRED = ("libraries", "total")
 
 
