@@ -137,6 +137,79 @@ def test_no_traceback_with_no_task_left(runner: Runner, no_task_left: List[str],
     assert "None" not in proc.stderr, proc.stderr[-3000:]  # "cannot write None: ..." was said
 
 
+# ---- a thread leak under RLIMIT_NPROC -------------------------------------
+
+EXECUTOR_LEAK = """import concurrent.futures, time
+executors = []
+def cycle(i):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    executors.append(pool)  # kept, never shut down
+    return pool.submit(pow, i, 2).result()
+for i in range(1000):
+    cycle(i)
+    time.sleep(0.02)
+"""
+
+NATIVE_LEAK = """import ctypes, sys, time
+lib = ctypes.CDLL(sys.argv[1])
+for i in range(1000):
+    if lib.leaky_start() != 0:
+        raise SystemExit("leaky_start failed")
+    time.sleep(0.02)
+"""
+
+
+@pytest.fixture
+def nproc_150(runner: Runner) -> List[str]:
+    """The test uid under RLIMIT_NPROC 150, as the field report had it."""
+    skip_unless_nobody_works()
+    return nobody_prefix(uid_tasks(NOBODY) + 150)
+
+
+def test_an_executor_leak_is_named_by_its_line_and_nothing_is_suggested(
+        runner: Runner, nproc_150: List[str]) -> None:
+    program = runner.dir / "leak.py"
+    program.write_text(EXECUTOR_LEAK)
+    result = doctor(runner, ["--", sys.executable, str(program)], prefix=nproc_150, cpus=2)
+    verdict = result["verdict"]
+    assert result["run"]["exit"] != 0
+    assert verdict["status"] == "leak" and verdict["limit"] == "RLIMIT_NPROC", verdict
+    assert verdict["site"] == f"{program}:6 in cycle (ThreadPoolExecutor.submit)"
+    assert f"{program}:6 in cycle" in verdict["explanation"]
+    leak = result["run"]["failures"][0]["leak"]
+    assert leak["live"] >= 100 and leak["steps"] >= 100 and leak["settled"] == 1, leak
+    # No command: a sizing suggestion cannot fix a leak.  The one the doctor
+    # suggested before (`threadguard run`) fails in the same way.
+    assert verdict["commands"] == []
+    proc = subprocess.run([*nproc_150, sys.executable, "-m", "threadguard", "run", "--report",
+                           "off", "--", sys.executable, str(program)],
+                          env=runner.env(cpus=2), cwd=runner.dir, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "can't start new thread" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_native_leak_is_named_by_its_library(runner: Runner, nproc_150: List[str],
+                                               leaky: str) -> None:
+    program = runner.dir / "native_leak.py"
+    program.write_text(NATIVE_LEAK)
+    result = doctor(runner, ["--", sys.executable, str(program), leaky], prefix=nproc_150,
+                    cpus=2)
+    verdict = result["verdict"]
+    assert verdict["status"] == "leak" and verdict["limit"] == "RLIMIT_NPROC", verdict
+    assert verdict["library"] == "libtg_leaky.so" and verdict["site"] is None
+    assert verdict["library_file"] == leaky
+    assert "threads of libtg_leaky.so were alive" in verdict["explanation"]
+    assert verdict["commands"] == []
+
+
+def test_a_pool_at_import_under_a_small_limit_is_no_leak(
+        runner: Runner, few_tasks: List[str]) -> None:
+    """OpenBLAS's 63 workers hit the limit in one step: today's verdict stands."""
+    result = doctor(runner, numpy_cmd(), prefix=few_tasks)
+    assert result["verdict"]["status"] == "fails", result["verdict"]
+    assert all(f["leak"] is None for f in result["run"]["failures"])
+
+
 # ---- RLIMIT_AS ---------------------------------------------------------------
 
 def _numpy_vmsize(runner: Runner) -> int:

@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import _native
 from .._policy import rules
-from .._stats import Failure
+from .._stats import Failure, Leak
 from .._wording import count
 from .facts import MIB, Facts, thread_cost
 from .messages import MEMORY, POLICY, TASKS, Match
 
 __all__ = ["WORKLOADS", "Prediction", "ThreadCost", "Verdict", "Workload", "env_command",
-           "explain_run", "no_room_verdict", "predict"]
+           "explain_run", "leak_verdict", "no_room_verdict", "predict"]
 
 # The limits by the names the library gives them (its failures, its headroom).
 NPROC, PIDS, KERNEL, ADDRESS_SPACE = (rules().nproc, rules().pids, rules().kernel,
@@ -39,7 +39,8 @@ class ThreadCost:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What is in the way, and the fix.  status: "ok", "fails", "slow"
+    """What is in the way, and the fix.  status: "ok", "fails", "leak"
+    (threads that keep growing until a limit stops them), "slow"
     (oversubscribed), "hang" or "error"; limit: the limit's name (None: no
     limit); commands: shell lines that avoid it, each tested to work.  A
     failed run names the library, its file, the thread and the error; a
@@ -56,6 +57,7 @@ class Verdict:
     thread: Optional[int] = None
     error: Optional[str] = None
     thread_cost: Union[ThreadCost, Dict[str, int], None] = None
+    site: Optional[str] = None  # a leak's Python start site
 
     def to_json(self) -> Dict[str, Any]:
         """The verdict as the JSON the doctor prints."""
@@ -294,7 +296,8 @@ def _int(v: Any) -> Optional[int]:
 
 
 _LIBRARY_NAMES = {"openblas": "OpenBLAS", "openmp": "OpenMP (libgomp)", "mkl": "MKL",
-                  "torch": "PyTorch", "python": "Python", "blis": "BLIS"}
+                  "torch": "PyTorch", "python": "Python", "blis": "BLIS",
+                  "cuda": "CUDA"}
 
 
 def explain_run(facts: Facts, argv: Sequence[str], guard: Sequence[str],
@@ -305,6 +308,9 @@ def explain_run(facts: Facts, argv: Sequence[str], guard: Sequence[str],
     setters: the pool-size calls the program made itself (name, size), like
     ("torch.set_num_threads()", 64): no variable overrides those."""
     openblas_guess = next((m for m in matches if m.message.name == "openblas-nproc"), None)
+    leaked = next(((f, f.leak) for f in failures if f.leak is not None), None)
+    if leaked is not None:
+        return leak_verdict(*leaked, len(failures))
     if failures:
         f = failures[0]
         library = _LIBRARY_NAMES.get(f.kind, f.kind)
@@ -354,6 +360,34 @@ def explain_run(facts: Facts, argv: Sequence[str], guard: Sequence[str],
                                 f"creation failed and no known message was printed: the "
                                 f"limits are not the cause")
     return Verdict("ok", "the command ran; no thread creation failed")
+
+
+def leak_verdict(f: Failure, leak: Leak, failed: int) -> Verdict:
+    """A failed creation that came after the library's leak rule held: the
+    leak is named, by its Python start site or its library, and no command
+    is suggested (no limit or pool size lets threads that never end go on
+    being started)."""
+    if leak.site is not None:
+        who = f"Python threads started at {leak.site}"
+        fix = ("shut the executor down (a with block or shutdown()), join the thread, or start "
+               "one pool and reuse it")
+    else:
+        name = _LIBRARY_NAMES.get(leak.kind, "")
+        who = f"threads of {leak.library}" + (f" ({name})" if leak.kind in _LIBRARY_NAMES else "")
+        fix = ("find the call into it that starts a thread each time (`threadguard top` shows "
+               "the count growing as the job runs) and make the threads end, or start them once")
+    failing = (f"{_LIBRARY_NAMES[f.kind]} ({f.library})" if f.kind in _LIBRARY_NAMES
+               else f.library)
+    text = (f"a thread leak: {leak.live} {who} were alive when the creation failed, "
+            f"of {count(leak.created, 'thread')} created there; they had grown from "
+            f"{leak.settled} in {leak.steps} steps without ending. Then {failing} "
+            f"asked for its thread {f.thread} and pthread_create failed with "
+            f"{f.error} ({f.message}): {f.cause}, since {_failure_text(f)}"
+            + (f" ({count(failed, 'creation')} failed in all)" if failed > 1 else "")
+            + f". No limit or pool size fixes a leak: {fix}")
+    return Verdict("leak", text, None if f.cause == "unknown" else f.cause, (),
+                   library=leak.library or "Python", library_file=leak.path or None,
+                   thread=f.thread, error=f.error, site=leak.site)
 
 
 def _full_task_limits(facts: Facts) -> List[str]:

@@ -10,7 +10,7 @@ from .._wording import count
 
 __all__ = ["render"]
 
-_COLOURS = {"ok": "32", "slow": "33", "fails": "31", "hang": "31", "error": "33"}
+_COLOURS = {"ok": "32", "slow": "33", "fails": "31", "leak": "31", "hang": "31", "error": "33"}
 
 
 def _size(n: Optional[int]) -> str:
