@@ -392,6 +392,37 @@ def test_prometheus_textfile_and_loopback_port(children, tmp_path):
         assert server.wait(timeout=60) == 0
 
 
+def test_growth_is_shown_while_the_job_runs(children, tmp_path):
+    """A process whose threads grow cycle after cycle: marked in top, in
+    `stats --pid` and in the Prometheus export, with its Python start site."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    child = Child("plain", threads=0)
+    children.append(child)
+    child.read()
+    assert "LEAKING" not in top("--once").stdout
+    child.send("grow 12")
+    line = next(n for n, text in enumerate(CHILD.read_text().splitlines(), 1)
+                if text.strip() == "t.start()")
+    function = "main.<locals>.start" if sys.version_info >= (3, 11) else "start"
+    site = f"{CHILD}:{line} in {function}"
+    shown = top("--once").stdout
+    assert f"python threads started at {site} 12/12 LEAKING (from 1 in 12 steps)" in shown, shown
+    assert "libpython" in shown and "12/12 LEAKING" in shown
+    table = subprocess.run([sys.executable, "-m", "threadguard", "stats", "--pid",
+                            str(child.pid)], capture_output=True, text=True, env=clean_env(),
+                           timeout=120).stdout
+    assert "LEAKING: grew from 1 in 12 steps" in table and site in table, table
+    out = tmp_path / "threadguard.prom"
+    top("--once", "--textfile", str(out))
+    leaking = {}
+    for family in parser.text_string_to_metric_families(out.read_text()):
+        for sample in family.samples:
+            if sample.labels.get("pid") == str(child.pid) and "leaking" in sample.name:
+                leaking[sample.labels.get("site") or sample.labels["library"]] = sample.value
+    assert leaking[site] == 1
+    assert [v for k, v in leaking.items() if k.startswith("libpython")] == [1]
+
+
 def test_top_once_text_shows_the_process_and_the_user_totals(children):
     child = Child("numpy", threads=2)
     children.append(child)

@@ -8,6 +8,7 @@ stats() (MARK + JSON) and waits for commands, one per line, each answered
 with the same line once its own counters show the change:
 
     add N    start N more waiting threads
+    grow N   start N more waiting threads, one at a time, 30 ms apart (a leak)
     stop N   let N of them end
     fork     fork a child that starts 1 thread and waits (answers with its pid)
     exit
@@ -77,6 +78,10 @@ def main():
             continue
         if words[0] == "add":
             start(int(words[1]))
+        elif words[0] == "grow":
+            for _ in range(int(words[1])):
+                start(1)
+                time.sleep(0.03)
         elif words[0] == "stop":
             for _ in range(int(words[1])):
                 t, stop = waiting.pop()

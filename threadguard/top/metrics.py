@@ -29,6 +29,16 @@ _FAMILIES = {
                                                   "pthread_create calls that failed."),
     "threadguard_thread_creations_denied_total": ("counter",
                                                   "Creations threadguard refused (budget)."),
+    "threadguard_threads_growth_steps": ("gauge", "Rises of a library's live threads to a new "
+                                                  "high, told apart by a quiet gap."),
+    "threadguard_threads_leaking": ("gauge", "1 while a library's live threads grow as a leak "
+                                             "does (threadguard's leak rule), else 0."),
+    "threadguard_python_site_threads_live": ("gauge", "Python threads live now, by the code "
+                                                      "that started them."),
+    "threadguard_python_site_threads_created_total": ("counter", "Python threads created, by "
+                                                                 "the code that started them."),
+    "threadguard_python_site_threads_leaking": ("gauge", "1 while a start site's live threads "
+                                                         "grow as a leak does, else 0."),
     "threadguard_pool_threads": ("gauge", "Pool size a library got, and where it came from."),
     "threadguard_user_tasks": ("gauge", "Tasks of a user (what RLIMIT_NPROC counts), in "
                                         "guarded processes or not."),
@@ -65,6 +75,14 @@ def _samples(snapshot: Snapshot) -> Dict[str, List[Sample]]:
             out["threadguard_threads_created_total"].append((labels, lib.created))
             out["threadguard_thread_creations_failed_total"].append((labels, lib.failed))
             out["threadguard_thread_creations_denied_total"].append((labels, lib.denied))
+            out["threadguard_threads_growth_steps"].append((labels, lib.growth.steps))
+            out["threadguard_threads_leaking"].append((labels, int(lib.growth.leaking)))
+        for site in p.stats.python_sites:
+            labels = {**process, "site": site.where}
+            out["threadguard_python_site_threads_live"].append((labels, site.live))
+            out["threadguard_python_site_threads_created_total"].append((labels, site.created))
+            out["threadguard_python_site_threads_leaking"].append((labels,
+                                                                   int(site.growth.leaking)))
         for pool in p.stats.pools:
             labels = {"pid": str(p.pid), "user": p.user, "library": pool.library,
                       "variable": pool.variable, "source": pool.source}

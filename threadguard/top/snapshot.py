@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -47,8 +47,10 @@ class Process:
                       "failed": s.total.failed, "denied": s.total.denied},
             "libraries": [{"name": lib.name, "kind": lib.kind, "path": lib.path,
                            "created": lib.created, "live": lib.live, "peak": lib.peak,
-                           "failed": lib.failed, "denied": lib.denied}
+                           "failed": lib.failed, "denied": lib.denied,
+                           "growth": asdict(lib.growth)}
                           for lib in s.libraries],
+            "python_sites": [asdict(site) for site in s.python_sites],
             "pools": [{"library": p.library, "variable": p.variable, "value": p.value,
                        "source": p.source, "requested": p.requested,
                        "lowered_by": p.lowered_by, "limit": p.limit, "free": p.free,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .._stats import Growth
 from .snapshot import Process, Snapshot
 
 __all__ = ["SORTS", "lines", "select"]
@@ -51,10 +52,26 @@ def _pools(process: Process) -> str:
     return "; ".join(parts)
 
 
+def _growth(growth: Growth) -> str:
+    """The leak mark: shown only while the library's leak rule holds."""
+    return f" LEAKING (from {growth.settled} in {growth.steps} steps)" if growth.leaking else ""
+
+
 def _libraries(process: Process) -> str:
     rows = sorted(process.stats.libraries, key=lambda lib: (-lib.live, lib.name))
-    return "  ".join(f"{lib.name} {lib.live}/{lib.peak}" for lib in rows if lib.created
-                     or lib.live or lib.failed or lib.denied)
+    return "  ".join(f"{lib.name} {lib.live}/{lib.peak}{_growth(lib.growth)}" for lib in rows
+                     if lib.created or lib.live or lib.failed or lib.denied)
+
+
+# Python start sites shown per process: those with the most live threads.
+_SITES_SHOWN = 3
+
+
+def _sites(process: Process) -> List[str]:
+    rows = sorted((site for site in process.stats.python_sites if site.live),
+                  key=lambda site: (not site.growth.leaking, -site.live, site.where))
+    return [f"{site.where} {site.live}/{site.peak}{_growth(site.growth)}"
+            for site in rows[:_SITES_SHOWN]]
 
 
 def lines(snapshot: Snapshot, sort: str = "threads", pattern: str = "",
@@ -92,6 +109,8 @@ def lines(snapshot: Snapshot, sort: str = "threads", pattern: str = "",
         libraries = _libraries(p)
         if libraries:
             out.append(f"{'':>9}threads (live/peak): {libraries}")
+        for site in _sites(p):
+            out.append(f"{'':>9}python threads started at {site}")
         pools = _pools(p)
         if pools:
             out.append(f"{'':>9}pools: {pools}")
