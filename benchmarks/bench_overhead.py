@@ -1,5 +1,6 @@
 """What the preload costs: create+join of many threads, omp_set_num_threads in a
-loop, and Python start-up.
+loop, Python start-up, and Python's Thread.start + join (counted by start site
+under the preload).
 
 Both are measured with and without LD_PRELOAD=libthreadguard.so in one run,
 alternating the order each round, because timings on shared machines drift by
@@ -9,6 +10,9 @@ parallel region at most 1.1; start-up within noise) and writes the figures as
 JSON.  The setter's own cost per call (a few nanoseconds bare, a few tens
 guarded: threadguard looks up its caller's runtime and the last grant) is
 reported beside it, without a target: no interposer can match a bare store.
+Python's Thread.start + join is reported without a target too: it is what
+naming each Python thread's start site costs (a frame walk and two calls into
+the library), next to what starting the thread costs.
 
     python benchmarks/bench_overhead.py [--rounds 15] [--threads 20000] [--calls 100000]
                                         [--out FILE]
@@ -93,6 +97,21 @@ def main() -> int:
                            env=guarded_env if guarded else bare_env)
             return (time.perf_counter() - start) * 1e3
 
+        python_threads = ("import sys, threading, time\n"
+                          "n = int(sys.argv[1])\n"
+                          "t0 = time.perf_counter_ns()\n"
+                          "for _ in range(n):\n"
+                          "    t = threading.Thread(target=len, args=((),)); t.start(); t.join()\n"
+                          "print((time.perf_counter_ns() - t0) / n)\n")
+
+        def python_thread(name: str) -> float:
+            guarded = name == "guarded"
+            out = subprocess.run([sys.executable, "-c", python_threads,
+                                  str(max(2, args.threads // 10))], check=True,
+                                 capture_output=True, text=True,
+                                 env=guarded_env if guarded else bare_env).stdout
+            return float(out)
+
         setter = build_omp_setter(Path(tmp))
 
         def omp_loop(mode: str):
@@ -115,12 +134,16 @@ def main() -> int:
         call = alternate(args.rounds, configurations, omp_loop("call"),
                          "omp_set_num_threads alone")
         startup = alternate(args.rounds, configurations, python_start, "python -c pass")
+        py_threads = alternate(args.rounds, configurations, python_thread,
+                               "Python Thread.start + join")
 
     figures = {
         "machine": machine(),
         "library": library, "rounds": args.rounds, "threads": args.threads,
         "create_join": compare(create, "guarded", "bare", "ns per create+join"),
         "python_startup": compare(startup, "guarded", "bare", "ms per python -c pass"),
+        "python_thread_start_join": compare(py_threads, "guarded", "bare",
+                                            "ns per Python Thread.start + join"),
         "omp_set_num_threads_loop": compare(region, "guarded", "bare",
                                             "ns per omp_set_num_threads(2) + parallel region"),
         "omp_set_num_threads_call": compare(call, "guarded", "bare",
@@ -135,7 +158,8 @@ def main() -> int:
           f"{'paired ratio [min..max]':>26}")
     for name, row in (("create+join (ns)", cj), ("setter + region (ns)", loop),
                       ("setter alone (ns)", figures["omp_set_num_threads_call"]),
-                      ("python -c pass (ms)", st)):
+                      ("python -c pass (ms)", st),
+                      ("Thread.start + join (ns)", figures["python_thread_start_join"])):
         pr = row["paired_ratio"]
         print(f"{name:28} {row['bare']['median']:12.1f} {row['guarded']['median']:15.1f} "
               f"{row['ratio_of_medians']:7.3f} {pr['median']:10.3f} "

@@ -8,8 +8,6 @@ would start counting threads in the test process).  The checks are in
 threadguard/_leakcheck.py; docs/leaks.md says what they catch.
 """
 
-import pytest
-
 
 def pytest_addoption(parser):
     group = parser.getgroup("threadguard", "thread leaks (threadguard)")

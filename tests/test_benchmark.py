@@ -25,7 +25,7 @@ def test_overhead_benchmark_produces_ratios(tmp_path):
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(out.read_text())
     for measure in ("create_join", "python_startup", "omp_set_num_threads_loop",
-                    "omp_set_num_threads_call"):
+                    "omp_set_num_threads_call", "python_thread_start_join"):
         row = figures[measure]
         assert row["bare"]["n"] == row["guarded"]["n"] == 2
         assert row["ratio_of_medians"] > 0

@@ -31,18 +31,20 @@ if TYPE_CHECKING:
     from ._limiting import Limit, dataloader_worker_init, limit, pool_initializer
     from ._policy import Allocation, Sharing, allocation
     from ._profile import profile_path
-    from ._stats import Counters, LibraryStats, Stats, load_report, stats
+    from ._stats import Counters, Growth, LibraryStats, PythonSite, Stats, load_report, stats
 del TYPE_CHECKING
 
 __all__ = [
     "Allocation",
     "Counters",
+    "Growth",
     "Info",
     "LibraryNotFoundError",
     "LibraryStats",
     "Limit",
     "PoolInfo",
     "PublishedFileError",
+    "PythonSite",
     "ReportError",
     "Sharing",
     "Stats",
@@ -67,6 +69,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Allocation": "._policy", "Sharing": "._policy",
     "Counters": "._stats", "LibraryStats": "._stats", "Stats": "._stats",
+    "Growth": "._stats", "PythonSite": "._stats",
     "load_report": "._stats", "stats": "._stats",
     "Info": "._info", "PoolInfo": "._info", "info": "._info", "mode": "._info",
     "Limit": "._limiting", "dataloader_worker_init": "._limiting", "limit": "._limiting",
