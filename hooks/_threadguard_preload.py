@@ -8,7 +8,24 @@ nothing of threadguard's is imported: a program that starts no thread pays
 for this module and, when it imports threading, a lookup in sys.meta_path.
 """
 
+import os
 import sys
+
+
+def _import_sites():
+    """threadguard._sites of the installation this hook came with (the
+    directory beside it), not a threadguard/ source tree that the current
+    directory or the program's own may put first on sys.path."""
+    if "threadguard" not in sys.modules:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, here)
+        try:
+            import threadguard  # noqa: F401
+        finally:
+            sys.path.remove(here)
+    from threadguard import _sites
+
+    return _sites
 
 
 def _wrap(threading):
@@ -16,8 +33,7 @@ def _wrap(threading):
 
     def start(self):
         try:
-            from threadguard import _sites
-
+            _sites = _import_sites()
             # install() replaces this wrapper with threadguard's own.
             if _sites.install():
                 return _sites.start_from(self, sys._getframe(1))

@@ -157,6 +157,22 @@ def test_the_preload_hook_imports_nothing_until_a_thread_starts(tmp_path: Path) 
     assert bare.stdout.split() == ["False", "False", "False"], bare.stderr
 
 
+def test_the_preload_hook_uses_the_installed_package_not_a_source_tree(tmp_path: Path) -> None:
+    """Run from a checkout, `python -c` finds the unbuilt threadguard/ first on
+    sys.path: the hook imports the package installed beside it, and says
+    nothing (it printed the unbuilt tree's warning on every thread start)."""
+    repo = Path(__file__).resolve().parent.parent
+    code = ("import sys, threading\n"
+            "t = threading.Thread(target=len, args=((),)); t.start(); t.join()\n"
+            "print(sys.modules['threadguard'].__file__)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADGUARD_")}
+    env["LD_PRELOAD"] = threadguard.libpath()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=repo, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert Path(proc.stdout.strip()).parent == Path(threadguard.__file__).parent
+
+
 def test_a_thread_started_before_counting_has_no_site(tmp_path: Path) -> None:
     code = ("import threading\nt = threading.Thread(target=len, args=((),)); t.start(); t.join()\n"
             "import threadguard\nfrom threadguard._sites import site_of_thread\n"

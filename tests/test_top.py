@@ -410,7 +410,7 @@ def test_growth_is_shown_while_the_job_runs(children, tmp_path):
     assert "libpython" in shown and "12/12 LEAKING" in shown
     table = subprocess.run([sys.executable, "-m", "threadguard", "stats", "--pid",
                             str(child.pid)], capture_output=True, text=True, env=clean_env(),
-                           timeout=120).stdout
+                           cwd=HERE, timeout=120).stdout
     assert "LEAKING: grew from 1 in 12 steps" in table and site in table, table
     out = tmp_path / "threadguard.prom"
     top("--once", "--textfile", str(out))

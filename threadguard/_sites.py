@@ -98,14 +98,14 @@ def start_from(self: threading.Thread, caller: Optional[FrameType]) -> None:
     """Thread.start, counting the thread under the site of caller (the
     frame that called start)."""
     # Any failure in finding the site must not stop the thread starting.
-    site, where = 0, ""
+    site = 0
     try:
         site, where = _site_id(_site(caller))
+        setattr(self, SITE_ATTRIBUTE, where)
     except Exception:
         pass
     previous = _lib.threadguard_python_site_set(site)
     try:
-        setattr(self, SITE_ATTRIBUTE, where)
         assert _original_start is not None
         _original_start(self)
     finally:
