@@ -21,9 +21,10 @@ long long tg_address_space_usable(long long as_limit, long long vmsize, int aren
 }
 
 int tg_growth_leaking(long long steps, long long settled, long long live, long long created,
-                      long long created_settled) {
+                      long long created_settled, long long bound) {
     long long grown = live - settled;
     if (steps < TG_LEAK_STEPS || grown < TG_LEAK_GROWTH || live < 2 * settled) return 0;
+    if (live <= bound) return 0;
     return 2 * grown >= created - created_settled;
 }
 

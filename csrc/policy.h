@@ -47,7 +47,11 @@
  *    TG_LEAK_GROWTH: a pool that grows lazily to its size (a thread pool
  *    executor adding a worker per busy submit) stops soon after;
  *  - at least half of the threads created since its settled size are still
- *    alive: churn (threads that end) with a slow drift is not a leak.
+ *    alive: churn (threads that end) with a slow drift is not a leak;
+ *  - for a pool library (OpenBLAS, OpenMP, MKL, BLIS, torch), more live
+ *    threads than its bound: the CPUs it may see and any size it was
+ *    given.  A pool that starts slowly (under an emulator, on a loaded
+ *    node: gaps past the quiet gap between its workers) is still a pool.
  * A loop that leaks faster than the quiet gap looks like one pool starting
  * until it pauses. */
 #define TG_GROWTH_QUIET_MS 10
@@ -56,7 +60,7 @@
 
 /* Whether a row's growth is a leak (the rule above). */
 TG_HIDDEN int tg_growth_leaking(long long steps, long long settled, long long live,
-                                long long created, long long created_settled);
+                                long long created, long long created_settled, long long bound);
 
 /* Address space one new thread with this stack costs: the stack, a guard
  * page, a malloc arena of its own while arenas are not capped

@@ -20,6 +20,7 @@
 #include <link.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <unwind.h>
 
 #include "registry.h"
@@ -264,6 +265,8 @@ void tg_registry_init(void) {
     /* Where libgcc_s is already loaded (C++ programs) the create path then
      * never has to look it up. */
     resolve_unwinder();
+    long long online = sysconf(_SC_NPROCESSORS_ONLN), configured = sysconf(_SC_NPROCESSORS_CONF);
+    tg_block->cpus_possible = online > configured ? online : configured;
     copy_string(tg_sites[TG_OTHER_SITES].where, sizeof tg_sites[0].where, "(other sites)");
     atomic_store_explicit(&tg_sites[TG_OTHER_SITES].ready, 1, memory_order_release);
     copy_string(tg_libs[TG_UNKNOWN_SLOT].name, sizeof tg_libs[0].name, "(unknown)");
@@ -327,17 +330,31 @@ void tg_growth_rise(struct tg_growth *g, long long previous_high, long long crea
     }
 }
 
-int tg_growth_is_leak(const struct tg_growth *g, const struct tg_counters *c) {
+int tg_growth_is_leak(const struct tg_growth *g, const struct tg_counters *c, long long bound) {
     return tg_growth_leaking(atomic_load_explicit(&g->steps, memory_order_relaxed),
                              atomic_load_explicit(&g->settled, memory_order_relaxed),
                              atomic_load_explicit(&c->live, memory_order_relaxed),
                              atomic_load_explicit(&c->created, memory_order_relaxed),
-                             atomic_load_explicit(&g->created_settled, memory_order_relaxed));
+                             atomic_load_explicit(&g->created_settled, memory_order_relaxed),
+                             bound);
+}
+
+long long tg_lib_pool_bound(const struct tg_counter_block *b, const struct tg_lib *lib) {
+    switch (lib->kind) {
+    case TG_KIND_OPENBLAS:
+    case TG_KIND_OPENMP:
+    case TG_KIND_MKL:
+    case TG_KIND_BLIS:
+    case TG_KIND_TORCH: break;
+    default: return 0;
+    }
+    long long recorded = atomic_load_explicit(&lib->pool_size, memory_order_relaxed);
+    return recorded > b->cpus_possible ? recorded : b->cpus_possible;
 }
 
 static void consider(struct tg_leak *out, int is_site, unsigned row, const struct tg_growth *g,
-                     const struct tg_counters *c) {
-    if (!tg_growth_is_leak(g, c)) return;
+                     const struct tg_counters *c, long long bound) {
+    if (!tg_growth_is_leak(g, c, bound)) return;
     long long live = atomic_load_explicit(&c->live, memory_order_relaxed);
     if (out->found && live <= out->live) return;
     *out = (struct tg_leak){1,
@@ -353,7 +370,8 @@ void tg_find_leak(struct tg_leak *out) {
     *out = (struct tg_leak){0, 0, 0, 0, 0, 0, 0};
     for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++)
         if (tg_libs[i].kind != TG_KIND_PYTHON)
-            consider(out, 0, i, &tg_libs[i].growth, &tg_libs[i].c);
+            consider(out, 0, i, &tg_libs[i].growth, &tg_libs[i].c,
+                     tg_lib_pool_bound(tg_block, &tg_libs[i]));
     /* Python's threads are named by their start site rather than by
      * libpython, when a site leaks; libpython otherwise. */
     struct tg_leak site = {0, 0, 0, 0, 0, 0, 0};
@@ -361,12 +379,12 @@ void tg_find_leak(struct tg_leak *out) {
         if (i != TG_OTHER_SITES &&
             atomic_load_explicit(&tg_sites[i].key, memory_order_acquire) == 0)
             break;
-        consider(&site, 1, i, &tg_sites[i].growth, &tg_sites[i].c);
+        consider(&site, 1, i, &tg_sites[i].growth, &tg_sites[i].c, 0);
     }
     if (!site.found)
         for (unsigned i = 0; i < TG_MAX_LIBS && !tg_lib_past_end(i); i++)
             if (tg_libs[i].kind == TG_KIND_PYTHON)
-                consider(&site, 0, i, &tg_libs[i].growth, &tg_libs[i].c);
+                consider(&site, 0, i, &tg_libs[i].growth, &tg_libs[i].c, 0);
     if (site.found && (!out->found || site.live > out->live)) *out = site;
 }
 

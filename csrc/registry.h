@@ -51,6 +51,9 @@ struct tg_lib {
     char name[128];
     struct tg_counters c;
     struct tg_growth growth;
+    /* The largest pool size recorded for it (a variable read, a setter
+     * call; 0: none): the leak rule's bound for a pool library. */
+    _Atomic long long pool_size;
     /* Pool workers threadguard sized this library for and that it has not
      * started yet are promised: later pools must leave room for them. */
     _Atomic long long promised;
@@ -112,6 +115,9 @@ struct tg_counter_block {
     _Atomic long long decisions_dropped; /* distinct decisions that found the table full */
     _Atomic int decision_count;
     int pad;
+    /* CPUs online or configured, read at initialisation: the size a pool
+     * library starts by default (the leak rule's bound for it). */
+    long long cpus_possible;
     struct tg_lib libs[TG_MAX_LIBS];
     struct tg_decision decisions[TG_MAX_DECISIONS];
     struct tg_site sites[TG_MAX_SITES];
@@ -159,8 +165,15 @@ TG_HIDDEN unsigned tg_site_for(const char *where);
  * far: a new growth step when the last rise was more than the quiet gap
  * ago. */
 TG_HIDDEN void tg_growth_rise(struct tg_growth *g, long long previous_high, long long created);
-/* Whether a row's growth is a leak now (policy.h's rule). */
-TG_HIDDEN int tg_growth_is_leak(const struct tg_growth *g, const struct tg_counters *c);
+/* Whether a row's growth is a leak now (policy.h's rule); bound: the
+ * size its threads may reach without one (tg_lib_pool_bound; 0 for a
+ * Python start site). */
+TG_HIDDEN int tg_growth_is_leak(const struct tg_growth *g, const struct tg_counters *c,
+                                long long bound);
+/* A pool library's bound (OpenBLAS, OpenMP, MKL, BLIS, torch): the larger
+ * of the CPUs it may see and the largest size recorded for it; 0 for any
+ * other library. */
+TG_HIDDEN long long tg_lib_pool_bound(const struct tg_counter_block *b, const struct tg_lib *lib);
 /* A leak seen at one moment: the leaking row (a library or a Python start
  * site) with the most live threads. */
 struct tg_leak {

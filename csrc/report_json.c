@@ -53,7 +53,7 @@ static void put_json_sites(struct tg_out *o, const struct tg_counter_block *b) {
         if (created == 0 && failed == 0) continue;
         long long live = atomic_load_explicit(&site->c.live, memory_order_relaxed);
         struct tg_growth_view g;
-        tg_growth_view_of(&g, &site->growth, &site->c);
+        tg_growth_view_of(&g, &site->growth, &site->c, 0);
         tg_put(o, "%s\n    {\"where\": ", first ? "" : ",");
         first = 0;
         tg_put_json_string(o, site->where);

@@ -72,7 +72,7 @@ static void put_table_sites(struct tg_out *o, const struct tg_counter_block *b) 
         tg_put(o, "    %s  %lld %lld %lld %lld", site->where, created, live > 0 ? live : 0,
                atomic_load_explicit(&site->c.peak, memory_order_relaxed), failed);
         struct tg_growth_view g;
-        tg_growth_view_of(&g, &site->growth, &site->c);
+        tg_growth_view_of(&g, &site->growth, &site->c, 0);
         put_leak_mark(o, &g);
         tg_put(o, "\n");
     }

@@ -133,6 +133,9 @@ static int same_decision(const struct tg_decision *d, unsigned slot, const char 
  * when the table is full (counted in tg_decisions_dropped). */
 static int record(unsigned slot, const char *variable, const struct sizing *s,
                   const struct tg_headroom *h) {
+    /* The leak rule's bound for this library's pool. */
+    long long size = s->value > s->requested ? s->value : s->requested;
+    if (size > 0) tg_raise_peak(&tg_libs[slot].pool_size, size);
     int made = atomic_load_explicit(&tg_decision_count, memory_order_acquire);
     if (made > TG_MAX_DECISIONS) made = TG_MAX_DECISIONS;
     for (int i = 0; i < made; i++) {

@@ -41,10 +41,10 @@ static void read_counters(const struct tg_counters *c, long long *out) {
 }
 
 void tg_growth_view_of(struct tg_growth_view *v, const struct tg_growth *g,
-                       const struct tg_counters *c) {
+                       const struct tg_counters *c, long long bound) {
     v->steps = atomic_load_explicit(&g->steps, memory_order_relaxed);
     v->settled = atomic_load_explicit(&g->settled, memory_order_relaxed);
-    v->leaking = tg_growth_is_leak(g, c);
+    v->leaking = tg_growth_is_leak(g, c, bound);
 }
 
 static int row_has_activity(const long long *v) {
@@ -62,7 +62,7 @@ static void fill_from(threadguard_stats *s, const struct tg_counter_block *b) {
         struct row *r = &s->row[s->rows];
         read_counters(&lib->c, r->values);
         if (!row_has_activity(r->values)) continue;
-        tg_growth_view_of(&r->growth, &lib->growth, &lib->c);
+        tg_growth_view_of(&r->growth, &lib->growth, &lib->c, tg_lib_pool_bound(b, lib));
         memcpy(r->name, lib->name, sizeof r->name);
         memcpy(r->path, lib->path, sizeof r->path);
         r->kind = tg_kind_name(lib->kind);

@@ -11,7 +11,7 @@ struct tg_growth_view {
     int leaking;
 };
 TG_HIDDEN void tg_growth_view_of(struct tg_growth_view *v, const struct tg_growth *g,
-                                 const struct tg_counters *c);
+                                 const struct tg_counters *c, long long bound);
 /* A snapshot row's growth (NULL past the rows). */
 TG_HIDDEN const struct tg_growth_view *tg_stats_growth(const threadguard_stats *s, int row);
 
