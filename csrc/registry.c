@@ -20,7 +20,6 @@
 #include <link.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 #include <unwind.h>
 
 #include "registry.h"
@@ -265,8 +264,6 @@ void tg_registry_init(void) {
     /* Where libgcc_s is already loaded (C++ programs) the create path then
      * never has to look it up. */
     resolve_unwinder();
-    long long online = sysconf(_SC_NPROCESSORS_ONLN), configured = sysconf(_SC_NPROCESSORS_CONF);
-    tg_block->cpus_possible = online > configured ? online : configured;
     copy_string(tg_sites[TG_OTHER_SITES].where, sizeof tg_sites[0].where, "(other sites)");
     atomic_store_explicit(&tg_sites[TG_OTHER_SITES].ready, 1, memory_order_release);
     copy_string(tg_libs[TG_UNKNOWN_SLOT].name, sizeof tg_libs[0].name, "(unknown)");

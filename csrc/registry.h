@@ -115,8 +115,9 @@ struct tg_counter_block {
     _Atomic long long decisions_dropped; /* distinct decisions that found the table full */
     _Atomic int decision_count;
     int pad;
-    /* CPUs online or configured, read at initialisation: the size a pool
-     * library starts by default (the leak rule's bound for it). */
+    /* The CPUs of the affinity or the node's online ones, whichever is
+     * more, read at initialisation: the size a pool library starts by
+     * default (the leak rule's bound for it). */
     long long cpus_possible;
     struct tg_lib libs[TG_MAX_LIBS];
     struct tg_decision decisions[TG_MAX_DECISIONS];

@@ -530,5 +530,11 @@ void tg_shaping_init(void) {
     apply_arenas();
     tg_allocation_note_start(tg_interposing());
     tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
+    /* The leak rule's bound for pool libraries, from the figures just read
+     * (not sysconf: _SC_NPROCESSORS_CONF opens a directory, which
+     * allocates, and initialisation may run in a signal handler). */
+    const struct tg_headroom *h = &tg_headroom_at_start;
+    tg_block->cpus_possible =
+        h->cpus_affinity > h->allocation.node_cpus ? h->cpus_affinity : h->allocation.node_cpus;
     size_numexpr();
 }
