@@ -4,8 +4,8 @@
  * every glibc since (CentOS 7 on).  Anything newer is looked up here once,
  * at initialisation, with dlvsym, and each has a fallback:
  *
- *   _dl_find_object (2.35)        lock-free attribution; else dladdr1 (takes
- *                                 the loader lock, never allocates)
+ *   _dl_find_object (2.35)        lock-free attribution; else threadguard's
+ *                                 own table (objects.c), also lock-free
  *   strerrorname_np (2.32),       errno names and texts for the report; else
  *   strerrordesc_np (2.32)        a table of the errnos thread creation and
  *                                 file writes give
@@ -23,7 +23,7 @@
  * THREADGUARD_TEST_GLIBC=2.N (tests only) treats facilities newer than 2.N
  * as absent, so the fallbacks run, and are tested, on a new glibc too.
  *
- * Layer: state.  Calls config.c and error.c. */
+ * Layer: state.  Calls config.c, error.c and objects.c. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -39,6 +39,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "objects.h"
 
 struct tg_glibc tg_glibc;
 
@@ -94,16 +95,24 @@ void tg_glibc_init(void) {
             snprintf(tg_glibc.version, sizeof tg_glibc.version, "2.%d (test)",
                      tg_glibc.pretend_minor);
     }
-    tg_glibc.find_object = (tg_find_object_fn)facility("_dl_find_object", "GLIBC_2.35");
+    tg_glibc.stack_at_start = stack_from_rlimit();
+}
+
+void tg_glibc_complete(void) {
+    /* dlvsym takes the loader's lock and may allocate: initialisation's
+     * second step, never in a signal handler.  Until then each facility is
+     * absent and its fallback answers. */
     tg_glibc.errno_name = (tg_errno_text_fn)facility("strerrorname_np", "GLIBC_2.32");
     tg_glibc.errno_desc = (tg_errno_text_fn)facility("strerrordesc_np", "GLIBC_2.32");
-    tg_glibc.getattr_default = (tg_getattr_fn)facility("pthread_getattr_default_np", "GLIBC_2.18");
-    tg_glibc.setattr_default = (tg_setattr_fn)facility("pthread_setattr_default_np", "GLIBC_2.18");
-    if (tg_glibc.getattr_default == NULL || tg_glibc.setattr_default == NULL) {
-        tg_glibc.getattr_default = NULL;
-        tg_glibc.setattr_default = NULL;
+    tg_getattr_fn getattr = (tg_getattr_fn)facility("pthread_getattr_default_np", "GLIBC_2.18");
+    tg_setattr_fn setattr = (tg_setattr_fn)facility("pthread_setattr_default_np", "GLIBC_2.18");
+    if (getattr != NULL && setattr != NULL) {
+        tg_glibc.getattr_default = getattr;
+        tg_glibc.setattr_default = setattr;
     }
-    tg_glibc.stack_at_start = stack_from_rlimit();
+    __atomic_store_n(&tg_glibc.find_object,
+                     (tg_find_object_fn)facility("_dl_find_object", "GLIBC_2.35"),
+                     __ATOMIC_RELEASE);
 }
 
 int tg_glibc_set_default_stack(long long bytes) {
@@ -215,7 +224,8 @@ const char *tg_errno_text(int error) {
 
 int tg_glibc_fallbacks(const char **lines, int max) {
     int n = 0;
-    if (tg_glibc.find_object == NULL && n < max) lines[n++] = "_dl_find_object (2.35): dladdr1";
+    if (__atomic_load_n(&tg_glibc.find_object, __ATOMIC_ACQUIRE) == NULL && n < max)
+        lines[n++] = "_dl_find_object (2.35): threadguard's object table";
     if ((tg_glibc.errno_name == NULL || tg_glibc.errno_desc == NULL) && n < max)
         lines[n++] = "strerrorname_np (2.32): threadguard's errno table";
     if (tg_glibc.setattr_default == NULL && n < max)
@@ -276,40 +286,14 @@ void tg_use_process_create(void) {
         atomic_store_explicit(&real_create, (tg_create_fn)process_create, memory_order_release);
 }
 
-struct scope_order {
-    uintptr_t self;
-    int self_seen;
-    int before_libc;
-};
-
-static int visit_object(struct dl_phdr_info *info, size_t size, void *arg) {
-    (void)size;
-    struct scope_order *order = arg;
-    if (info->dlpi_addr == order->self) {
-        order->self_seen = 1;
-        return 0;
-    }
-    const char *slash = strrchr(info->dlpi_name, '/');
-    const char *name = slash ? slash + 1 : info->dlpi_name;
-    if (strncmp(name, "libc.so", 7) == 0) {
-        order->before_libc = order->self_seen;
-        return 1;
-    }
-    return 0;
-}
-
 int tg_interposing(void) {
-    if (tg_in_this_library(dlsym(RTLD_DEFAULT, "pthread_create"))) return 1;
-    /* An interceptor (a sanitizer runtime) may come first and call ours
-     * through RTLD_NEXT: what matters is that we come before libc. */
-    Dl_info info;
-    if (dladdr((void *)tg_in_this_library, &info) == 0) return 0;
-    struct scope_order order = {(uintptr_t)0, 0, 0};
-    struct link_map *map = NULL;
-    if (dladdr1((void *)tg_in_this_library, &info, (void **)&map, RTLD_DL_LINKMAP) == 0 ||
-        map == NULL)
-        return 0;
-    order.self = (uintptr_t)map->l_addr;
-    dl_iterate_phdr(visit_object, &order);
-    return order.before_libc;
+    /* Read once: the order of the global scope's first objects never
+     * changes.  An interceptor (a sanitizer runtime) may come first and call
+     * ours through RTLD_NEXT: what matters is that we come before libc. */
+    static _Atomic int answer = -1;
+    int known = atomic_load_explicit(&answer, memory_order_relaxed);
+    if (known >= 0) return known;
+    known = tg_objects_before_libc();
+    atomic_store_explicit(&answer, known, memory_order_relaxed);
+    return known;
 }

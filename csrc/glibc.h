@@ -23,7 +23,8 @@ typedef int (*tg_getattr_fn)(pthread_attr_t *);
 typedef int (*tg_setattr_fn)(const pthread_attr_t *);
 
 /* Facilities newer than the 2.17 baseline, NULL where the running glibc
- * lacks them.  Written once by tg_glibc_init, before anything reads them. */
+ * lacks them (and until tg_glibc_complete has looked them up).  find_object
+ * is read and written atomically: lookups start before it is known. */
 struct tg_glibc {
     char version[24];              /* gnu_get_libc_version() */
     int pretend_minor;             /* THREADGUARD_TEST_GLIBC, -1: not set */
@@ -37,7 +38,12 @@ struct tg_glibc {
 };
 
 TG_HIDDEN extern struct tg_glibc tg_glibc;
+/* The version and the stack at start: async-signal-safe, initialisation's
+ * first step. */
 TG_HIDDEN void tg_glibc_init(void);
+/* The facilities, looked up with dlvsym (the loader's lock, maybe malloc):
+ * initialisation's second step, outside signal handlers. */
+TG_HIDDEN void tg_glibc_complete(void);
 /* The thread stack size new threads get by default, in bytes. */
 TG_HIDDEN long long tg_default_stack(void);
 /* Make bytes the default thread stack; 0 on success. */

@@ -64,6 +64,12 @@ static void after_fork_in_child(void) {
     tg_forked_child(); /* the pools it inherited, resized to its share */
 }
 
+/* Initialisation's first step: all that getenv needs to size a pool.  It
+ * may run in a signal handler (a handler's getenv can be the process's first
+ * call into threadguard, before any constructor), so it is
+ * async-signal-safe: system calls, reads of /proc and the environment, and
+ * the published file, with no lock, no dl* call and no malloc.  Objects are
+ * found by reading the loader's list (objects.c). */
 static void initialise(void) {
     tg_stderr_remember();
     tg_threads_init();
@@ -72,11 +78,22 @@ static void initialise(void) {
     tg_publish_init();                      /* before any thread is counted: the block moves */
     tg_share_register(1, tg_interposing()); /* before the first measurement: it counts siblings */
     tg_registry_init();
+    atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
+    tg_shaping_init();
+}
+
+/* The second step: what takes the loader's lock or may allocate (dlsym,
+ * dlvsym, dl_iterate_phdr, pthread_atfork, mallopt, setenv).  Run by the
+ * constructor and by every entry point but getenv, none of which a signal
+ * handler may call: the constructor, pthread_create, the setters, dlclose,
+ * import mode and the public functions. */
+static void complete(void) {
+    tg_glibc_complete();
+    tg_registry_complete();
     tg_real_create(); /* resolved now, before any thread needs it */
     real_exit = (exit_fn)dlsym(RTLD_NEXT, "_exit");
     real_Exit = (exit_fn)dlsym(RTLD_NEXT, "_Exit");
-    atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
-    tg_shaping_init();
+    tg_shaping_complete();
     pthread_atfork(tg_forked_prepare, NULL, after_fork_in_child);
     tg_report_publish();
 }
@@ -93,7 +110,7 @@ static long long monotonic_us(void) {
  * the initialising thread, and when another thread's initialisation has not
  * finished within a bounded wait (it may itself be waiting for a lock this
  * thread holds, such as the loader's). */
-int tg_init(void) {
+int tg_init_answer(void) {
     int state = atomic_load_explicit(&init_state, memory_order_acquire);
     if (state == 2) return 1;
     if (initialising) return 0;
@@ -126,6 +143,29 @@ int tg_init(void) {
 }
 
 __attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
+
+/* 0: not started, 1: running, 2: done. */
+static _Atomic int complete_state;
+
+int tg_init(void) {
+    if (!tg_init_answer()) return 0;
+    int state = atomic_load_explicit(&complete_state, memory_order_acquire);
+    if (state == 2) return 1;
+    /* Re-entered from the step itself (dlsym calling back in), or another
+     * thread runs it: answer with the first step's state meanwhile. */
+    if (initialising) return 1;
+    int expected = 0;
+    if (atomic_compare_exchange_strong_explicit(&complete_state, &expected, 1, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        initialising = 1;
+        atomic_signal_fence(memory_order_seq_cst);
+        complete();
+        atomic_store_explicit(&complete_state, 2, memory_order_release);
+        atomic_signal_fence(memory_order_seq_cst);
+        initialising = 0;
+    }
+    return 1;
+}
 
 /* What ending the process owes: once, and only in the process that owns
  * this state. */

@@ -10,5 +10,10 @@
  * initialisation did not finish within a bounded wait).  Every entry point
  * (an interposed function, a public function) calls it first. */
 TG_HIDDEN int tg_init(void);
+/* Only initialisation's first step, which is async-signal-safe: for getenv,
+ * which a signal handler may call before any constructor has run.  The
+ * second step (dl* calls, malloc, glibc's locks) waits for tg_init, which
+ * the constructor calls. */
+TG_HIDDEN int tg_init_answer(void);
 
 #endif

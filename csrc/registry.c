@@ -2,7 +2,8 @@
  *
  * Attribution happens in the parent, inside pthread_create, from the return
  * address.  Lookups use _dl_find_object (glibc >= 2.35, found at run time:
- * lock-free, no symbol search, no allocation) and fall back to dladdr1.
+ * lock-free, no symbol search, no allocation) and fall back to
+ * threadguard's own address-to-object table (objects.c), also lock-free.
  * When the caller is a system library (std::thread in libstdc++, libc
  * itself) the stack is unwound to the first frame outside them, so torch's
  * std::thread pools count as torch.
@@ -14,7 +15,8 @@
  * cost about 0.2 ms of start-up, and every caller that needs unwinding
  * (libstdc++, sanitizer runtimes) depends on libgcc_s itself.
  *
- * Layer: state.  Calls glibc.c, procfs.c and policy.c (the leak rule). */
+ * Layer: state.  Calls glibc.c, objects.c, procfs.c and policy.c (the leak
+ * rule). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <link.h>
@@ -25,6 +27,7 @@
 #include "registry.h"
 
 #include "glibc.h"
+#include "objects.h"
 #include "policy.h"
 #include "procfs.h"
 
@@ -37,34 +40,27 @@ static char exe_path[512];
 static uintptr_t python_base;
 
 /* base: the object's load address; path: its file name ("" = the
- * executable).  Returns 0 when found. */
-static int find_object(const void *pc, uintptr_t *base, const char **path) {
-    tg_find_object_fn find = tg_glibc.find_object;
+ * executable).  Returns 0 when found.  may_lock: the caller is on the
+ * creation path, never in a signal handler, and may ask the loader (under
+ * its lock) to bring the table up to date; getenv passes 0 and is answered
+ * lock-free or not at all (then it answers as glibc would). */
+static int find_object(const void *pc, uintptr_t *base, const char **path, int may_lock) {
+    tg_find_object_fn find = __atomic_load_n(&tg_glibc.find_object, __ATOMIC_ACQUIRE);
     if (find != NULL) {
+        /* glibc >= 2.35: lock-free, and it knows an object from the moment
+         * dlopen maps it. */
         struct tg_dl_find_object found;
         if (find((void *)pc, &found) != 0) return -1;
         *base = (uintptr_t)found.map_start;
         *path = found.link_map ? found.link_map->l_name : "";
         return 0;
     }
-    /* glibc < 2.35: dladdr1 takes the loader lock, but never allocates.
-     * The name comes from the link map, as above: dladdr's dli_fname is
-     * argv[0] for the main program, whose link map name is "". */
-    /* The loader lock is recursive, but not while its owner is half way
-     * through releasing it: a signal handler that reads a pool variable
-     * there would wait on its own thread.  Re-entered, this answers "not
-     * found" and getenv answers as glibc would. */
-    static __thread volatile int in_dladdr __attribute__((tls_model("initial-exec")));
-    if (in_dladdr) return -1;
-    in_dladdr = 1;
-    Dl_info info;
-    struct link_map *map = NULL;
-    int found = dladdr1(pc, &info, (void **)&map, RTLD_DL_LINKMAP);
-    in_dladdr = 0;
-    if (found == 0) return -1;
-    *base = (uintptr_t)info.dli_fbase;
-    *path = map && map->l_name ? map->l_name : info.dli_fname ? info.dli_fname : "";
-    return 0;
+    /* Older glibc: threadguard's own table (objects.c). */
+    if (may_lock && tg_objects_stale()) tg_objects_refresh();
+    if (tg_objects_find(pc, base, path) == 0) return 0;
+    /* Not in it: an object whose constructor runs inside dlopen, or a
+     * table not built yet (before initialisation's second step). */
+    return tg_objects_walk(pc, base, path);
 }
 
 /* The main program's link map has an empty name. */
@@ -216,7 +212,7 @@ static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *context, void *arg
     uintptr_t base;
     const char *path;
     /* ip - 1: the return address may be one past the end of the call's object. */
-    if (find_object((void *)(ip - 1), &base, &path) != 0) return _URC_NO_REASON;
+    if (find_object((void *)(ip - 1), &base, &path, 1) != 0) return _URC_NO_REASON;
     int kind = classify(base, path);
     if (kind == TG_KIND_SYSTEM || kind == TG_KIND_SELF) return _URC_NO_REASON;
     w->found = 1;
@@ -228,7 +224,7 @@ static _Unwind_Reason_Code walk_frame(struct _Unwind_Context *context, void *arg
 unsigned tg_creator_slot(void *return_address) {
     uintptr_t base;
     const char *path;
-    if (return_address == NULL || find_object((char *)return_address - 1, &base, &path) != 0)
+    if (return_address == NULL || find_object((char *)return_address - 1, &base, &path, 1) != 0)
         return TG_UNKNOWN_SLOT;
     unsigned slot = slot_for(base, path);
     int kind = kind_of(slot, base, path);
@@ -240,8 +236,12 @@ unsigned tg_creator_slot(void *return_address) {
 }
 
 unsigned tg_caller_slot(void *return_address) {
+    uintptr_t base;
+    const char *path;
     /* - 1: a return address may be one past the end of the caller's object. */
-    return return_address ? tg_slot_for_address((char *)return_address - 1) : TG_UNKNOWN_SLOT;
+    if (return_address == NULL || find_object((char *)return_address - 1, &base, &path, 0) != 0)
+        return TG_UNKNOWN_SLOT;
+    return slot_for(base, path);
 }
 
 const char *tg_program_path(void) { return exe_path; }
@@ -249,26 +249,37 @@ const char *tg_program_path(void) { return exe_path; }
 unsigned tg_slot_for_address(const void *addr) {
     uintptr_t base;
     const char *path;
-    if (addr == NULL || find_object(addr, &base, &path) != 0) return TG_UNKNOWN_SLOT;
+    if (addr == NULL || find_object(addr, &base, &path, 1) != 0) return TG_UNKNOWN_SLOT;
     return slot_for(base, path);
 }
 
 void tg_registry_init(void) {
     tg_exe_path(exe_path, sizeof exe_path);
-    /* dlsym may allocate for dlerror(); this runs once, at initialisation,
-     * never on the create path. */
-    void *py = dlsym(RTLD_DEFAULT, "Py_Initialize");
-    const char *path;
-    uintptr_t base;
-    if (py != NULL && find_object(py, &base, &path) == 0) python_base = base;
-    /* Where libgcc_s is already loaded (C++ programs) the create path then
-     * never has to look it up. */
-    resolve_unwinder();
     copy_string(tg_sites[TG_OTHER_SITES].where, sizeof tg_sites[0].where, "(other sites)");
     atomic_store_explicit(&tg_sites[TG_OTHER_SITES].ready, 1, memory_order_release);
     copy_string(tg_libs[TG_UNKNOWN_SLOT].name, sizeof tg_libs[0].name, "(unknown)");
     tg_libs[TG_UNKNOWN_SLOT].kind = TG_KIND_UNKNOWN;
     atomic_store_explicit(&tg_libs[TG_UNKNOWN_SLOT].ready, 1, memory_order_release);
+}
+
+void tg_registry_complete(void) {
+    tg_objects_refresh();
+    /* dlsym may allocate for dlerror(): here, outside any signal handler,
+     * never on the create path. */
+    void *py = dlsym(RTLD_DEFAULT, "Py_Initialize");
+    const char *path;
+    uintptr_t base;
+    if (py != NULL && find_object(py, &base, &path, 1) == 0) {
+        python_base = base;
+        /* A row the program's own getenv made before this knew Python. */
+        for (unsigned i = 1; i < TG_MAX_LIBS; i++)
+            if (atomic_load_explicit(&tg_libs[i].base, memory_order_acquire) == base &&
+                atomic_load_explicit(&tg_libs[i].ready, memory_order_acquire))
+                tg_libs[i].kind = TG_KIND_PYTHON;
+    }
+    /* Where libgcc_s is already loaded (C++ programs) the create path then
+     * never has to look it up. */
+    resolve_unwinder();
 }
 
 /* ---- Python start sites ---------------------------------------------- */

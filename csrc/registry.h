@@ -149,7 +149,11 @@ static inline int tg_block_past_end(const struct tg_counter_block *b, unsigned i
 }
 #define tg_lib_past_end(i) tg_block_past_end(tg_block, (i))
 
+/* Initialisation's first step (async-signal-safe: the program's path and
+ * the fixed rows) and its second (the object table, where Python is, the
+ * unwinder: the loader's lock, and dlsym, which may allocate). */
 TG_HIDDEN void tg_registry_init(void);
+TG_HIDDEN void tg_registry_complete(void);
 /* The slot of the library that asked for a thread, given the return address
  * of the pthread_create call.  Walks past system libraries (std::thread). */
 TG_HIDDEN unsigned tg_creator_slot(void *return_address);

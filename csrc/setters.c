@@ -23,7 +23,7 @@
  * reached without threadguard, so two OpenMP runtimes in one process stay
  * apart.
  *
- * Layer: entry point.  Calls lifecycle.c (tg_init), shaping.c, registry.c,
+ * Layer: entry point.  Calls lifecycle.c (tg_init), shaping.c, registry.c, objects.c,
  * glibc.c and config.c. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -36,6 +36,7 @@
 #include "config.h"
 #include "glibc.h"
 #include "lifecycle.h"
+#include "objects.h"
 #include "registry.h"
 #include "report.h"
 #include "shaping.h"
@@ -85,7 +86,7 @@ THREADGUARD_API char *getenv(const char *name) {
 
 static char *answer_getenv(const char *name, const char *value) {
     /* Re-entered while initialising (a signal handler): the real answer. */
-    if (!tg_init() || tg_config.observe) return (char *)value;
+    if (!tg_init_answer() || tg_config.observe) return (char *)value;
     /* The direct caller only: unwinding from here could dlopen, and a
      * getenv reached through libc (a tail call from a signal handler) is
      * not a pool asking. */
@@ -129,10 +130,6 @@ static void *lookup_definition(const char *name, void *caller) {
     return fn != NULL && !tg_in_this_library(fn) ? fn : NULL;
 }
 
-/* Bumped after every dlclose: a cached definition may belong to an object
- * that is gone, and another object may now sit at a cached call site. */
-static _Atomic unsigned unload_generation;
-
 typedef int (*dlclose_fn)(void *);
 
 /* Interposed (preload mode) only to learn that objects may have been
@@ -145,8 +142,9 @@ THREADGUARD_API int dlclose(void *handle) {
         if (fn == NULL) return -1;
         atomic_store_explicit(&real, fn, memory_order_release);
     }
+    tg_objects_unload_begin();
     int rc = fn(handle);
-    atomic_fetch_add_explicit(&unload_generation, 1, memory_order_acq_rel);
+    tg_objects_unload_end();
     return rc;
 }
 
@@ -164,7 +162,9 @@ static struct call_site call_sites[CALL_SITES];
 static void *definition_for(const char *name, void *caller) {
     uintptr_t key = (uintptr_t)caller;
     struct call_site *site = &call_sites[(key >> 4) % CALL_SITES];
-    unsigned generation = atomic_load_explicit(&unload_generation, memory_order_acquire);
+    /* Bumped by every dlclose: a cached definition may belong to an object
+     * that is gone, and another object may now sit at a cached call site. */
+    unsigned generation = tg_objects_unload_generation();
     if (atomic_load_explicit(&site->caller, memory_order_acquire) == key) {
         uintptr_t fn = atomic_load_explicit(&site->fn, memory_order_acquire);
         if (atomic_load_explicit(&site->name, memory_order_acquire) == name && fn != 0 &&
@@ -174,7 +174,7 @@ static void *definition_for(const char *name, void *caller) {
     }
     void *found = lookup_definition(name, caller);
     if (found != NULL) {
-        generation = atomic_load_explicit(&unload_generation, memory_order_acquire);
+        generation = tg_objects_unload_generation();
         atomic_store_explicit(&site->caller, 0, memory_order_release);
         atomic_store_explicit(&site->name, name, memory_order_release);
         atomic_store_explicit(&site->fn, (uintptr_t)found, memory_order_release);
@@ -217,8 +217,7 @@ static int repeat_grant(void *target, void *call_site, int n, int *granted) {
     unsigned generation = atomic_load_explicit(&g->generation, memory_order_relaxed);
     if (atomic_load_explicit(&g->target, memory_order_acquire) != (uintptr_t)target ||
         (int)(ng >> 32) != n || ceiling != tg_pool_threads() || site != (uintptr_t)call_site ||
-        coarse_ms() - at > REUSE_MS ||
-        generation != atomic_load_explicit(&unload_generation, memory_order_acquire))
+        coarse_ms() - at > REUSE_MS || generation != tg_objects_unload_generation())
         return 0;
     *granted = (int)(ng & 0xffffffffu);
     if (decision >= 0 && decision < TG_MAX_DECISIONS)
@@ -237,9 +236,7 @@ static void remember_grant(void *target, void *call_site, int n, int granted, lo
     atomic_store_explicit(&g->call_site, (uintptr_t)call_site, memory_order_relaxed);
     atomic_store_explicit(&g->at_ms, coarse_ms(), memory_order_relaxed);
     atomic_store_explicit(&g->decision, decision, memory_order_relaxed);
-    atomic_store_explicit(&g->generation,
-                          atomic_load_explicit(&unload_generation, memory_order_acquire),
-                          memory_order_relaxed);
+    atomic_store_explicit(&g->generation, tg_objects_unload_generation(), memory_order_relaxed);
     atomic_store_explicit(&g->target, (uintptr_t)target, memory_order_release);
 }
 

@@ -526,9 +526,9 @@ static void size_numexpr(void) {
  * -- CMD` needs to see). */
 void tg_shaping_init(void) {
     apply_nproc();
-    apply_stack();
-    apply_arenas();
-    tg_allocation_note_start(tg_interposing());
+    /* The stack threads get now; apply_stack may change it in the second
+     * step. */
+    tg_applied.stack = tg_default_stack();
     tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
     /* The leak rule's bound for pool libraries, from the figures just read
      * (not sysconf: _SC_NPROCESSORS_CONF opens a directory, which
@@ -536,5 +536,16 @@ void tg_shaping_init(void) {
     const struct tg_headroom *h = &tg_headroom_at_start;
     tg_block->cpus_possible =
         h->cpus_affinity > h->allocation.node_cpus ? h->cpus_affinity : h->allocation.node_cpus;
+}
+
+void tg_shaping_complete(void) {
+    /* glibc's default-attribute lock, malloc's lock, the environment's
+     * lock: not in a signal handler, so not in the first step. */
+    apply_stack();
+    apply_arenas();
+    /* Measured again: the arenas capped and the stack set change what a
+     * thread costs under RLIMIT_AS. */
+    tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
+    tg_allocation_note_start(tg_interposing());
     size_numexpr();
 }

@@ -6,9 +6,13 @@
 
 #include "limits.h"
 
-/* Apply stack, arenas and RLIMIT_NPROC settings; set variables read through
- * Python's os.environ.  Runs once, at initialisation. */
+/* Initialisation's first step (async-signal-safe): apply RLIMIT_NPROC and
+ * measure the headroom at start. */
 TG_HIDDEN void tg_shaping_init(void);
+/* Its second step: the default stack, malloc arenas, and the variables read
+ * through Python's os.environ (glibc's locks and malloc: never in a signal
+ * handler). */
+TG_HIDDEN void tg_shaping_complete(void);
 
 /* The answer to getenv(variable) read by library `slot` as its pool size
  * (user_text: the environment's value; fallback: another variable that

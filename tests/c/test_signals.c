@@ -8,6 +8,13 @@
  *  reentry_tail: the same with a handler that tail-calls getenv, so the
  *                return address is libc's signal trampoline; each call used
  *                to dlopen libgcc_s to unwind, and the process livelocked.
+ *  first_caller: the same timer, and before any constructor the program
+ *                churns malloc, free and dlsym: the handler's getenv is the
+ *                process's first call into threadguard and interrupts code
+ *                that holds malloc's or the loader's lock.  Initialisation
+ *                used to run whole inside the handler (dlvsym, mallopt,
+ *                pthread_atfork) and could wait on those locks for ever;
+ *                only its async-signal-safe first step runs there now.
  *  sigpipe:      stderr is a pipe whose reader has gone; a bad setting's
  *                warning at start and the stderr report must not kill the
  *                program with SIGPIPE (exit 0, as bare).
@@ -19,7 +26,14 @@
  *                spins; under ASan (program and library instrumented) this
  *                failed 5 of 5 with "CHECK failed: asan_thread.cpp" from the
  *                trampoline.  Its exit is counted like any other.
- * Each of the first four runs 30 times. */
+ * The three signal cases run TG_SIGNAL_RUNS times each (30 by default)
+ * while TG_SIGNAL_LOAD processes (by default one per CPU online, at most
+ * 16) spin, so that the handler lands in the windows a busy machine opens:
+ * on a quiet machine reentry_tail passed 900 runs in a row, with three busy
+ * loops on two cores it hung 2 times in 1,500.  The soak
+ * (tools/soak-signals) runs 10,000 of each, on both glibc paths.  sigpipe
+ * and own_sigpipe run 30 and 5 times. */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -63,6 +77,17 @@ static void disarm_timer(void) {
     setitimer(ITIMER_REAL, &off, NULL);
 }
 
+/* Code that holds malloc's lock and the loader's, again and again, with
+ * the timer firing: not through getenv, so that the handler's is first. */
+static void churn_locks(void) {
+    static const char *const names[] = {"printf", "no_such_symbol_here", "malloc", "strlen"};
+    for (int i = 0; i < 3000; i++) {
+        void *p = malloc((size_t)(16 + (i * 37) % 4000));
+        (void)dlsym(RTLD_DEFAULT, names[i % 4]); /* a miss sets dlerror: malloc again */
+        free(p);
+    }
+}
+
 /* Runs before every shared library's constructor, threadguard's included.
  * getenv() is not called here: it would initialise threadguard first. */
 static void arm_before_constructors(int argc, char **argv, char **envp) {
@@ -70,6 +95,10 @@ static void arm_before_constructors(int argc, char **argv, char **envp) {
     for (char **e = envp; *e; e++) {
         if (strcmp(*e, "TG_HOST_CASE=reentry") == 0) arm_timer(0);
         if (strcmp(*e, "TG_HOST_CASE=reentry_tail") == 0) arm_timer(1);
+        if (strcmp(*e, "TG_HOST_CASE=first_caller") == 0) {
+            arm_timer(0);
+            churn_locks();
+        }
     }
 }
 __attribute__((section(".preinit_array"),
@@ -178,6 +207,40 @@ static void repeat(const char *name, const char *const *env, int times, int want
           host_describe(first, why, sizeof why));
 }
 
+#if !defined(__SANITIZE_THREAD__)
+/* A whole number from the environment, or fallback. */
+static int number_from(const char *name, int fallback) {
+    const char *text = getenv(name);
+    if (text == NULL || *text == '\0') return fallback;
+    char *end = NULL;
+    long n = strtol(text, &end, 10);
+    if (*end != '\0' || n < 0 || n > 10000000) {
+        fprintf(stderr, "%s='%s' is not a whole number; using %d\n", name, text, fallback);
+        return fallback;
+    }
+    return (int)n;
+}
+
+/* The load generator: processes that spin until killed, at the cases'
+ * priority, so that the cases' processes are preempted at arbitrary
+ * points. */
+static int start_load(pid_t *pids, int n) {
+    int started = 0;
+    for (int i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid == 0)
+            for (volatile unsigned long x = 0;; x++) {}
+        if (pid > 0) pids[started++] = pid;
+    }
+    return started;
+}
+
+static void stop_load(const pid_t *pids, int n) {
+    for (int i = 0; i < n; i++) kill(pids[i], SIGKILL);
+    for (int i = 0; i < n; i++) waitpid(pids[i], NULL, 0);
+}
+#endif
+
 static void check_stderr_swap(void) {
     char data[] = "/tmp/threadguard-swap-XXXXXX";
     int fd = mkstemp(data);
@@ -201,7 +264,8 @@ static void check_stderr_swap(void) {
 int main(void) {
     const char *which = getenv("TG_HOST_CASE");
     if (which != NULL) {
-        if (strcmp(which, "reentry") == 0 || strcmp(which, "reentry_tail") == 0)
+        if (strcmp(which, "reentry") == 0 || strcmp(which, "reentry_tail") == 0 ||
+            strcmp(which, "first_caller") == 0)
             return child_reentry();
         if (strcmp(which, "sigpipe") == 0) return child_sigpipe();
         if (strcmp(which, "own_sigpipe") == 0) return child_own_sigpipe();
@@ -221,8 +285,16 @@ int main(void) {
     fprintf(stderr, "reentry, reentry_tail: skipped under ThreadSanitizer (it defers "
                     "signals)\n");
 #else
-    repeat("reentry", none, 30, -1);
-    repeat("reentry_tail", none, 30, -1);
+    int runs = number_from("TG_SIGNAL_RUNS", 30);
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    int spinners = number_from("TG_SIGNAL_LOAD", online > 16 ? 16 : online > 0 ? (int)online : 1);
+    pid_t load[16];
+    int started = start_load(load, spinners > 16 ? 16 : spinners);
+    repeat("reentry", none, runs, -1);
+    repeat("reentry_tail", none, runs, -1);
+    repeat("first_caller", none, runs, -1);
+    stop_load(load, started);
+    if (getenv("TG_SIGNAL_ONLY") != NULL) return check_failures; /* the soak */
 #endif
     repeat("sigpipe", noisy, 30, 0);
     repeat("own_sigpipe", noisy, 5, SIGPIPE);
