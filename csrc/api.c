@@ -29,7 +29,7 @@ THREADGUARD_API int threadguard_interposing(void) {
 }
 
 THREADGUARD_API int threadguard_mode(void) {
-    tg_init();
+    if (!tg_init()) return THREADGUARD_MODE_OFF; /* left alone, or initialising */
     return tg_mode();
 }
 

@@ -6,7 +6,7 @@
  * (which warns) and threadguard_check_setting() (which the command line and
  * the fuzz tests call), so there is one definition of a valid value.
  *
- * Layer: state.  Calls error.c; read by every module that has a setting to
+ * Layer: state.  Calls error.c and procfs.c; read by every module that has a setting to
  * honour. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -19,6 +19,7 @@
 
 #include "error.h"
 #include "policy.h"
+#include "procfs.h"
 
 struct tg_config tg_config;
 
@@ -120,6 +121,53 @@ static int parse_report(const char *value, struct parsed *out, char *why, size_t
     return 0;
 }
 
+/* THREADGUARD_OUTPUT: where warnings go. */
+static int parse_output(const char *value, struct parsed *out, char *why, size_t why_size) {
+    const char *path = NULL;
+    if (strcmp(value, "stderr") == 0) {
+        out->mode = TG_OUTPUT_STDERR;
+    } else if (strcmp(value, "off") == 0) {
+        out->mode = TG_OUTPUT_OFF;
+    } else if (strcmp(value, "syslog") == 0) {
+        out->mode = TG_OUTPUT_SYSLOG;
+        path = "/dev/log";
+    } else if (strncmp(value, "syslog:/", 8) == 0) {
+        out->mode = TG_OUTPUT_SYSLOG;
+        path = value + 7;
+    } else if (value[0] == '/') {
+        out->mode = TG_OUTPUT_FILE;
+        path = value;
+    } else {
+        return -1;
+    }
+    out->path[0] = '\0';
+    if (path != NULL) {
+        size_t len = strlen(path);
+        if (len >= TG_OUTPUT_PATH_MAX) {
+            snprintf(why, why_size, "is %zu characters long", len);
+            return -1;
+        }
+        memcpy(out->path, path, len + 1);
+    }
+    return 0;
+}
+
+/* THREADGUARD_SKIP: program names (or full paths) separated by ':'. */
+static int parse_skip(const char *value, struct parsed *out, char *why, size_t why_size) {
+    (void)out;
+    size_t len = strlen(value);
+    if (len >= 1024) {
+        snprintf(why, why_size, "is %zu characters long", len);
+        return -1;
+    }
+    for (const char *p = value; *p; p++)
+        if (*p == ':' && (p == value || p[1] == ':' || p[1] == '\0')) {
+            snprintf(why, why_size, "has an empty name");
+            return -1;
+        }
+    return 0;
+}
+
 static int parse_count_in(const char *value, struct parsed *out, long long lo, long long hi,
                           char *why, size_t why_size) {
     if (parse_count(value, &out->number) != 0) return -1;
@@ -194,6 +242,13 @@ static const struct setting settings[TG_SETTING_COUNT] = {
                         parse_debug},
     [TG_SET_PUBLISH] = {"THREADGUARD_PUBLISH", "1, 0, on, off, yes, no, true or false", "on",
                         parse_debug},
+    [TG_SET_OUTPUT] = {"THREADGUARD_OUTPUT",
+                       "'stderr', 'off', 'syslog', 'syslog:/SOCKET' or an absolute file path",
+                       "stderr", parse_output},
+    [TG_SET_DISABLE] = {"THREADGUARD_DISABLE", "1, 0, on, off, yes, no, true or false", "off",
+                        parse_debug},
+    [TG_SET_SKIP] = {"THREADGUARD_SKIP", "program names or absolute paths separated by ':'",
+                     "no program skipped", parse_skip},
 };
 
 const char *tg_setting_name(int which) { return settings[which].name; }
@@ -301,11 +356,8 @@ static void apply(int which, const struct parsed *p) {
     case TG_SET_ARENAS: tg_config.arenas = p->number; break;
     case TG_SET_NPROC: tg_config.nproc = p->number; break;
     case TG_SET_REPORT:
-        if (p->mode == TG_REPORT_JSON && secure_execution()) {
-            tg_warn("THREADGUARD_REPORT: path settings are ignored in a setuid/setgid program; "
-                    "no report");
-            return;
-        }
+        /* (Never under secure execution: tg_config_stays_out keeps
+         * threadguard out of setuid programs altogether.) */
         tg_config.report_mode = p->mode;
         memcpy(tg_config.report_path, p->path, sizeof tg_config.report_path);
         if (p->mode == TG_REPORT_JSON && p->path[0] != '/') {
@@ -324,6 +376,7 @@ static void apply(int which, const struct parsed *p) {
     case TG_SET_IMPORT: tg_config.import_off = p->number == 0; break;
     case TG_SET_PUBLISH: tg_config.publish_off = p->number == 0; break;
     case TG_SET_OBSERVE: tg_config.observe = (int)p->number; break;
+    case TG_SET_OUTPUT: tg_output_set(p->mode, p->path); break;
     default: break;
     }
 }
@@ -334,7 +387,13 @@ void tg_config_load(void) {
     tg_config.pool_threads = -1;
     tg_config.on_limit = TG_ON_LIMIT_WARN;
     tg_config.nproc = -1;
-    for (int i = 0; i < TG_SETTING_COUNT; i++) {
+    /* THREADGUARD_OUTPUT first: the other settings' warnings go there. */
+    static const int order[TG_SETTING_COUNT] = {
+        TG_SET_OUTPUT,  TG_SET_MAX_THREADS, TG_SET_POOL_THREADS, TG_SET_ON_LIMIT, TG_SET_STACK,
+        TG_SET_ARENAS,  TG_SET_NPROC,       TG_SET_REPORT,       TG_SET_DEBUG,    TG_SET_IMPORT,
+        TG_SET_OBSERVE, TG_SET_PUBLISH,     TG_SET_DISABLE,      TG_SET_SKIP};
+    for (int k = 0; k < TG_SETTING_COUNT; k++) {
+        int i = order[k];
         const char *value = tg_environ_get(settings[i].name);
         if (value == NULL) continue;
         /* THREADGUARD_REPORT= is the usual way to switch the report off. */
@@ -351,6 +410,44 @@ void tg_config_load(void) {
         tg_config.source[i] = TG_SOURCE_USER;
         apply(i, &parsed);
     }
+}
+
+/* ---- processes threadguard leaves alone ------------------------------------ */
+
+/* Whether `name` (one entry of THREADGUARD_SKIP) names the program: a full
+ * path against the executable's and the path it was run by, a bare name
+ * against their last components. */
+static int names_program(const char *name, size_t len, const char *exe, const char *run_as) {
+    const char *candidates[2] = {exe, run_as};
+    for (int i = 0; i < 2; i++) {
+        const char *c = candidates[i];
+        if (c == NULL || c[0] == '\0') continue;
+        const char *compared = memchr(name, '/', len) ? c : tg_base_name(c);
+        if (strlen(compared) == len && strncmp(compared, name, len) == 0) return 1;
+    }
+    return 0;
+}
+
+int tg_config_stays_out(void) {
+    if (secure_execution()) return 1;
+    struct parsed parsed;
+    char why[96];
+    const char *disable = tg_environ_get("THREADGUARD_DISABLE");
+    if (disable != NULL && parse_debug(disable, &parsed, why, sizeof why) == 0 && parsed.number)
+        return 1;
+    const char *skip = tg_environ_get("THREADGUARD_SKIP");
+    if (skip == NULL || skip[0] == '\0' || parse_skip(skip, &parsed, why, sizeof why) != 0)
+        return 0;
+    char exe[512];
+    tg_exe_path(exe, sizeof exe);
+    const char *run_as = (const char *)getauxval(AT_EXECFN);
+    for (const char *p = skip; *p;) {
+        const char *end = strchr(p, ':');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (names_program(p, len, exe, run_as)) return 1;
+        p += len + (end ? 1 : 0);
+    }
+    return 0;
 }
 
 /* Stored atomically: getenv answers read it from any thread. */

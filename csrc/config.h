@@ -23,6 +23,9 @@ enum tg_setting_id {
     TG_SET_IMPORT,
     TG_SET_OBSERVE,
     TG_SET_PUBLISH,
+    TG_SET_OUTPUT,
+    TG_SET_DISABLE,
+    TG_SET_SKIP,
     TG_SETTING_COUNT
 };
 
@@ -54,8 +57,14 @@ static inline long long tg_pool_threads(void) {
     return __atomic_load_n(&tg_config.pool_threads, __ATOMIC_ACQUIRE);
 }
 /* Parse every THREADGUARD_* variable once; bad values get one line on
- * stderr and the default. */
+ * stderr (or where THREADGUARD_OUTPUT says) and the default. */
 TG_HIDDEN void tg_config_load(void);
+/* Whether threadguard must leave this process alone: secure execution
+ * (setuid, setgid, file capabilities), THREADGUARD_DISABLE, or the program
+ * named in THREADGUARD_SKIP.  Read before anything else, says nothing (a
+ * bad value there is reported by tg_config_load in processes that are not
+ * left alone), async-signal-safe. */
+TG_HIDDEN int tg_config_stays_out(void);
 TG_HIDDEN const char *tg_setting_name(int which);
 TG_HIDDEN const char *tg_source_name(int source);
 

@@ -9,6 +9,12 @@ TG_HIDDEN void tg_clear_error(void);
 /* One line on stderr, prefixed "threadguard: ", without allocating.  Never
  * raises SIGPIPE; silent once fd 2 is no longer the stderr of the start. */
 TG_HIDDEN void tg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Where tg_warn writes (THREADGUARD_OUTPUT); path: the file, or the syslog
+ * socket. */
+enum tg_output_kind { TG_OUTPUT_STDERR = 0, TG_OUTPUT_OFF, TG_OUTPUT_FILE, TG_OUTPUT_SYSLOG };
+#define TG_OUTPUT_PATH_MAX 256
+TG_HIDDEN void tg_output_set(int kind, const char *path);
 /* Record which file fd 2 is (at initialisation). */
 TG_HIDDEN void tg_stderr_remember(void);
 /* 1 while fd 2 is still the file it was at initialisation. */

@@ -35,10 +35,13 @@
 #include "share.h"
 #include "threads.h"
 
-/* 0: not started, 1: running, 2: done.  Not pthread_once: a signal handler
+/* 0: not started, 1: running, 2: done, STAYED_OUT: threadguard leaves this
+ * process alone (tg_config_stays_out), and every entry point falls through
+ * to the real function.  Not pthread_once: a signal handler
  * that reads OMP_NUM_THREADS while this thread initialises would wait on
  * itself for ever. */
 static _Atomic int init_state;
+#define STAYED_OUT 3
 /* Set while this thread runs initialise(): a re-entry (a signal handler,
  * a getenv inside glibc) falls through to the real function. */
 static __thread volatile int initialising __attribute__((tls_model("initial-exec")));
@@ -113,7 +116,7 @@ static long long monotonic_us(void) {
 int tg_init_answer(void) {
     int state = atomic_load_explicit(&init_state, memory_order_acquire);
     if (state == 2) return 1;
-    if (initialising) return 0;
+    if (state == STAYED_OUT || initialising) return 0;
     if (state == 0) {
         /* The flag is up before the state says "running" and comes down only
          * after it says "done": a signal handler that reads a variable in
@@ -125,18 +128,19 @@ int tg_init_answer(void) {
         int expected = 0;
         if (atomic_compare_exchange_strong_explicit(&init_state, &expected, 1, memory_order_acq_rel,
                                                     memory_order_acquire)) {
-            initialise();
-            atomic_store_explicit(&init_state, 2, memory_order_release);
+            int out = tg_config_stays_out();
+            if (!out) initialise();
+            atomic_store_explicit(&init_state, out ? STAYED_OUT : 2, memory_order_release);
             atomic_signal_fence(memory_order_seq_cst);
             initialising = 0;
-            return 1;
+            return !out;
         }
         atomic_signal_fence(memory_order_seq_cst);
         initialising = 0;
     }
     long long until = monotonic_us() + 20000;
-    while (atomic_load_explicit(&init_state, memory_order_acquire) != 2) {
-        if (monotonic_us() > until) return 0;
+    while ((state = atomic_load_explicit(&init_state, memory_order_acquire)) != 2) {
+        if (state == STAYED_OUT || monotonic_us() > until) return 0;
         sched_yield();
     }
     return 1;

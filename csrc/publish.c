@@ -187,6 +187,13 @@ static struct tg_published *create_file(const struct tg_counter_block *from) {
     file_name(temp, sizeof temp, ".", pid, start, ".new");
     file_name(name, sizeof name, "", pid, start, ".live");
     int fd = openat(dir, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == ENOENT) {
+        /* The directory was removed since it was opened: its last process
+         * ended (tg_shared_dir_remove_if_empty).  Made again. */
+        close(dir);
+        if ((dir = tg_shared_dir(1)) < 0) return NULL;
+        fd = openat(dir, temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    }
     if (fd < 0 && errno == EEXIST) {
         /* Left by this pid's earlier image, killed while creating. */
         unlinkat(dir, temp, 0);
@@ -276,6 +283,16 @@ void tg_publish_after_fork_in_child(void) {
 void tg_publish_remove(void) {
     if (file_path[0]) unlink(file_path);
     file_path[0] = '\0';
+    tg_shared_dir_remove_if_empty();
+}
+
+/* The last of the user's processes leaves nothing in /dev/shm: the
+ * directory goes when it is empty (rmdir refuses otherwise).  A process
+ * that opened it just before makes it again (create_file, ledger.c). */
+void tg_shared_dir_remove_if_empty(void) {
+    char path[64];
+    dir_path(path, sizeof path);
+    rmdir(path);
 }
 
 const char *tg_publish_path(void) { return file_path; }

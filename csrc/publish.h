@@ -12,6 +12,8 @@
  * (the caller closes it), or -1 where there is none or it is not safe.
  * create: make it when missing. */
 TG_HIDDEN int tg_shared_dir(int create);
+/* Remove the user's directory when nothing is left in it. */
+TG_HIDDEN void tg_shared_dir_remove_if_empty(void);
 
 /* ---- the published file of this process ----------------------------- */
 

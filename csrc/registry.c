@@ -246,6 +246,8 @@ unsigned tg_caller_slot(void *return_address) {
 
 const char *tg_program_path(void) { return exe_path; }
 
+int tg_runs_python(void) { return python_base != 0; }
+
 unsigned tg_slot_for_address(const void *addr) {
     uintptr_t base;
     const char *path;

@@ -194,5 +194,8 @@ TG_HIDDEN void tg_registry_reset_counters(void);
 /* The program's path, read at initialisation (after the main thread calls
  * pthread_exit, /proc/self/exe can no longer be read). */
 TG_HIDDEN const char *tg_program_path(void);
+/* Whether the process runs Python (known from initialisation's second
+ * step on). */
+TG_HIDDEN int tg_runs_python(void);
 
 #endif

@@ -167,6 +167,7 @@ static int render_part(struct tg_out *o, char *doc, size_t size, size_t *at,
 
 static void doc_json(struct tg_out *o) {
     tg_put_json_platform(o);
+    tg_put_json_job(o);
     tg_put_json_settings(o);
     tg_put_json_failures(o);
 }

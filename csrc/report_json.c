@@ -275,6 +275,24 @@ void tg_put_json_platform(struct tg_out *o) {
     tg_put(o, "},\n");
 }
 
+/* The batch job this process belongs to, from the scheduler's variables:
+ * a report written under a site-wide deployment (no `threadguard run` in
+ * the job script) says which job step it came from. */
+void tg_put_json_job(struct tg_out *o) {
+    const char *job = tg_environ_get("SLURM_JOB_ID");
+    if (job == NULL) {
+        tg_put(o, "  \"job\": null,\n");
+        return;
+    }
+    tg_put(o, "  \"job\": {\"scheduler\": \"slurm\", \"job_id\": ");
+    tg_put_json_string(o, job);
+    tg_put(o, ", \"step_id\": ");
+    tg_put_json_string_or_null(o, tg_environ_get("SLURM_STEP_ID"));
+    tg_put(o, ", \"task\": ");
+    tg_put_json_string_or_null(o, tg_environ_get("SLURM_PROCID"));
+    tg_put(o, "},\n");
+}
+
 static const char *mode_name(int mode) {
     return mode == THREADGUARD_MODE_PRELOAD  ? "preload"
            : mode == THREADGUARD_MODE_IMPORT ? "import"
@@ -291,7 +309,10 @@ void tg_write_json(struct tg_out *o, const threadguard_stats *s,
     /* "interposing": threads are being counted, by either mode. */
     tg_put(o, ",\n  \"interposing\": %s,\n  \"mode\": \"%s\",\n",
            who->mode != THREADGUARD_MODE_OFF ? "true" : "false", mode_name(who->mode));
-    if (who->doc == NULL) tg_put_json_platform(o);
+    if (who->doc == NULL) {
+        tg_put_json_platform(o);
+        tg_put_json_job(o);
+    }
     tg_put(o, "  \"tasks\": %lld,\n  \"tasks_at_start\": %lld,\n  \"untracked\": %lld,\n",
            threadguard_stats_tasks(s), threadguard_stats_tasks_at_start(s),
            threadguard_stats_untracked(s));

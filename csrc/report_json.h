@@ -17,5 +17,6 @@ TG_HIDDEN void tg_put_json_headroom(struct tg_out *o, const struct tg_headroom *
 TG_HIDDEN void tg_put_json_settings(struct tg_out *o);
 TG_HIDDEN void tg_put_json_failures(struct tg_out *o);
 TG_HIDDEN void tg_put_json_platform(struct tg_out *o);
+TG_HIDDEN void tg_put_json_job(struct tg_out *o);
 
 #endif

@@ -546,6 +546,10 @@ void tg_shaping_complete(void) {
     /* Measured again: the arenas capped and the stack set change what a
      * thread costs under RLIMIT_AS. */
     tg_headroom_measure(&tg_headroom_at_start, TG_KIND_UNKNOWN);
-    tg_allocation_note_start(tg_interposing());
-    size_numexpr();
+    /* Both write the environment, which every program may print: only
+     * Python reads them (torchrun, numexpr), and only Python's environment
+     * is changed, so that a shell, env or make under the preload shows
+     * what it would bare. */
+    tg_allocation_note_start(tg_interposing() && tg_runs_python());
+    if (tg_runs_python()) size_numexpr();
 }

@@ -46,10 +46,11 @@ class SlurmCluster:
     """slurmctld + slurmd (+ munged) for one node named `tgnode` with this
     machine's CPUs; env() is the environment srun and sbatch need."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, extra_conf: str = ""):
         self.root = root
         self.cpus = len(os.sched_getaffinity(0))
         self.conf = root / "slurm.conf"
+        self.extra_conf = extra_conf  # more slurm.conf lines (a TaskProlog=)
 
     def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -95,7 +96,7 @@ ReturnToService=2
 MpiDefault=none
 NodeName=tgnode NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 CPUs={self.cpus}
 PartitionName=tg Nodes=tgnode Default=YES MaxTime=INFINITE State=UP
-""")
+""" + self.extra_conf)
         subprocess.run([_which("slurmctld"), "-f", str(self.conf)], check=True,
                        capture_output=True, text=True, env=self.env())
         subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", "tgnode"], check=True,

@@ -28,6 +28,8 @@ COMMANDS: Tuple[Tuple[str, str], ...] = (
     ("top", "every guarded process on this node: threads by library, pools, limits, live"),
     ("stats", "show a report written with THREADGUARD_REPORT=PATH.json, or a running "
               "process's"),
+    ("site", "print a modulefile, Slurm TaskProlog or ld.so.preload line that guards every "
+             "job on a node"),
 )
 
 _EPILOG = """\

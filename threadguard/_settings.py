@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing's: `threadguard run` reads this module (see 
 if TYPE_CHECKING:
     from typing import Tuple
 
-__all__ = ["OPTIONS", "Option", "check_setting"]
+__all__ = ["OPTIONS", "Option", "SITE_VARIABLES", "check_setting"]
 
 
 class Option(namedtuple("Option", "variable flag metavar help")):
@@ -60,7 +60,15 @@ OPTIONS: Tuple[Option, ...] = (
     Option("THREADGUARD_PUBLISH", "publish", "0|1",
            "publish the thread counters in /dev/shm/threadguard-UID/ while the program runs, "
            "for `threadguard top` and `threadguard stats --pid` (default 1; 0 turns it off)"),
+    Option("THREADGUARD_OUTPUT", "output", "stderr|off|syslog|/PATH",
+           "where threadguard's warnings go: stderr (the default), nowhere, syslog (/dev/log; "
+           "'syslog:/SOCKET' for another socket) or appended to an absolute file path, each "
+           "line naming the program and pid"),
 )
+
+# Read by the library before anything else, to leave a process alone; a
+# site sets them, not `threadguard run` (docs/site.md).
+SITE_VARIABLES: Tuple[str, ...] = ("THREADGUARD_DISABLE", "THREADGUARD_SKIP")
 
 
 def check_setting(variable: str, value: str) -> None:
