@@ -4,6 +4,10 @@
  * the setters, import mode, the public functions) calls tg_init here, and
  * this file calls down into the state, policy and output modules, never up.
  *
+ * It also defines the exec family: the process's published file goes before
+ * its image does (the next program may be static, setuid or skipped, and
+ * would leave the file in /dev/shm), and comes back if the exec fails.
+ *
  * It also defines _exit and _Exit: a worker that multiprocessing forked ends
  * through os._exit(), which runs no atexit handler and no destructor, yet
  * its report is due and its published file and its place among its
@@ -15,7 +19,9 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <errno.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +59,8 @@ static _Atomic int ended;
 
 typedef void (*exit_fn)(int);
 static exit_fn real_exit, real_Exit;
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+static _Atomic(execve_fn) real_execve;
 
 static void after_fork_in_child(void) {
     atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
@@ -96,6 +104,10 @@ static void complete(void) {
     tg_real_create(); /* resolved now, before any thread needs it */
     real_exit = (exit_fn)dlsym(RTLD_NEXT, "_exit");
     real_Exit = (exit_fn)dlsym(RTLD_NEXT, "_Exit");
+    /* execve is async-signal-safe: a handler may call it, so it is never
+     * looked up there (until now, the system call stands in). */
+    atomic_store_explicit(&real_execve, (execve_fn)dlsym(RTLD_NEXT, "execve"),
+                          memory_order_release);
     tg_shaping_complete();
     pthread_atfork(tg_forked_prepare, NULL, after_fork_in_child);
     tg_report_publish();
@@ -195,3 +207,128 @@ __attribute__((noreturn)) static void leave(exit_fn fn, int status) {
 
 THREADGUARD_API void _exit(int status) { leave(real_exit, status); }
 THREADGUARD_API void _Exit(int status) { leave(real_Exit ? real_Exit : real_exit, status); }
+
+/* ---- exec ---------------------------------------------------------------- */
+
+/* Take this process's published file away before an exec; 1 when it did.
+ * Only in the process that owns the state: a vfork child shares its
+ * parent's memory and must leave the parent's file alone. */
+static int before_exec(void) {
+    if (atomic_load_explicit(&init_state, memory_order_acquire) != 2 ||
+        atomic_load_explicit(&owner_pid, memory_order_relaxed) != (int)getpid())
+        return 0;
+    int saved = errno;
+    tg_publish_before_exec();
+    errno = saved;
+    return 1;
+}
+
+/* The exec returned: it failed, and the program goes on. */
+static int after_failed_exec(int removed, int rc) {
+    if (removed) {
+        int saved = errno;
+        tg_publish_after_failed_exec();
+        errno = saved;
+    }
+    return rc;
+}
+
+/* The next definition of name, looked up on first use (these are not
+ * async-signal-safe in glibc either). */
+static void *next(void *_Atomic *cache, const char *name) {
+    void *fn = atomic_load_explicit(cache, memory_order_acquire);
+    if (fn == NULL) {
+        fn = dlsym(RTLD_NEXT, name);
+        atomic_store_explicit(cache, fn, memory_order_release);
+    }
+    return fn;
+}
+
+THREADGUARD_API int execve(const char *path, char *const argv[], char *const envp[]) {
+    execve_fn fn = atomic_load_explicit(&real_execve, memory_order_acquire);
+    int removed = before_exec();
+    int rc = fn ? fn(path, argv, envp) : (int)syscall(SYS_execve, path, argv, envp);
+    return after_failed_exec(removed, rc);
+}
+
+typedef int (*execv_fn)(const char *, char *const[]);
+
+THREADGUARD_API int execv(const char *path, char *const argv[]) {
+    static void *_Atomic real;
+    execv_fn fn = (execv_fn)next(&real, "execv");
+    if (fn == NULL) return errno = ENOSYS, -1;
+    int removed = before_exec();
+    return after_failed_exec(removed, fn(path, argv));
+}
+
+THREADGUARD_API int execvp(const char *file, char *const argv[]) {
+    static void *_Atomic real;
+    execv_fn fn = (execv_fn)next(&real, "execvp");
+    if (fn == NULL) return errno = ENOSYS, -1;
+    int removed = before_exec();
+    return after_failed_exec(removed, fn(file, argv));
+}
+
+THREADGUARD_API int execvpe(const char *file, char *const argv[], char *const envp[]) {
+    static void *_Atomic real;
+    execve_fn fn = (execve_fn)next(&real, "execvpe");
+    if (fn == NULL) return errno = ENOSYS, -1;
+    int removed = before_exec();
+    return after_failed_exec(removed, fn(file, argv, envp));
+}
+
+typedef int (*fexecve_fn)(int, char *const[], char *const[]);
+
+THREADGUARD_API int fexecve(int fd, char *const argv[], char *const envp[]) {
+    static void *_Atomic real;
+    fexecve_fn fn = (fexecve_fn)next(&real, "fexecve");
+    if (fn == NULL) return errno = ENOSYS, -1;
+    int removed = before_exec();
+    return after_failed_exec(removed, fn(fd, argv, envp));
+}
+
+/* The execl family, as glibc builds it: the arguments into an array on the
+ * stack, then the array form (which the wrappers above handle). */
+#define COUNT_ARGS(first, ap, n)                                                                   \
+    do {                                                                                           \
+        va_start(ap, first);                                                                       \
+        for (n = 1; va_arg(ap, const char *) != NULL; n++) {}                                      \
+        va_end(ap);                                                                                \
+    } while (0)
+
+THREADGUARD_API int execl(const char *path, const char *arg, ...) {
+    va_list ap;
+    size_t n;
+    COUNT_ARGS(arg, ap, n);
+    char *argv[n + 1];
+    argv[0] = (char *)arg;
+    va_start(ap, arg);
+    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *);
+    va_end(ap);
+    return execv(path, argv);
+}
+
+THREADGUARD_API int execlp(const char *file, const char *arg, ...) {
+    va_list ap;
+    size_t n;
+    COUNT_ARGS(arg, ap, n);
+    char *argv[n + 1];
+    argv[0] = (char *)arg;
+    va_start(ap, arg);
+    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *);
+    va_end(ap);
+    return execvp(file, argv);
+}
+
+THREADGUARD_API int execle(const char *path, const char *arg, ...) {
+    va_list ap;
+    size_t n;
+    COUNT_ARGS(arg, ap, n);
+    char *argv[n + 1];
+    argv[0] = (char *)arg;
+    va_start(ap, arg);
+    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *);
+    char *const *envp = va_arg(ap, char *const *);
+    va_end(ap);
+    return execve(path, argv, envp);
+}

@@ -251,6 +251,44 @@ void tg_publish_init(void) {
     if (late > 0) atomic_fetch_add_explicit(&tg_started_during_init, late, memory_order_relaxed);
 }
 
+/* The document and what the header says of the process, from another
+ * file's: until the first rewrite, the new file shows what the old one did. */
+static void copy_document(struct tg_published *to, const struct tg_published *from_file) {
+    struct tg_published_header *h = &to->header;
+    const struct tg_published_header *from = &from_file->header;
+    unsigned length = atomic_load(&from->doc_length);
+    memcpy(to->doc, from_file->doc, length < TG_DOC_SIZE ? length : TG_DOC_SIZE);
+    atomic_store_explicit(&h->doc_at_start, atomic_load(&from->doc_at_start), memory_order_relaxed);
+    atomic_store_explicit(&h->doc_budget, atomic_load(&from->doc_budget), memory_order_relaxed);
+    atomic_store_explicit(&h->doc_length, atomic_load(&from->doc_length), memory_order_relaxed);
+    atomic_store_explicit(&h->mode, atomic_load(&from->mode), memory_order_relaxed);
+    atomic_store_explicit(&h->acted, atomic_load(&from->acted), memory_order_relaxed);
+    memcpy(h->program, from->program, sizeof h->program);
+}
+
+void tg_publish_before_exec(void) {
+    if (file_path[0]) unlink(file_path);
+    file_path[0] = '\0';
+    tg_shared_dir_remove_if_empty();
+}
+
+void tg_publish_after_failed_exec(void) {
+    struct tg_published *old = published;
+    if (old == NULL || file_path[0]) return;
+    struct tg_published *p = create_file(&old->block);
+    if (p == NULL) return;
+    copy_document(p, old);
+    atomic_store_explicit(&p->header.tasks_at_start,
+                          atomic_load_explicit(&old->header.tasks_at_start, memory_order_relaxed),
+                          memory_order_relaxed);
+    published = p;
+    tg_block = &p->block;
+    /* The old mapping stays: another thread may be counting into it now.
+     * An exec that fails is rare; its 360 KiB of address space is the
+     * price. */
+    tg_publish_changed();
+}
+
 void tg_publish_after_fork_in_child(void) {
     struct tg_published *parent = published;
     if (parent == NULL) return;
@@ -258,18 +296,8 @@ void tg_publish_after_fork_in_child(void) {
     published = create_file(&parent->block);
     if (published != NULL) {
         tg_block = &published->block;
-        /* The document: the parent's, until the child's first rewrite. */
-        struct tg_published_header *h = &published->header, *from = &parent->header;
-        unsigned length = atomic_load(&from->doc_length);
-        memcpy(published->doc, parent->doc, length < TG_DOC_SIZE ? length : TG_DOC_SIZE);
-        atomic_store_explicit(&h->doc_at_start, atomic_load(&from->doc_at_start),
-                              memory_order_relaxed);
-        atomic_store_explicit(&h->doc_budget, atomic_load(&from->doc_budget), memory_order_relaxed);
-        atomic_store_explicit(&h->doc_length, atomic_load(&from->doc_length), memory_order_relaxed);
-        atomic_store_explicit(&h->mode, atomic_load(&from->mode), memory_order_relaxed);
-        atomic_store_explicit(&h->acted, atomic_load(&from->acted), memory_order_relaxed);
-        atomic_store_explicit(&h->tasks_at_start, 0, memory_order_relaxed);
-        memcpy(h->program, from->program, sizeof h->program);
+        copy_document(published, parent);
+        atomic_store_explicit(&published->header.tasks_at_start, 0, memory_order_relaxed);
     } else {
         copy_used(&tg_private_block, &parent->block);
         tg_block = &tg_private_block;

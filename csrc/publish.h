@@ -99,6 +99,11 @@ TG_HIDDEN void tg_publish_init(void);
 /* In a forked child: a file of its own (or private storage), never the
  * parent's.  Runs before the child's counters are reset. */
 TG_HIDDEN void tg_publish_after_fork_in_child(void);
+/* Around an exec: the file goes first (the new program may be one
+ * threadguard leaves alone, or static, and would leave it behind), and is
+ * made again, with the counters so far, when the exec fails. */
+TG_HIDDEN void tg_publish_before_exec(void);
+TG_HIDDEN void tg_publish_after_failed_exec(void);
 /* At exit: the file goes (the mapping stays until the process ends). */
 TG_HIDDEN void tg_publish_remove(void);
 /* The file's path ("" when nothing is published). */

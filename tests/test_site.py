@@ -54,6 +54,9 @@ PROGRAMS = {
                           "ThreadPoolExecutor as P; print(sum(P(8).map(abs, range(-99, 99))))'",
     "python numpy": f"{sys.executable} -c 'import numpy; a = numpy.arange(16.).reshape(4, 4); "
                     "print(a @ a)'",
+    # The guarded shell becomes a static program (Debian's ldconfig), which
+    # can take nothing away: the shell's file must go before its image.
+    "exec into a static program": "exec /sbin/ldconfig --version",
 }
 
 
@@ -259,3 +262,130 @@ def test_a_job_that_opts_out_is_not_guarded(slurm_with_taskprolog):
     job, _, *preload = proc.stdout.split()
     assert preload == []
     assert step_reports(reports, job) == []
+
+
+# ---- /etc/ld.so.preload in a Debian root -----------------------------------
+
+# Each a shell script run in the root as root (the setuid ones drop to uid
+# 4242 first), once bare and once with the library in /etc/ld.so.preload:
+# the list of the issue, each giving output and status that do not vary.
+ROOT_USER = "setpriv --reuid=4242 --regid=4242 --clear-groups"
+ROOT_PROGRAMS = {
+    "apt-get install": "export DEBIAN_FRONTEND=noninteractive; "
+                       "apt-get install -y -qq --no-download hello 2>&1; hello; "
+                       "apt-get purge -y -qq hello 2>&1; echo status $?",
+    "dpkg": "dpkg -l coreutils bash | tail -2; dpkg -S /bin/ls; dpkg --verify coreutils; "
+            "echo status $?",
+    "bash script": "bash -c 'declare -A m=([a]=1 [b]=2); for k in a b; do echo $k=${m[$k]}; "
+                   "done; echo $((2 ** 10)); exit 6'",
+    "sh script": "sh -c 'x=$(echo hi | tr a-z A-Z); echo $x; exit 5'",
+    "coreutils": "ls /usr/share/doc | head -5; seq 5 | sort -r | head -2; printf abc | md5sum; "
+                 "env | sort; id -u; cat /proc/self/comm; du -s /etc/apt | cut -f2",
+    "gcc": "cd /tmp && printf '#include <pthread.h>\\n#include <stdio.h>\\nstatic void *f(void *a)"
+           "{return a;}\\nint main(void){pthread_t t; pthread_create(&t, 0, f, 0); "
+           "pthread_join(t, 0); puts(\"built\"); return 0;}\\n' > p.c && gcc -O2 -pthread -o p p.c"
+           " && ./p; status=$?; rm -f p p.c; exit $status",
+    "git": "rm -rf /tmp/g && git init -q /tmp/g && cd /tmp/g && echo x > f && git add f && "
+           "git -c user.name=t -c user.email=t@example.org commit -qm one && "
+           "git log --format=%s && git rev-list --count HEAD; cd / && rm -rf /tmp/g",
+    "python3 numpy": "python3 -c 'import numpy; a = numpy.arange(9.).reshape(3, 3); "
+                     "print(a @ a); print(numpy.linalg.inv(a + numpy.eye(3)).round(3))'",
+    "python3 thread pool": "python3 -c 'from concurrent.futures import ThreadPoolExecutor as P; "
+                           "print(sorted(P(16).map(pow, range(8), range(8))))'",
+    # Setuid (su, passwd) and file capabilities (ping): secure execution.  A
+    # setting that would print a line and write a report: nothing may come.
+    "su (setuid)": f"{ROOT_USER} env THREADGUARD_STACK=abc THREADGUARD_REPORT=/tmp/su.json "
+                   "su -c true root < /dev/null 2>&1; echo status $?",
+    "passwd (setuid)": f"{ROOT_USER} env THREADGUARD_STACK=abc THREADGUARD_REPORT=/tmp/pw.json "
+                       "passwd -S root 2>&1; echo status $?",
+    "ping (capabilities)": f"{ROOT_USER} env THREADGUARD_STACK=abc ping -c 1 -W 5 127.0.0.1 "
+                           "> /dev/null 2>&1; echo status $?",
+    "busybox (static)": "busybox echo static; busybox sh -c 'echo $((6 * 7))'",
+}
+ROOT_PACKAGES = "git python3-numpy libopenblas0-pthread busybox-static iputils-ping passwd"
+ROOT_LIBRARY = "/usr/lib/threadguard/libthreadguard.so"
+
+
+def in_root(root: Path, script: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": "/root", "LANG": "C.UTF-8"}
+    return subprocess.run(["chroot", str(root), "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def preload_root():
+    """An overlay of the Debian 11 root of tools/oldroot (the cached root is
+    never changed), with /proc, /sys and /dev, and a /dev/shm of its own so
+    that what the programs leave there can be seen."""
+    from test_portable import root_for
+    root = root_for("x86_64")
+    work = Path(tempfile.mkdtemp(prefix="threadguard-preload-root-"))
+    merged = work / "root"
+    for d in ("upper", "work", "root"):
+        (work / d).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={root},upperdir={work / 'upper'},workdir={work / 'work'}",
+                    str(merged)], check=True)
+    try:
+        for fs in ("proc", "sys", "dev"):
+            subprocess.run(["mount", "--rbind", f"/{fs}", str(merged / fs)], check=True)
+            subprocess.run(["mount", "--make-rslave", str(merged / fs)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(merged / "dev" / "shm")], check=True)
+        shutil.copy("/etc/resolv.conf", merged / "etc" / "resolv.conf")
+        yield merged
+    finally:
+        for fs in ("dev", "sys", "proc"):
+            if subprocess.run(["umount", "-R", str(merged / fs)]).returncode != 0:
+                subprocess.run(["umount", "-lR", str(merged / fs)])
+        subprocess.run(["umount", str(merged)])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ld_so_preload_in_a_debian_root_changes_no_program(preload_root):
+    """Loaded into every program of a Debian 11 root (glibc 2.31) through
+    /etc/ld.so.preload, the library from the manylinux wheel changes the
+    output and exit status of none of the list, and leaves nothing in
+    /dev/shm or at a report path."""
+    import zipfile
+
+    from test_portable import wheel_for
+    root = preload_root
+    with zipfile.ZipFile(wheel_for("x86_64")) as wheel:
+        library = wheel.read("threadguard/libthreadguard.so")
+    (root / ROOT_LIBRARY.lstrip("/")).parent.mkdir(parents=True)
+    (root / ROOT_LIBRARY.lstrip("/")).write_bytes(library)
+    setup = in_root(root, "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
+                          f"apt-get install -y -qq --no-install-recommends {ROOT_PACKAGES} "
+                          "> /dev/null && apt-get install -y -qq --download-only hello > /dev/null")
+    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
+    preload_file = root / "etc" / "ld.so.preload"
+    differences = []
+    for name, script in ROOT_PROGRAMS.items():
+        results = []
+        for preloaded in (False, True):
+            if preloaded:
+                preload_file.write_text(ROOT_LIBRARY + "\n")
+            proc = in_root(root, script)
+            preload_file.unlink(missing_ok=True)
+            results.append((proc.returncode, proc.stdout, proc.stderr))
+        bare, guarded = results
+        assert bare[1].strip(), (name, bare)  # the program ran and said something
+        if bare != guarded:
+            differences.append((name, bare, guarded))
+    assert differences == []
+    assert os.listdir(root / "dev" / "shm") == []
+    assert not (root / "tmp" / "su.json").exists() and not (root / "tmp" / "pw.json").exists()
+    # The library was there: every program mapped it, and a guarded numpy
+    # sized its pool and wrote the report it was asked for.
+    preload_file.write_text(ROOT_LIBRARY + "\n")
+    proof = in_root(root, "grep -c libthreadguard /proc/self/maps; THREADGUARD_REPORT=/tmp/r.json"
+                          " python3 -c 'import numpy'; cat /tmp/r.json; rm /tmp/r.json")
+    preload_file.unlink()
+    count, _, text = proof.stdout.partition("\n")
+    assert proof.returncode == 0 and int(count) >= 1, proof.stderr
+    report = json.loads(text)
+    assert report["mode"] == "preload"
+    assert any(p["kind"] == "openblas" for p in report["pools"]), report["pools"]
+    assert os.listdir(root / "dev" / "shm") == []
