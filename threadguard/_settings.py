@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # not typing's: `threadguard run` reads this module (see 
 if TYPE_CHECKING:
     from typing import Tuple
 
-__all__ = ["OPTIONS", "Option", "SITE_VARIABLES", "check_setting"]
+__all__ = ["OPTIONS", "SITE_VARIABLES", "Option", "check_setting"]
 
 
 class Option(namedtuple("Option", "variable flag metavar help")):

@@ -227,6 +227,9 @@ class Stats:
     # arch, glibc, fallbacks (newer glibc facilities replaced) and limitations
     # (features that cannot work on this glibc, one sentence each)
     platform: Mapping[str, Any] = field(default_factory=dict)
+    # the batch job the process ran in, from the scheduler's variables
+    # ({"scheduler": "slurm", "job_id", "step_id", "task"}), or None
+    job: Optional[Mapping[str, Any]] = None
     # what did not fit in the native tables, or started uncounted (all 0 normally)
     overflow: Mapping[str, int] = field(default_factory=dict)
     # the human table, as the library formats it ("" in older reports)
@@ -248,6 +251,7 @@ class Stats:
             "interposing": self.interposing,
             "mode": self.mode,
             "platform": dict(self.platform),
+            "job": None if self.job is None else dict(self.job),
             "overflow": dict(self.overflow),
             "tasks": -1 if self.tasks is None else self.tasks,
             "tasks_at_start": -1 if self.tasks_at_start is None else self.tasks_at_start,
@@ -302,6 +306,7 @@ class Stats:
             return cls(
                 failures=failures, failures_total=int(data.get("failures_total", len(failures))),
                 platform=dict(data.get("platform", {})),
+                job=None if data.get("job") is None else dict(data["job"]),
                 overflow={str(k): int(v) for k, v in data.get("overflow", {}).items()},
                 settings=settings, pools=pools, applied=dict(data.get("applied", {})),
                 headroom_at_start=dict(headroom.get("at_start", {})),
@@ -386,8 +391,10 @@ def load_report(path: Union[str, Path]) -> Stats:
 _SHAPE = {"libraries": (list, dict), "total": (dict, None), "settings": (list, dict),
           "pools": (list, dict), "failures": (list, dict), "python_sites": (list, dict),
           "headroom": (dict, None), "platform": (dict, None), "overflow": (dict, None),
+          "job": (dict, None),
           "applied": (dict, None)}
 _REQUIRED = ("libraries", "total")
+_NULLABLE = ("job",)
 
 
 def _check_shape(data: Any) -> None:
@@ -401,6 +408,8 @@ def _check_shape(data: Any) -> None:
                 raise ReportError(f"not a threadguard report: no {key!r} field")
             continue
         value = data[key]
+        if value is None and key in _NULLABLE:
+            continue
         if not isinstance(value, kind):
             raise ReportError(f"not a threadguard report: {key!r} is a JSON "
                               f"{_json_type(value)}, expected an {_json_type(kind())}")
