@@ -288,46 +288,36 @@ THREADGUARD_API int fexecve(int fd, char *const argv[], char *const envp[]) {
 }
 
 /* The execl family, as glibc builds it: the arguments into an array on the
- * stack, then the array form (which the wrappers above handle). */
-#define COUNT_ARGS(first, ap, n)                                                                   \
-    do {                                                                                           \
-        va_start(ap, first);                                                                       \
-        for (n = 1; va_arg(ap, const char *) != NULL; n++) {}                                      \
-        va_end(ap);                                                                                \
-    } while (0)
+ * stack, then the array form (which the wrappers above handle).  The macro
+ * declares argv (with its NULL) in the caller and leaves ap open after it,
+ * where execle's environment follows. */
+#define ARGV_FROM_LIST(first, argv, ap)                                                            \
+    size_t count_ = 1;                                                                             \
+    va_start(ap, first);                                                                           \
+    while (va_arg(ap, const char *) != NULL) count_++;                                             \
+    va_end(ap);                                                                                    \
+    char *argv[count_ + 1];                                                                        \
+    argv[0] = (char *)(first);                                                                     \
+    va_start(ap, first);                                                                           \
+    for (size_t i_ = 1; i_ <= count_; i_++) argv[i_] = va_arg(ap, char *)
 
 THREADGUARD_API int execl(const char *path, const char *arg, ...) {
     va_list ap;
-    size_t n;
-    COUNT_ARGS(arg, ap, n);
-    char *argv[n + 1];
-    argv[0] = (char *)arg;
-    va_start(ap, arg);
-    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *);
+    ARGV_FROM_LIST(arg, argv, ap);
     va_end(ap);
     return execv(path, argv);
 }
 
 THREADGUARD_API int execlp(const char *file, const char *arg, ...) {
     va_list ap;
-    size_t n;
-    COUNT_ARGS(arg, ap, n);
-    char *argv[n + 1];
-    argv[0] = (char *)arg;
-    va_start(ap, arg);
-    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *);
+    ARGV_FROM_LIST(arg, argv, ap);
     va_end(ap);
     return execvp(file, argv);
 }
 
 THREADGUARD_API int execle(const char *path, const char *arg, ...) {
     va_list ap;
-    size_t n;
-    COUNT_ARGS(arg, ap, n);
-    char *argv[n + 1];
-    argv[0] = (char *)arg;
-    va_start(ap, arg);
-    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *);
+    ARGV_FROM_LIST(arg, argv, ap);
     char *const *envp = va_arg(ap, char *const *);
     va_end(ap);
     return execve(path, argv, envp);

@@ -389,3 +389,24 @@ def test_ld_so_preload_in_a_debian_root_changes_no_program(preload_root):
     assert report["mode"] == "preload"
     assert any(p["kind"] == "openblas" for p in report["pools"]), report["pools"]
     assert os.listdir(root / "dev" / "shm") == []
+
+
+@pytest.mark.parametrize("form", ["l", "lp", "le", "v", "vp", "vpe", "ve", "fail"])
+def test_every_exec_form_takes_the_published_file_away(form, tmp_path):
+    """The new program (a shell threadguard skips) finds no file of its pid:
+    the exec took it away.  An exec that fails gives the file back."""
+    compiler = next((c for c in map(shutil.which, ("cc", "gcc")) if c), None)
+    if compiler is None:
+        pytest.skip("no C compiler")
+    program = tmp_path / "exec_forms"
+    subprocess.run([compiler, "-O1", "-pthread", "-o", str(program),
+                    str(Path(__file__).parent / "native" / "exec_forms.c")], check=True)
+    count = 'ls /dev/shm/threadguard-$(id -u) 2>/dev/null | grep -c "^$$\\." ; true'
+    proc = subprocess.run([str(program), form, f"echo after: $({count})"],
+                          env=plain_env({"LD_PRELOAD": LIB, "THREADGUARD_SKIP": "sh"}),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc
+    if form == "fail":
+        assert proc.stdout.splitlines() == ["before: 1", "after a failed exec: 1"]
+    else:
+        assert proc.stdout.splitlines() == ["before: 1", "after: 0"]
