@@ -4,6 +4,13 @@
  * the setters, import mode, the public functions) calls tg_init here, and
  * this file calls down into the state, policy and output modules, never up.
  *
+ * A process that runs Python, or is given a THREADGUARD_* setting,
+ * initialises in the constructor.  Any other (loaded into everything: a
+ * shell, coreutils, a compiler) starts lazily: the constructor only checks
+ * whether to stay out, remembers stderr and registers the fork handlers, and
+ * initialisation waits for the first thread, the first pool asking for its
+ * size, a fork or a posix_spawn.  Most such programs never initialise.
+ *
  * It also defines the exec family: the process's published file goes before
  * its image does (the next program may be static, setuid or skipped, and
  * would leave the file in /dev/shm), and comes back if the exec fails.
@@ -21,7 +28,9 @@
 #include <pthread.h>
 #include <errno.h>
 #include <sched.h>
+#include <spawn.h>
 #include <stdarg.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,6 +57,8 @@
  * itself for ever. */
 static _Atomic int init_state;
 #define STAYED_OUT 3
+/* The second step's state: 0: not started, 1: running, 2: done. */
+static _Atomic int complete_state;
 /* Set while this thread runs initialise(): a re-entry (a signal handler,
  * a getenv inside glibc) falls through to the real function. */
 static __thread volatile int initialising __attribute__((tls_model("initial-exec")));
@@ -61,6 +72,8 @@ typedef void (*exit_fn)(int);
 static exit_fn real_exit, real_Exit;
 typedef int (*execve_fn)(const char *, char *const[], char *const[]);
 static _Atomic(execve_fn) real_execve;
+
+static int stderr_known; /* the constructor remembered stderr already */
 
 static void after_fork_in_child(void) {
     atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
@@ -82,7 +95,7 @@ static void after_fork_in_child(void) {
  * the published file, with no lock, no dl* call and no malloc.  Objects are
  * found by reading the loader's list (objects.c). */
 static void initialise(void) {
-    tg_stderr_remember();
+    if (!stderr_known) tg_stderr_remember();
     tg_threads_init();
     tg_glibc_init();
     tg_config_load();
@@ -92,6 +105,8 @@ static void initialise(void) {
     atomic_store_explicit(&owner_pid, (int)getpid(), memory_order_relaxed);
     tg_shaping_init();
 }
+
+static void register_fork_handlers(void);
 
 /* The second step: what takes the loader's lock or may allocate (dlsym,
  * dlvsym, dl_iterate_phdr, pthread_atfork, mallopt, setenv).  Run by the
@@ -109,7 +124,7 @@ static void complete(void) {
     atomic_store_explicit(&real_execve, (execve_fn)dlsym(RTLD_NEXT, "execve"),
                           memory_order_release);
     tg_shaping_complete();
-    pthread_atfork(tg_forked_prepare, NULL, after_fork_in_child);
+    register_fork_handlers();
     tg_report_publish();
 }
 
@@ -158,10 +173,58 @@ int tg_init_answer(void) {
     return 1;
 }
 
-__attribute__((constructor)) static void threadguard_constructor(void) { tg_init(); }
+/* Before a fork: the parent initialises (the first step, async-signal-safe:
+ * fork may be called from a handler) so that the child finds its published
+ * file and shares its CPUs, then notes its inherited pools. */
+static void fork_prepare(void) {
+    if (!tg_init_answer()) return;
+    if (atomic_load_explicit(&complete_state, memory_order_acquire) == 2) tg_forked_prepare();
+}
 
-/* 0: not started, 1: running, 2: done. */
-static _Atomic int complete_state;
+static void fork_child(void) {
+    if (atomic_load_explicit(&init_state, memory_order_acquire) == 2) after_fork_in_child();
+}
+
+static void register_fork_handlers(void) {
+    static _Atomic int registered;
+    if (atomic_exchange_explicit(&registered, 1, memory_order_acq_rel) == 0)
+        pthread_atfork(fork_prepare, NULL, fork_child);
+}
+
+/* Whether the process initialises at start: it runs Python (it may start
+ * workers with vfork, which runs no fork handler, and they must find its
+ * file), or a setting asks for something from the start (a report, a
+ * limit, debug lines).  Loaded into everything, the rest (shells, coreutils,
+ * compilers) start lazily, and most never initialise. */
+static int starts_eagerly(void) {
+    extern char **environ;
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        if (strncmp(*e, "THREADGUARD_", 12) != 0) continue;
+        const char *name = *e + 12;
+        if (strncmp(name, "OUTPUT=", 7) != 0 && strncmp(name, "SKIP=", 5) != 0 &&
+            strncmp(name, "DISABLE=", 8) != 0 && strncmp(name, "TEST_", 5) != 0)
+            return 1;
+    }
+    return dlsym(RTLD_DEFAULT, "Py_Initialize") != NULL;
+}
+
+__attribute__((constructor)) static void threadguard_constructor(void) {
+    if (atomic_load_explicit(&init_state, memory_order_acquire) != 0 || starts_eagerly()) {
+        tg_init(); /* (begun already by an earlier entry point: finished here) */
+        return;
+    }
+    if (tg_config_stays_out()) {
+        int expected = 0;
+        atomic_compare_exchange_strong_explicit(&init_state, &expected, STAYED_OUT,
+                                                memory_order_acq_rel, memory_order_acquire);
+        return;
+    }
+    /* What must be known from the start: which file stderr is (a program
+     * may point fd 2 at a data file later), and the fork handlers. */
+    tg_stderr_remember();
+    stderr_known = 1;
+    register_fork_handlers();
+}
 
 int tg_init(void) {
     if (!tg_init_answer()) return 0;
@@ -321,4 +384,33 @@ THREADGUARD_API int execle(const char *path, const char *arg, ...) {
     char *const *envp = va_arg(ap, char *const *);
     va_end(ap);
     return execve(path, argv, envp);
+}
+
+/* ---- posix_spawn ------------------------------------------------------------ */
+
+/* A lazily started launcher (make, a C program) runs no fork handler when it
+ * spawns: it initialises first, so that its children find its file. */
+typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+                        const posix_spawnattr_t *, char *const[], char *const[]);
+
+THREADGUARD_API int posix_spawn(pid_t *pid, const char *path,
+                                const posix_spawn_file_actions_t *actions,
+                                const posix_spawnattr_t *attr, char *const argv[],
+                                char *const envp[]) {
+    static void *_Atomic real;
+    spawn_fn fn = (spawn_fn)next(&real, "posix_spawn");
+    if (fn == NULL) return ENOSYS;
+    tg_init_answer();
+    return fn(pid, path, actions, attr, argv, envp);
+}
+
+THREADGUARD_API int posix_spawnp(pid_t *pid, const char *file,
+                                 const posix_spawn_file_actions_t *actions,
+                                 const posix_spawnattr_t *attr, char *const argv[],
+                                 char *const envp[]) {
+    static void *_Atomic real;
+    spawn_fn fn = (spawn_fn)next(&real, "posix_spawnp");
+    if (fn == NULL) return ENOSYS;
+    tg_init_answer();
+    return fn(pid, file, actions, attr, argv, envp);
 }

@@ -244,6 +244,14 @@ unsigned tg_caller_slot(void *return_address) {
     return slot_for(base, path);
 }
 
+int tg_caller_kind(void *return_address) {
+    uintptr_t base;
+    const char *path;
+    if (return_address == NULL || find_object((char *)return_address - 1, &base, &path, 0) != 0)
+        return TG_KIND_UNKNOWN;
+    return classify(base, path);
+}
+
 const char *tg_program_path(void) { return exe_path; }
 
 int tg_runs_python(void) { return python_base != 0; }

@@ -194,6 +194,10 @@ TG_HIDDEN void tg_registry_reset_counters(void);
 /* The program's path, read at initialisation (after the main thread calls
  * pthread_exit, /proc/self/exe can no longer be read). */
 TG_HIDDEN const char *tg_program_path(void);
+/* The kind of the object that holds return_address, without a row for it
+ * and without initialisation (lock-free): getenv asks it first, so that a
+ * program reading OMP_NUM_THREADS itself (GNU sort) starts nothing. */
+TG_HIDDEN int tg_caller_kind(void *return_address);
 /* Whether the process runs Python (known from initialisation's second
  * step on). */
 TG_HIDDEN int tg_runs_python(void);

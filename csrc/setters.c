@@ -70,7 +70,7 @@ static int managed_name(const char *name) {
     }
 }
 
-static char *answer_getenv(const char *name, const char *value);
+static char *answer_getenv(const char *name, const char *value, void *caller);
 
 /* glibc's getenv never touches errno; ours reads /proc, so it keeps errno
  * as it found it (a signal handler's getenv must not change the errno of
@@ -79,18 +79,26 @@ THREADGUARD_API char *getenv(const char *name) {
     const char *value = tg_environ_get(name);
     if (!managed_name(name)) return (char *)value;
     int saved = errno;
-    char *result = answer_getenv(name, value);
+    char *result = answer_getenv(name, value, __builtin_return_address(0));
     errno = saved;
     return result;
 }
 
-static char *answer_getenv(const char *name, const char *value) {
+static int pool_kind(int kind) {
+    return kind == TG_KIND_OPENBLAS || kind == TG_KIND_OPENMP || kind == TG_KIND_MKL ||
+           kind == TG_KIND_BLIS || kind == TG_KIND_TORCH;
+}
+
+static char *answer_getenv(const char *name, const char *value, void *caller) {
+    /* Only a pool asking initialises threadguard (a lazily started process
+     * may be a shell or coreutils reading the variable for itself). */
+    if (!pool_kind(tg_caller_kind(caller))) return (char *)value;
     /* Re-entered while initialising (a signal handler): the real answer. */
     if (!tg_init_answer() || tg_config.observe) return (char *)value;
     /* The direct caller only: unwinding from here could dlopen, and a
      * getenv reached through libc (a tail call from a signal handler) is
      * not a pool asking. */
-    unsigned slot = tg_caller_slot(__builtin_return_address(0));
+    unsigned slot = tg_caller_slot(caller);
     int kind = tg_libs[slot].kind;
     if (strcmp(name, "OMP_THREAD_LIMIT") == 0)
         return kind == TG_KIND_OPENMP ? tg_limit_openmp(slot, value) : (char *)value;
