@@ -410,3 +410,23 @@ def test_every_exec_form_takes_the_published_file_away(form, tmp_path):
         assert proc.stdout.splitlines() == ["before: 1", "after a failed exec: 1"]
     else:
         assert proc.stdout.splitlines() == ["before: 1", "after: 0"]
+
+
+def test_programs_other_than_python_start_lazily(tmp_path):
+    """A program under the preload, given no setting and starting no thread,
+    has published nothing (it has not initialised: ls, which lists its own
+    pid's files); given a setting it has, and Python always has (it may
+    start workers with vfork, and they look for its file)."""
+    def own_files(program: List[str], extra: Dict[str, str]) -> int:
+        proc = subprocess.Popen([*program], env=plain_env({"LD_PRELOAD": LIB, **extra}),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                cwd=tmp_path)
+        out, _ = proc.communicate(timeout=300)
+        return sum(name.startswith(f"{proc.pid}.") for name in out.split())
+
+    listing = ["sh", "-c", f"exec ls -1 /dev/shm/threadguard-{os.getuid()}"]
+    python = [sys.executable, "-c", "import os; print(*os.listdir("
+              "f'/dev/shm/threadguard-{os.getuid()}'))"]
+    assert own_files(listing, {}) == 0
+    assert own_files(listing, {"THREADGUARD_POOL_THREADS": "2"}) == 1
+    assert own_files(python, {}) == 1
