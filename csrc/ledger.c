@@ -13,7 +13,9 @@
  * The mapping is the file "ledger" in the user's shared directory
  * (/dev/shm/threadguard-UID, where each process also publishes its counters,
  * publish.c), mode 0600, owned by the user: a fixed array of entries (pid, start time, promised), so nothing is
- * allocated.  A process's entry is freed at exit; entries of processes that
+ * allocated.  It stays when the user's processes end (12 KiB): it also
+ * carries the user's last task count, so that the next process need not
+ * walk /proc (limits.c).  A process's entry is freed at exit; entries of processes that
  * died (SIGKILL) or exec'ed are reclaimed by the next process that sizes a
  * pool (a pid whose start time no longer matches is another process).
  * Nothing is shared under secure execution, for root (RLIMIT_NPROC does
@@ -83,17 +85,12 @@ static int alive(const struct ledger_entry *e, int pid) {
     return started < 0 || started == atomic_load_explicit(&e->start_time, memory_order_relaxed);
 }
 
-/* The ledger file's inode: the last process to leave removes the file
- * (tg_ledger_release), and a process holding the mapping of a removed one
- * maps the new file before it uses it (tg_ledger_lock). */
-static ino_t mapped_ino;
-
 static struct ledger *open_ledger(void) {
     if (getauxval(AT_SECURE) || getuid() == 0 || geteuid() != getuid()) return NULL;
     int dir = tg_shared_dir(1);
     if (dir < 0) return NULL;
     int fd = openat(dir, "ledger", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0 && errno == ENOENT) { /* the directory's last process removed it meanwhile */
+    if (fd < 0 && errno == ENOENT) { /* the directory went empty and was removed meanwhile */
         close(dir);
         if ((dir = tg_shared_dir(1)) < 0) return NULL;
         fd = openat(dir, "ledger", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -107,7 +104,6 @@ static struct ledger *open_ledger(void) {
         (st.st_size >= (off_t)sizeof *l || ftruncate(fd, sizeof *l) == 0)) {
         void *mem = mmap(NULL, sizeof *l, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (mem != MAP_FAILED) l = mem;
-        mapped_ino = st.st_ino;
     }
     close(fd);
     if (l == NULL) return NULL;
@@ -130,36 +126,10 @@ static struct ledger *ledger(void) {
     return l;
 }
 
-/* Whether the mapped ledger is still the file in the directory. */
-static int still_named(void) {
-    int dir = tg_shared_dir(0);
-    if (dir < 0) return 0;
-    struct stat st;
-    int same = fstatat(dir, "ledger", &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino == mapped_ino;
-    close(dir);
-    return same;
-}
-
-static int lock_mapped(struct ledger *l);
-
 int tg_ledger_lock(void) {
     if (holding) return 0; /* re-entered (a signal handler): go on without */
     struct ledger *l = ledger();
     if (l == NULL) return 0;
-    if (!lock_mapped(l)) return 0;
-    if (still_named()) return 1;
-    /* Removed by the last process to leave (this one held no entry then,
-     * or the file would have stayed): map the file that replaced it. */
-    tg_ledger_unlock(1);
-    if (atomic_load_explicit(&mine, memory_order_acquire) != NULL) return 0;
-    struct ledger *fresh = open_ledger();
-    if (fresh == NULL) return 0;
-    atomic_store_explicit(&shared, fresh, memory_order_release);
-    munmap(l, sizeof *l);
-    return lock_mapped(fresh);
-}
-
-static int lock_mapped(struct ledger *l) {
     int self = (int)getpid();
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -289,27 +259,11 @@ void tg_ledger_update(void) {
 
 void tg_ledger_release(void) {
     struct ledger_entry *e = atomic_exchange_explicit(&mine, NULL, memory_order_acq_rel);
-    if (e != NULL) {
-        atomic_store_explicit(&e->promised, 0, memory_order_relaxed);
-        int self = (int)getpid();
-        atomic_compare_exchange_strong_explicit(&e->pid, &self, 0, memory_order_acq_rel,
-                                                memory_order_relaxed);
-    }
-    /* The last process to leave removes the file: nothing stays in
-     * /dev/shm.  Under the lock, so that nobody claims an entry meanwhile. */
-    struct ledger *l = atomic_load_explicit(&shared, memory_order_acquire);
-    if (l == NULL || tg_is_forked_child() || !tg_ledger_lock()) return;
-    l = atomic_load_explicit(&shared, memory_order_acquire);
-    reclaim(l, 1);
-    int empty = 1;
-    for (int i = 0; i < LEDGER_ENTRIES && empty; i++)
-        empty = atomic_load_explicit(&l->entries[i].pid, memory_order_acquire) == 0;
-    int dir = empty ? tg_shared_dir(0) : -1;
-    if (dir >= 0) {
-        unlinkat(dir, "ledger", 0);
-        close(dir);
-    }
-    tg_ledger_unlock(1);
+    if (e == NULL) return;
+    atomic_store_explicit(&e->promised, 0, memory_order_relaxed);
+    int self = (int)getpid();
+    atomic_compare_exchange_strong_explicit(&e->pid, &self, 0, memory_order_acq_rel,
+                                            memory_order_relaxed);
 }
 
 void tg_ledger_after_fork_in_child(void) {

@@ -119,8 +119,19 @@ class Runner:
         if guarded:
             cmd = [sys.executable, "-m", "threadguard", "run", "--report",
                    str(self.report_path), *options, "--", *cmd]
-        return subprocess.run([*prefix, *cmd], env=self.env(env, cpus), cwd=self.dir,
-                              capture_output=True, text=True, timeout=timeout)
+            return subprocess.run([*prefix, *cmd], env=self.env(env, cpus), cwd=self.dir,
+                                  capture_output=True, text=True, timeout=timeout)
+        # Bare, OpenBLAS may hang instead of dying once a pthread_create
+        # failed (seen in CI under a cgroup pids limit on a busy machine: its
+        # workers spun for minutes).  That is the bare failure too.
+        try:
+            return subprocess.run([*prefix, *cmd], env=self.env(env, cpus), cwd=self.dir,
+                                  capture_output=True, text=True, timeout=min(timeout, 120))
+        except subprocess.TimeoutExpired as exc:
+            def text(data: object) -> str:
+                return data.decode(errors="replace") if isinstance(data, bytes) else str(data or "")
+            return subprocess.CompletedProcess(exc.cmd, -9, text(exc.stdout),
+                                               text(exc.stderr) + "\n[hung: killed after 120 s]")
 
     def report(self) -> threadguard.Stats:
         return threadguard.load_report(self.report_path)
