@@ -121,9 +121,10 @@ class Runner:
                    str(self.report_path), *options, "--", *cmd]
             return subprocess.run([*prefix, *cmd], env=self.env(env, cpus), cwd=self.dir,
                                   capture_output=True, text=True, timeout=timeout)
-        # Bare, OpenBLAS may hang instead of dying once a pthread_create
-        # failed (seen in CI under a cgroup pids limit on a busy machine: its
-        # workers spun for minutes).  That is the bare failure too.
+        # Bare, OpenBLAS raises SIGINT when a pthread_create fails, and goes
+        # on with the threads it has when SIGINT is ignored (a run started in
+        # the background by a non-interactive shell): then it spins for ever.
+        # That is the bare failure too.
         try:
             return subprocess.run([*prefix, *cmd], env=self.env(env, cpus), cwd=self.dir,
                                   capture_output=True, text=True, timeout=min(timeout, 120))
