@@ -399,7 +399,8 @@ def test_report_lists_values_sources_and_headroom(runner):
     assert names == ["THREADGUARD_MAX_THREADS", "THREADGUARD_POOL_THREADS",
                      "THREADGUARD_ON_LIMIT", "THREADGUARD_STACK", "THREADGUARD_ARENAS",
                      "THREADGUARD_NPROC", "THREADGUARD_REPORT", "THREADGUARD_DEBUG",
-                     "THREADGUARD_IMPORT", "THREADGUARD_OBSERVE", "THREADGUARD_PUBLISH"]
+                     "THREADGUARD_IMPORT", "THREADGUARD_OBSERVE", "THREADGUARD_PUBLISH",
+                     "THREADGUARD_OUTPUT", "THREADGUARD_DISABLE", "THREADGUARD_SKIP"]
     assert set(data["applied"]) == {"stack", "pool_stack", "arenas", "rlimit_nproc"}
     table = runner.run(NUMPY_MATMUL, guarded=True, cpus=64, env=env,
                        options=["--max-threads", "20", "--report", "stderr"])

@@ -33,6 +33,7 @@
  * loops on two cores it hung 2 times in 1,500.  The soak
  * (tools/soak-signals) runs 10,000 of each, on both glibc paths.  sigpipe
  * and own_sigpipe run 30 and 5 times. */
+#define _GNU_SOURCE /* RTLD_DEFAULT, on glibc before 2.34 */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
