@@ -44,8 +44,9 @@ class Child:
     """A guarded top_child.py, driven over its stdin."""
 
     def __init__(self, kind: str = "plain", threads: int = 2, *, preload: bool = True,
-                 prefix: List[str] = (), env: Optional[Dict[str, str]] = None, cwd: Path = HERE):
-        cmd = [sys.executable, str(CHILD), kind, str(threads)]
+                 prefix: List[str] = (), env: Optional[Dict[str, str]] = None, cwd: Path = HERE,
+                 args: List[str] = ()):
+        cmd = [sys.executable, str(CHILD), kind, str(threads), *args]
         if preload:
             cmd = [sys.executable, "-m", "threadguard", "run", "--", *cmd]
         self.proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.PIPE,
@@ -390,6 +391,113 @@ def test_prometheus_textfile_and_loopback_port(children, tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0
+    assert "warning" not in server.stderr.read()  # the loopback is not news
+
+
+SECRET = "--secret-token=abc123"
+
+
+def test_the_default_export_names_the_program_and_pid_never_the_arguments(children, tmp_path):
+    """A guarded command with a token among its arguments: the textfile and
+    the port label it pid, user and program, and nothing of its command
+    line appears anywhere in them; --command-label is what puts it there."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    child = Child("numpy", threads=2, args=[SECRET])
+    children.append(child)
+    child.read()
+    program = os.path.basename(os.path.realpath(sys.executable))  # python3.X
+
+    def labels_of(text: str) -> List[Dict[str, str]]:
+        return [sample.labels for family in parser.text_string_to_metric_families(text)
+                for sample in family.samples if sample.labels.get("pid") == str(child.pid)]
+
+    out = tmp_path / "threadguard.prom"
+    top("--once", "--textfile", str(out))
+    text = out.read_text()
+    assert "abc123" not in text
+    seen = labels_of(text)
+    assert seen and all(labels["program"] == program and "command" not in labels
+                        for labels in seen), seen
+    pools = [labels for labels in seen if labels.get("variable") == "OPENBLAS_NUM_THREADS"]
+    assert pools and all(labels["program"] == program for labels in pools)
+
+    server = subprocess.Popen([sys.executable, "-m", "threadguard", "top", "--listen",
+                               "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
+                              env=clean_env(), cwd=HERE)
+    try:
+        url = re.search(r"http://\S+/metrics", server.stderr.readline()).group(0)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            served = response.read().decode()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert "abc123" not in served and labels_of(served)
+
+    top("--once", "--textfile", str(out), "--command-label")
+    commands = {labels["command"] for labels in labels_of(out.read_text())}
+    assert len(commands) == 1 and SECRET in commands.pop()
+
+
+def test_the_export_is_bounded_and_says_what_it_left_out(children, tmp_path):
+    parser = pytest.importorskip("prometheus_client.parser")
+    for threads in (1, 2, 3):
+        children.append(Child("plain", threads=threads))
+    for child in children:
+        child.read()
+    out = tmp_path / "threadguard.prom"
+    top("--once", "--textfile", str(out), "--max-processes", "2")
+    pids, left_out, guarded = set(), None, 0
+    for family in parser.text_string_to_metric_families(out.read_text()):
+        for sample in family.samples:
+            if "pid" in sample.labels:
+                pids.add(sample.labels["pid"])
+            if sample.name == "threadguard_processes_left_out":
+                left_out = sample.value
+            if sample.name == "threadguard_processes":
+                guarded += sample.value
+    assert len(pids) == 2, pids
+    assert left_out == guarded - 2 and left_out >= 1
+    bad = top("--once", "--textfile", str(out), "--max-processes", "0", check=False)
+    assert bad.returncode == 2 and "1 or more" in bad.stderr
+
+
+def test_python_start_sites_beyond_the_cap_are_summed_as_one():
+    from threadguard._stats import Counters, Growth, PythonSite, Stats
+    from threadguard.top import metrics
+    from threadguard.top.snapshot import Process, Snapshot
+    sites = tuple(PythonSite(where=f"job.py:{n} in f", created=n, live=n, peak=n, failed=0,
+                             growth=Growth(leaking=n == 1))
+                  for n in range(1, 26))
+    stats = Stats(libraries=(), total=Counters(), tasks=1, untracked=0, tasks_at_start=0,
+                  interposing=True, pid=42, program="python3", version="0", python_sites=sites)
+    process = Process(pid=42, uid=0, user="root", command="python3 job.py --token=x",
+                      stats=stats, cgroup=None)
+    text = metrics.render(Snapshot(time=0.0, host="h", processes=[process], users=[],
+                                   cgroups=[]))
+    live = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r'threadguard_python_site_threads_live\{.*site="([^"]+)"\} (\d+)', text)}
+    assert len(live) == metrics.SITES_PER_PROCESS
+    assert live[metrics.OTHER_SITES] == sum(range(1, 17))  # the 16 least busy, added up
+    assert min(v for k, v in live.items() if k != metrics.OTHER_SITES) == 17
+    assert re.search(r'threadguard_python_site_threads_leaking\{.*site="\(other sites\)"\} 1',
+                     text)
+    assert "token" not in text
+
+
+def test_listening_beyond_the_loopback_says_so():
+    server = subprocess.Popen([sys.executable, "-m", "threadguard", "top", "--listen",
+                               "0.0.0.0:0"], stderr=subprocess.PIPE, text=True,
+                              env=clean_env(), cwd=HERE)
+    try:
+        assert "serving http://0.0.0.0:" in server.stderr.readline()
+        warning = server.stderr.readline()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert warning.startswith("threadguard top: warning: 0.0.0.0 is not a loopback address")
+    from threadguard.top.metrics import is_loopback
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::")
 
 
 def test_growth_is_shown_while_the_job_runs(children, tmp_path):
