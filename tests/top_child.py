@@ -9,6 +9,8 @@ with the same line once its own counters show the change:
 
     add N    start N more waiting threads
     grow N   start N more waiting threads, one at a time, 30 ms apart (a leak)
+    try N    start up to N more waiting threads, stopping at the first that
+             cannot start (a task limit), and say how many did
     stop N   let N of them end
     fork     fork a child that starts 1 thread and waits (answers with its pid)
     exit
@@ -82,6 +84,17 @@ def main():
             for _ in range(int(words[1])):
                 start(1)
                 time.sleep(0.03)
+        elif words[0] == "try":
+            started = 0
+            for _ in range(int(words[1])):
+                try:
+                    start(1)
+                except RuntimeError:  # "can't start new thread"
+                    break
+                started += 1
+            settle(base + len(waiting))
+            report({"started": started})
+            continue
         elif words[0] == "stop":
             for _ in range(int(words[1])):
                 t, stop = waiting.pop()

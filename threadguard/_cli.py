@@ -29,7 +29,7 @@ COMMANDS: Tuple[Tuple[str, str], ...] = (
     ("stats", "show a report written with THREADGUARD_REPORT=PATH.json, or a running "
               "process's"),
     ("site", "print a modulefile, Slurm TaskProlog or ld.so.preload line that guards every "
-             "job on a node"),
+             "job on a node, or Prometheus alert rules"),
 )
 
 _EPILOG = """\

@@ -1,6 +1,7 @@
 """`threadguard site`: the files a site installs to guard every job without
 `threadguard run` in it: an Lmod modulefile, a Slurm TaskProlog, and the
-line for /etc/ld.so.preload (docs/site.md says which to choose)."""
+line for /etc/ld.so.preload (docs/site.md says which to choose); and the
+Prometheus alerting rules over `threadguard top`'s metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from typing import List, Tuple
 
 from .._settings import OPTIONS, SITE_VARIABLES, check_setting
+from ..top.metrics import ALERT_RULES
 from .libpath import packaged_library
 
 __all__ = ["add_arguments", "modulefile", "run", "taskprolog"]
@@ -85,8 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "slurm.conf), or 'preload' (the line for /etc/ld.so.preload, which loads the library "
         "into every dynamically linked program on the node). Programs that start no thread "
         "pool see nothing; setuid programs and those named in THREADGUARD_SKIP are left "
-        f"alone; a job or command opts out with {_OPT_OUT}.")
-    parser.add_argument("kind", choices=("modulefile", "taskprolog", "preload"),
+        f"alone; a job or command opts out with {_OPT_OUT}. 'alerts' prints Prometheus "
+        f"alerting rules over the metrics of `threadguard top --textfile` or --listen (save "
+        f"it in a rule_files directory of Prometheus).")
+    parser.add_argument("kind", choices=("modulefile", "taskprolog", "preload", "alerts"),
                         help="which file to print")
     parser.add_argument("--library", metavar="PATH",
                         help="the libthreadguard.so the file names (default: this installation's; "
@@ -99,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.kind == "alerts":
+        if args.settings or args.library:
+            parser.error("--set and --library do not apply to alerts: the rules read the "
+                         "metrics, whatever the processes' settings")
+        sys.stdout.write(ALERT_RULES.read_text(encoding="utf-8"))
+        return 0
     library = args.library or packaged_library()
     if not os.path.isabs(library):
         parser.error(f"--library {library}: give an absolute path (the loader needs one)")

@@ -21,10 +21,14 @@ from typing import Callable, Dict, Iterable, List, Tuple
 from .._stats import Growth, PythonSite
 from .snapshot import Process, Snapshot
 
-__all__ = ["CONTENT_TYPE", "MAX_PROCESSES", "OTHER_SITES", "SITES_PER_PROCESS", "is_loopback",
+__all__ = ["ALERT_RULES", "CONTENT_TYPE", "MAX_PROCESSES", "OTHER_SITES", "SITES_PER_PROCESS", "is_loopback",
            "render", "serve", "write_textfile"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Prometheus alerting rules over these families, shipped beside this module
+# (`threadguard site alerts` prints them; docs/alerts.md explains them).
+ALERT_RULES = Path(__file__).with_name("alerts.yml")
 
 # A node runs a few dozen guarded processes; a fork bomb of them must not
 # become a cardinality bomb in the central Prometheus.

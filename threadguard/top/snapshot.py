@@ -9,7 +9,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
@@ -147,34 +147,67 @@ def _read_int(path: Path) -> Optional[int]:
         return None
 
 
-def _limiting_cgroup(pid: int) -> Optional[str]:
-    """The cgroup (v2) on pid's path whose pids.max is the smallest, or None
-    where no pids.max bounds it (or it cannot be read)."""
+def _pids_hierarchies(pid: int) -> List[Tuple[Path, str]]:
+    """(mount point, pid's path in it) of each hierarchy that can hold a
+    pids.max: cgroup v2 (at CGROUP_ROOT, or CGROUP_ROOT/unified on a hybrid
+    host) and v1's pids controller (CGROUP_ROOT/pids: RHEL 8, CentOS 7)."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
-        return None
-    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if relative is None:
-        return None
-    best: Optional[str] = None
+        return []
+    found = []
+    for line in lines:
+        number, _, rest = line.partition(":")
+        controllers, _, relative = rest.partition(":")
+        if number == "0" and controllers == "":
+            unified = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() \
+                else CGROUP_ROOT / "unified"
+            found.append((unified, relative))
+        elif "pids" in controllers.split(","):
+            found.append((CGROUP_ROOT / "pids", relative))
+    return found
+
+
+def _limiting_cgroup(pid: int) -> Optional[Tuple[str, Path]]:
+    """The cgroup on pid's paths whose pids.max is the smallest (its path
+    in its hierarchy, and its directory), or None where no pids.max bounds
+    it (or it cannot be read)."""
+    best: Optional[Tuple[str, Path]] = None
     best_max: Optional[int] = None
-    path = "/" + relative.strip("/")
-    while True:
-        limit = _read_int(CGROUP_ROOT / path.lstrip("/") / "pids.max")
-        if limit is not None and (best_max is None or limit < best_max):
-            best, best_max = path, limit
-        if path == "/":
-            return best
-        path = os.path.dirname(path)
+    for mount, relative in _pids_hierarchies(pid):
+        path = "/" + relative.strip("/")
+        while True:
+            directory = mount / path.lstrip("/")
+            limit = _read_int(directory / "pids.max")
+            if limit is not None and (best_max is None or limit < best_max):
+                best, best_max = (path, directory), limit
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+    return best
 
 
 def _rlimit_nproc(pid: int) -> Optional[int]:
+    """pid's soft RLIMIT_NPROC, None when unlimited or unreadable.  prlimit()
+    on another user's process needs CAP_SYS_RESOURCE, which root in a
+    container may lack: /proc/PID/limits, readable by all, is the fallback."""
     try:
         soft, _hard = psutil.Process(pid).rlimit(psutil.RLIMIT_NPROC)
     except (psutil.Error, OSError, AttributeError):
-        return None
+        return _limits_file_nproc(pid)
     return None if soft < 0 or soft == psutil.RLIM_INFINITY else int(soft)
+
+
+def _limits_file_nproc(pid: int) -> Optional[int]:
+    try:
+        lines = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        if line.startswith("Max processes"):
+            soft = line[len("Max processes"):].split()[0]
+            return int(soft) if soft.isdigit() else None  # "unlimited"
+    return None
 
 
 def _tasks_by_uid() -> Dict[int, int]:
@@ -192,6 +225,7 @@ def take(all_users: Optional[bool] = None) -> Snapshot:
     them.  Files of processes that are gone are removed on the way."""
     found = _published.scan(all_users)
     processes = []
+    directories: Dict[str, Path] = {}  # cgroup path -> its directory
     rejected = list(found.rejected)
     for p in found.processes:
         try:
@@ -203,9 +237,12 @@ def take(all_users: Optional[bool] = None) -> Snapshot:
             # off: the library is loaded but counts nothing (THREADGUARD_IMPORT=off);
             # this process: guarded only because it imports threadguard to read the others
             continue
+        cgroup = _limiting_cgroup(p.pid)
+        if cgroup is not None:
+            directories[cgroup[0]] = cgroup[1]
         processes.append(Process(pid=p.pid, uid=p.uid, user=_user_name(p.uid),
                                  command=_command(p.pid, stats.program), stats=stats,
-                                 cgroup=_limiting_cgroup(p.pid)))
+                                 cgroup=None if cgroup is None else cgroup[0]))
     tasks = _tasks_by_uid()
     uids = sorted({p.uid for p in processes} | {os.getuid()})
     users = []
@@ -218,8 +255,7 @@ def take(all_users: Optional[bool] = None) -> Snapshot:
                           guarded_tasks=sum(p.tasks for p in mine), processes=len(mine),
                           rlimit_nproc=min(limits) if limits else None))
     cgroups = []
-    for path in sorted({p.cgroup for p in processes if p.cgroup is not None}):
-        directory = CGROUP_ROOT / path.lstrip("/")
+    for path, directory in sorted(directories.items()):
         limit = _read_int(directory / "pids.max")
         if limit is None:
             continue
