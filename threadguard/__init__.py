@@ -55,12 +55,14 @@ __all__ = [
     "info",
     "libpath",
     "limit",
+    "load_ipython_extension",
     "load_report",
     "mode",
     "pool_initializer",
     "preloaded",
     "profile_path",
     "stats",
+    "unload_ipython_extension",
 ]
 
 __version__ = "0.1.0"
@@ -105,6 +107,22 @@ def preloaded() -> bool:
     """True when libthreadguard.so was preloaded, so its pthread_create wraps
     the process's and threads are counted from the start."""
     return bool(_native.load().threadguard_interposing())
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext threadguard`` in IPython or Jupyter: the ``%threadguard``
+    line magic (this kernel's threads by library, pools and limits), the
+    ``%%threadguard`` cell magic (what one cell started) and a short warning
+    after a cell whose pools oversubscribe the CPUs or leave few threads
+    under a task limit."""
+    from ._notebook import load
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext threadguard``: no more warnings after cells."""
+    from ._notebook import unload
+    unload(ipython)
 
 
 def _register_controllers() -> None:

@@ -28,6 +28,7 @@ COMMANDS: Tuple[Tuple[str, str], ...] = (
     ("top", "every guarded process on this node: threads by library, pools, limits, live"),
     ("stats", "show a report written with THREADGUARD_REPORT=PATH.json, or a running "
               "process's"),
+    ("kernel", "install a Jupyter kernel that runs under threadguard"),
     ("site", "print a modulefile, Slurm TaskProlog or ld.so.preload line that guards every "
              "job on a node, or Prometheus alert rules"),
 )
@@ -45,6 +46,7 @@ examples:
   threadguard bench --quick                   what fewer threads cost here; a node profile
   threadguard top                             every guarded process's threads by library, live
   threadguard stats --pid 1234                one running process's table, as at its exit
+  threadguard kernel install --user           a Jupyter kernel sized before numpy loads
 """
 
 

@@ -137,6 +137,11 @@ class Allocation(int):
 
     __format__ = int.__format__  # (int's, not object's: "{:>4}" works)
 
+    def _repr_html_(self) -> str:
+        """The CPUs and every figure seen, as HTML, for Jupyter's rich display."""
+        from ._html import allocation_html
+        return allocation_html(self)
+
     def __reduce__(self) -> Any:  # pickles as itself (to a worker and back)
         return (Allocation, (int(self), self.source, self.sources, self.sharing))
 

@@ -322,6 +322,11 @@ class Stats:
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"not a threadguard report: missing or bad field {exc}") from exc
 
+    def _repr_html_(self) -> str:
+        """The table as HTML, for Jupyter's rich display."""
+        from ._html import stats_html
+        return stats_html(self)
+
     def format_table(self) -> str:
         """A human-readable table, one row per library: the one the library
         prints at exit (csrc/report.c writes it into every report, so the

@@ -15,7 +15,7 @@ from .._settings import OPTIONS, SITE_VARIABLES, check_setting
 from ..top.metrics import ALERT_RULES
 from .libpath import packaged_library
 
-__all__ = ["add_arguments", "modulefile", "run", "taskprolog"]
+__all__ = ["add_arguments", "modulefile", "run", "setting", "taskprolog"]
 
 _OPT_OUT = "THREADGUARD_DISABLE=1"
 
@@ -65,7 +65,8 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _setting(text: str) -> Tuple[str, str]:
+def setting(text: str) -> Tuple[str, str]:
+    """A --set VARIABLE=VALUE argument, checked by the library's own parser (argparse type)."""
     name, sep, value = text.partition("=")
     known = {option.variable for option in OPTIONS} | set(SITE_VARIABLES)
     if not sep or name not in known:
@@ -95,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--library", metavar="PATH",
                         help="the libthreadguard.so the file names (default: this installation's; "
                              "give the path where the nodes have it)")
-    parser.add_argument("--set", metavar="VARIABLE=VALUE", type=_setting, action="append",
+    parser.add_argument("--set", metavar="VARIABLE=VALUE", type=setting, action="append",
                         default=[], dest="settings",
                         help="a THREADGUARD_* setting for every guarded process, such as "
                              "THREADGUARD_OUTPUT=syslog or THREADGUARD_REPORT=/scratch/tg/%%p.json "

@@ -21,8 +21,8 @@ from typing import Callable, Dict, Iterable, List, Tuple
 from .._stats import Growth, PythonSite
 from .snapshot import Process, Snapshot
 
-__all__ = ["ALERT_RULES", "CONTENT_TYPE", "MAX_PROCESSES", "OTHER_SITES", "SITES_PER_PROCESS", "is_loopback",
-           "render", "serve", "write_textfile"]
+__all__ = ["ALERT_RULES", "CONTENT_TYPE", "MAX_PROCESSES", "OTHER_SITES", "SITES_PER_PROCESS",
+           "is_loopback", "render", "serve", "write_textfile"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
