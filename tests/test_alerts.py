@@ -4,8 +4,10 @@ from real guarded processes.
 
 The processes: one of a fresh unprivileged uid under RLIMIT_NPROC 40 and
 one in a cgroup with pids.max 40, each of which starts threads until one
-fails; numpy with OPENBLAS_NUM_THREADS above the CPUs (oversubscribed) and
-numpy as threadguard sizes it (not); one that leaks Python threads.  Two
+fails; torch with torch.set_num_threads() at four times the CPUs
+(oversubscribed); numpy as threadguard sizes it, and numpy given
+OPENBLAS_NUM_THREADS at four times the CPUs, which OpenBLAS caps at the CPUs
+it sees (neither is); one that leaks Python threads.  Two
 looks at the node: before (t=0) and after (from t=1m on, the last look
 held, as the processes hold still).  The alerts each rule must fire are
 worked out here from those figures, independently of the rules'
@@ -32,6 +34,7 @@ yaml = pytest.importorskip("yaml")
 parser = pytest.importorskip("prometheus_client.parser")
 
 TASK_LIMIT = 40
+POOL_KINDS = ("openblas", "openmp", "mkl", "blis", "torch")
 Series = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
 
@@ -106,10 +109,11 @@ def expected_alerts(before: Series, after: Series) -> Dict[str, List[Dict[str, s
     alerts["ThreadguardCgroupPidsNearMax"] = [
         dict(labels) for labels, n in _values("threadguard_cgroup_pids_current", after).items()
         if n >= 0.9 * maxima[labels]]
-    cpus = _values("threadguard_pool_cpus", after)
+    cpus = {dict(labels)["pid"]: n for labels, n in _values("threadguard_process_cpus",
+                                                             after).items()}
     alerts["ThreadguardPoolOversubscribed"] = [
-        dict(labels) for labels, n in _values("threadguard_pool_threads", after).items()
-        if n > cpus[labels]]
+        dict(labels) for labels, n in _values("threadguard_threads_live", after).items()
+        if dict(labels)["kind"] in POOL_KINDS and n + 1 > cpus[dict(labels)["pid"]]]
     failed_before = _values("threadguard_thread_creations_failed_total", before)
     alerts["ThreadguardThreadCreationsFailing"] = [
         dict(labels)
@@ -153,16 +157,17 @@ def test_every_rule_fires_on_real_processes_and_only_on_those(tmp_path, pids_cgr
     try:
         limited = Child("plain", threads=0, prefix=nobody_prefix(TASK_LIMIT))
         grouped = Child("plain", threads=0, prefix=pids_cgroup.prefix())
-        oversubscribed = Child("numpy", threads=0,
-                               env=clean_env(OPENBLAS_NUM_THREADS=str(2 * cpus)))
+        oversubscribed = Child("torch", threads=0)
         sized = Child("numpy", threads=0)
+        capped = Child("numpy", threads=0, env=clean_env(OPENBLAS_NUM_THREADS=str(4 * cpus)))
         leaking = Child("plain", threads=0)
-        children += [limited, grouped, oversubscribed, sized, leaking]
+        children += [limited, grouped, oversubscribed, sized, capped, leaking]
         for child in children:
             child.read()
         cgroup = "/" + pids_cgroup.path.name
         pids = {str(child.pid) for child in children}
         before = _mine(look(tmp_path, "before"), pids, cgroup)
+        assert oversubscribed.send(f"torch-threads {4 * cpus}")["torch_threads"] == 4 * cpus
         assert limited.send(f"try {2 * TASK_LIMIT}")["started"] < TASK_LIMIT
         assert grouped.send(f"try {2 * TASK_LIMIT}")["started"] < TASK_LIMIT
         leaking.send("grow 12")
@@ -180,6 +185,9 @@ def test_every_rule_fires_on_real_processes_and_only_on_those(tmp_path, pids_cgr
     assert [a["uid"] for a in expected["ThreadguardUserTasksNearLimit"]] == [str(NOBODY)]
     assert [a["cgroup"] for a in expected["ThreadguardCgroupPidsNearMax"]] == [cgroup]
     assert pids_of("ThreadguardPoolOversubscribed") == {str(oversubscribed.pid)}
+    # the capped numpy asked for more than its CPUs: a decision above them, no pool above them
+    asked = _values("threadguard_pool_threads", after)
+    assert any(dict(k)["pid"] == str(capped.pid) and v == 4 * cpus for k, v in asked.items())
     assert pids_of("ThreadguardThreadCreationsFailing") == {str(limited.pid), str(grouped.pid)}
     assert pids_of("ThreadguardThreadsLeaking") == {str(leaking.pid)}
 

@@ -11,6 +11,7 @@ with the same line once its own counters show the change:
     grow N   start N more waiting threads, one at a time, 30 ms apart (a leak)
     try N    start up to N more waiting threads, stopping at the first that
              cannot start (a task limit), and say how many did
+    torch-threads N   torch.set_num_threads(N) and a matrix product (KIND torch)
     stop N   let N of them end
     fork     fork a child that starts 1 thread and waits (answers with its pid)
     exit
@@ -94,6 +95,13 @@ def main():
                 started += 1
             settle(base + len(waiting))
             report({"started": started})
+            continue
+        elif words[0] == "torch-threads":
+            import torch
+            torch.set_num_threads(int(words[1]))
+            torch.ones(300, 300) @ torch.ones(300, 300)
+            time.sleep(0.2)  # the pool's threads are counted as they start
+            report({"torch_threads": torch.get_num_threads()})
             continue
         elif words[0] == "stop":
             for _ in range(int(words[1])):

@@ -16,7 +16,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .._stats import Growth, PythonSite
 from .snapshot import Process, Snapshot
@@ -45,6 +45,8 @@ Sample = Tuple[Dict[str, str], float]
 _FAMILIES = {
     "threadguard_processes": ("gauge", "Guarded processes running, by user."),
     "threadguard_process_tasks": ("gauge", "Tasks (threads) of a guarded process."),
+    "threadguard_process_cpus": ("gauge", "CPU allocation of a guarded process (as its pools "
+                                          "were last sized against)."),
     "threadguard_threads_live": ("gauge", "Threads live now, by process and creating library."),
     "threadguard_threads_peak": ("gauge", "Highest live threads seen, by process and library."),
     "threadguard_threads_created_total": ("counter",
@@ -64,8 +66,6 @@ _FAMILIES = {
     "threadguard_python_site_threads_leaking": ("gauge", "1 while a start site's live threads "
                                                          "grow as a leak does, else 0."),
     "threadguard_pool_threads": ("gauge", "Pool size a library got, and where it came from."),
-    "threadguard_pool_cpus": ("gauge", "CPU allocation the process had when the pool was "
-                                       "sized (a pool above it is oversubscribed)."),
     "threadguard_user_tasks": ("gauge", "Tasks of a user (what RLIMIT_NPROC counts), in "
                                         "guarded processes or not."),
     "threadguard_user_rlimit_nproc": ("gauge", "Soft RLIMIT_NPROC of a user's guarded "
@@ -91,6 +91,16 @@ def _process_labels(p: Process, command_label: bool) -> Dict[str, str]:
     if command_label:
         labels["command"] = p.command[:200]
     return labels
+
+
+def _process_cpus(p: Process) -> Optional[int]:
+    """The CPUs the process may use: as its last pool decision saw them
+    (the allocation changes when a parent's workers come and go), else as
+    measured at its start; None when neither says."""
+    if p.stats.pools:
+        return p.stats.pools[-1].cpus
+    cpus = p.stats.headroom_at_start.get("cpus")
+    return cpus if isinstance(cpus, int) and cpus > 0 else None
 
 
 def _sites(p: Process) -> List[PythonSite]:
@@ -123,6 +133,9 @@ def _samples(snapshot: Snapshot, command_label: bool,
     for p in exported:
         process = _process_labels(p, command_label)
         out["threadguard_process_tasks"].append((process, p.tasks))
+        cpus = _process_cpus(p)
+        if cpus is not None:
+            out["threadguard_process_cpus"].append((process, cpus))
         for lib in p.stats.libraries:
             labels = {**process, "library": lib.name, "kind": lib.kind}
             out["threadguard_threads_live"].append((labels, lib.live))
@@ -142,7 +155,6 @@ def _samples(snapshot: Snapshot, command_label: bool,
             labels = {**process, "library": pool.library, "variable": pool.variable,
                       "source": pool.source}
             out["threadguard_pool_threads"].append((labels, pool.value))
-            out["threadguard_pool_cpus"].append((labels, pool.cpus))
     for group in snapshot.cgroups:
         if group.pids_current is not None:
             out["threadguard_cgroup_pids_current"].append(({"cgroup": group.path},
