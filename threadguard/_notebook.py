@@ -63,9 +63,10 @@ class Look:
 
 def look() -> Look:
     found = info()
-    figures = headroom()
-    return Look(stats=found.threads if found.threads is not None else stats(),
-                pools=found.pools, cpus=allocation(figures), headroom=figures)
+    counters = found.threads if found.threads is not None else stats()
+    # the report stats() reads carries the headroom measured with it
+    figures = dict(counters.headroom_now) or headroom()
+    return Look(stats=counters, pools=found.pools, cpus=allocation(figures), headroom=figures)
 
 
 def _file(path: str) -> str:
@@ -80,9 +81,9 @@ def _headroom_line(figures: Dict[str, Any]) -> str:
     return f"threads free: {at_least}{free} under {limit}"
 
 
-def kernel_view(now: Optional[Look] = None) -> View:
+def kernel_view() -> View:
     """This kernel's threads by library, pools and limits (%threadguard)."""
-    now = now or look()
+    now = look()
     s = now.stats
     lines = [f"pid {s.pid}, mode {s.mode or 'off'}, {s.tasks} tasks",
              f"CPUs: {int(now.cpus)} ({now.cpus.source})", _headroom_line(now.headroom)]
@@ -104,22 +105,23 @@ def cell_view(before: Look, after: Look) -> View:
     """What one cell started: threads by library, pools resized, failures."""
     earlier = {(lib.name, lib.path): lib for lib in before.stats.libraries}
     started: List[Sequence[object]] = []
+    threads = 0
     for lib in after.stats.libraries:
         old = earlier.get((lib.name, lib.path))
         created = lib.created - (old.created if old else 0)
         failed = lib.failed - (old.failed if old else 0)
         if created or failed or (old is not None and old.live != lib.live):
+            threads += created
             started.append((lib.name, lib.kind, created, old.live if old else 0, lib.live,
                             failed))
     sizes = {(p.library, p.path): p.size for p in before.pools}
     resized = [(p.library, p.api, sizes.get((p.library, p.path)), p.size, _file(p.path))
                for p in after.pools if sizes.get((p.library, p.path), -1) != p.size]
     failures = after.stats.failures[len(before.stats.failures):]
-    missing = after.stats.failures_total - before.stats.failures_total - len(failures)
-    lines = [f"this cell started {count(sum(int(str(row[2])) for row in started), 'thread')}"
-             f" and resized {count(len(resized), 'pool')}; "
-             f"{count(after.stats.failures_total - before.stats.failures_total, 'creation')} "
-             f"failed"]
+    missing = after.stats.failures_total - before.stats.failures_total - len(failures)  # past 64
+    failed_total = after.stats.failures_total - before.stats.failures_total
+    lines = [f"this cell started {count(threads, 'thread')} and resized "
+             f"{count(len(resized), 'pool')}; {count(failed_total, 'creation')} failed"]
     parts = [_html.table(("library", "kind", "started", "live before", "live after",
                           "failed"), started, "threads by creating library")]
     if resized:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 
 from .. import __version__
 from .._errors import ThreadguardError
-from .site import setting
+from .site import add_settings_argument
 
 __all__ = ["add_arguments", "install", "kernel_argv", "run"]
 
@@ -96,10 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--prefix", metavar="DIR",
                        help="install under DIR/share/jupyter/kernels (for a JupyterHub "
                             "image or a shared environment)")
-    parser.add_argument("--set", metavar="VARIABLE=VALUE", type=setting, action="append",
-                        default=[], dest="settings",
-                        help="a THREADGUARD_* setting for the kernel, such as "
-                             "THREADGUARD_REPORT=/tmp/kernel-%%p.json (repeat for more)")
+    add_settings_argument(parser, "for the kernel, such as "
+                                  "THREADGUARD_REPORT=/tmp/kernel-%%p.json (repeat for more)")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -15,7 +15,8 @@ from .._settings import OPTIONS, SITE_VARIABLES, check_setting
 from ..top.metrics import ALERT_RULES
 from .libpath import packaged_library
 
-__all__ = ["add_arguments", "modulefile", "run", "setting", "taskprolog"]
+__all__ = ["add_arguments", "add_settings_argument", "modulefile", "run", "setting",
+           "taskprolog"]
 
 _OPT_OUT = "THREADGUARD_DISABLE=1"
 
@@ -80,6 +81,13 @@ def setting(text: str) -> Tuple[str, str]:
     return name, value
 
 
+def add_settings_argument(parser: argparse.ArgumentParser, which: str) -> None:
+    """--set VARIABLE=VALUE (repeated) into args.settings; which: the rest
+    of its help after "a THREADGUARD_* setting"."""
+    parser.add_argument("--set", metavar="VARIABLE=VALUE", type=setting, action="append",
+                        default=[], dest="settings", help=f"a THREADGUARD_* setting {which}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Print a file that guards every job on a node without `threadguard run`: 'modulefile' "
@@ -96,11 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--library", metavar="PATH",
                         help="the libthreadguard.so the file names (default: this installation's; "
                              "give the path where the nodes have it)")
-    parser.add_argument("--set", metavar="VARIABLE=VALUE", type=setting, action="append",
-                        default=[], dest="settings",
-                        help="a THREADGUARD_* setting for every guarded process, such as "
-                             "THREADGUARD_OUTPUT=syslog or THREADGUARD_REPORT=/scratch/tg/%%p.json "
-                             "(modulefile and taskprolog; repeat for more)")
+    add_settings_argument(parser, "for every guarded process, such as THREADGUARD_OUTPUT=syslog "
+                                  "or THREADGUARD_REPORT=/scratch/tg/%%p.json (modulefile and "
+                                  "taskprolog; repeat for more)")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
